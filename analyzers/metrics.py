@@ -1,0 +1,62 @@
+"""Per-depth metrics from per-sample errors, with the project's metric names.
+
+Task kinds and the per-sample errors each one records (arrays of shape ``(n_samples, n_depths)``):
+
+- ``regression``: ``se`` — squared error averaged over output dimensions.
+- ``classification``: ``ce`` — cross-entropy in nats; ``correct`` — 1.0 if the arg-max is right.
+- ``lm``: ``ce`` — mean next-token cross-entropy of the sequence; ``correct`` — share of tokens right.
+
+Summary metrics (one value per depth): ``mse``, ``rmse``, ``r2`` (regression); ``ce``, ``acc``, ``err``
+(classification); ``ce``, ``ppl``, ``acc`` (lm).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from analyzers.errors import UsageError
+
+KINDS = ("regression", "classification", "lm")
+METRICS = {
+    "regression": ("mse", "rmse", "r2"),
+    "classification": ("ce", "acc", "err"),
+    "lm": ("ce", "ppl", "acc"),
+}
+# The metric each kind is judged by by default (lower is better for all of these).
+DEFAULT_METRIC = {"regression": "mse", "classification": "ce", "lm": "ce"}
+HIGHER_IS_BETTER = {"r2", "acc"}
+
+
+def check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise UsageError(f"unknown task kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return kind
+
+
+def summarize(errors: dict[str, np.ndarray], kind: str, target_var: float | None = None) -> dict[str, list[float]]:
+    """Per-depth summary metrics from per-sample errors (each array ``(n_samples, n_depths)``).
+
+    ``target_var`` is the variance of the regression targets (mean over output dimensions); it is
+    needed for ``r2`` and ignored for the other kinds.
+    """
+    check_kind(kind)
+    out: dict[str, list[float]] = {}
+    if kind == "regression":
+        mse = np.asarray(errors["se"], dtype=np.float64).mean(axis=0)
+        out["mse"] = mse.tolist()
+        out["rmse"] = np.sqrt(mse).tolist()
+        if target_var is not None and target_var > 0:
+            out["r2"] = (1.0 - mse / target_var).tolist()
+        return out
+    ce = np.asarray(errors["ce"], dtype=np.float64).mean(axis=0)
+    acc = np.asarray(errors["correct"], dtype=np.float64).mean(axis=0)
+    out["ce"] = ce.tolist()
+    if kind == "classification":
+        out["acc"] = acc.tolist()
+        out["err"] = (1.0 - acc).tolist()
+    else:
+        out["ppl"] = [math.exp(min(v, 700.0)) for v in ce.tolist()]
+        out["acc"] = acc.tolist()
+    return out

@@ -1,0 +1,3 @@
+from lpa_cli.app import main
+
+main()

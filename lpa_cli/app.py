@@ -1,0 +1,85 @@
+"""The `lpa` command line: one Typer app, one error boundary.
+
+Exit codes: 0 success, 1 a check failed, 2 bad usage or input (one line on stderr, no traceback),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+
+import typer
+
+from analyzers.errors import LpaError
+from lpa_cli import __version__
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def guarded(fn: Callable) -> Callable:
+    """Turn an `LpaError` into ``error: <message>`` on stderr and its exit code (2); Ctrl-C into 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LpaError as err:
+            typer.echo(f"error: {_one_line(str(err))}", err=True)
+            raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+app = typer.Typer(
+    name="lpa",
+    help="Train and audit approximation trajectories of residual networks (Layer-wise Progressive Approximation).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lpa {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log library messages to stderr."),
+) -> None:
+    """lpa: train once, use N models."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    from lpa_cli.commands.info import info_command
+    from lpa_cli.commands.train import train_command
+
+    app.command("train")(guarded(train_command))
+    app.command("info")(guarded(info_command))
+
+
+_register()
+
+
+def main() -> None:
+    from lpa_cli.runtime import tune_allocator
+
+    tune_allocator()
+    app(prog_name="lpa")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""Self-describing safetensors checkpoints.
+
+One ``.safetensors`` file holds the weights and, in its string-to-string metadata, everything needed
+to rebuild and interpret the model (see docs/checkpoint-format.md):
+
+``format`` = ``lpa-checkpoint``, ``format_version``, ``lpa_version``, ``config`` (the `RunConfig` as
+JSON), ``task`` (task info as JSON: kind, shapes, description), ``metrics`` (per-depth test metrics as
+JSON), ``training`` (steps, final loss ... as JSON), ``sha256`` (content hash of the tensors),
+optionally ``aliases`` (tied tensors) and ``parent`` (what an exported model was cut from).
+
+Files are never unpickled. The header is validated here before safetensors reads any tensor, and the
+content hash is checked on load unless ``verify=False``. No timestamps are stored, so the same seeded
+run writes a byte-identical file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+
+from analyzers.atomic import atomic_path
+from analyzers.errors import CheckpointError, LpaError
+from lpa_cli import __version__
+from lpa_cli.config import RunConfig
+from lpa_cli.models import ResidualModel, build_model
+
+FORMAT = "lpa-checkpoint"
+FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model plus everything its metadata says."""
+
+    path: Path
+    model: ResidualModel
+    config: RunConfig
+    task: dict[str, Any]
+    metrics: dict[str, list[float]]
+    training: dict[str, Any]
+    sha256: str
+    parent: dict[str, Any] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.task["kind"]
+
+
+def tensor_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every tensor in name order; independent of file layout."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+_TORCH_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}
+
+
+def save_file(tensors: dict[str, torch.Tensor], filename: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file deterministically (sorted JSON header), streaming tensor data.
+
+    safetensors' own writer emits metadata in hash-map order, which differs between calls; a
+    deterministic header is what makes seeded runs byte-identical.
+    """
+    ordered = sorted(tensors.items(), key=lambda kv: (-kv[1].element_size(), kv[0]))  # aligned offsets
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, t in ordered:
+        if t.dtype not in _TORCH_DTYPES:
+            raise ValueError(f"tensor {name!r}: dtype {t.dtype} cannot be stored")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _TORCH_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        header["__metadata__"] = dict(sorted(metadata.items()))
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    with open(filename, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for _, t in ordered:
+            t = t.detach().cpu().contiguous()
+            if t.numel():
+                f.write(memoryview(t.view(torch.uint8).numpy()))
+
+
+def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """safetensors refuses shared storage: keep one name per tied tensor and record the others."""
+    kept: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    for name in sorted(state):
+        t = state[name]
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+            kept[name] = t.detach().cpu().contiguous()
+    return kept, aliases
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: ResidualModel,
+    config: RunConfig,
+    task: dict[str, Any],
+    metrics: dict[str, list[float]] | None = None,
+    training: dict[str, Any] | None = None,
+    parent: dict[str, Any] | None = None,
+    force: bool = False,
+) -> str:
+    """Write ``model`` and its description atomically; returns the content hash."""
+    model = getattr(model, "module", model)  # save the raw module, never a DDP wrapper
+    tensors, aliases = _dedupe(model.state_dict())
+    digest = tensor_hash(tensors)
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "lpa_version": __version__,
+        "config": config.to_json(),
+        "task": json.dumps(task, sort_keys=True),
+        "metrics": json.dumps(metrics or {}, sort_keys=True),
+        "training": json.dumps(training or {}, sort_keys=True),
+        "head_applies": model.head_applies,
+        "sha256": digest,
+    }
+    if aliases:
+        metadata["aliases"] = json.dumps(aliases, sort_keys=True)
+    if parent:
+        metadata["parent"] = json.dumps(parent, sort_keys=True)
+    with atomic_path(path, force=force) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return digest
+
+
+def _fail(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"{path}: {why}")
+
+
+def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
+    """Parse and validate a safetensors header without reading tensor data.
+
+    Returns (header dict, byte offset of the data section). Rejects anything a well-formed file
+    cannot contain: a header longer than the file or than 100 MB, offsets out of bounds, overlapping
+    or not matching the dtype and shape, unknown dtypes, trailing bytes.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if path.is_dir():
+            raise _fail(path, "is a directory, not a checkpoint file")
+        with path.open("rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise _fail(path, f"not a safetensors file ({size} bytes, too short)")
+            (n,) = struct.unpack("<Q", prefix)
+            if prefix[:2] == b"PK" or prefix[:1] == b"\x80":
+                raise _fail(path, "looks like a zip/pickle (e.g. a torch .pt file), not safetensors; refusing to load it")
+            if n > MAX_HEADER_BYTES:
+                raise _fail(path, f"safetensors header of {n} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+            if 8 + n > size:
+                raise _fail(path, f"truncated: header says {n} bytes but the file has {size - 8}")
+            raw = f.read(n)
+    except FileNotFoundError:
+        raise _fail(path, "no such file") from None
+    except IsADirectoryError:
+        raise _fail(path, "is a directory, not a checkpoint file") from None
+    except PermissionError:
+        raise _fail(path, "permission denied") from None
+    try:
+        header = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError):
+        raise _fail(path, "not a safetensors file (header is not valid JSON)") from None
+    except RecursionError:
+        raise _fail(path, "safetensors header is nested too deeply") from None
+    if not isinstance(header, dict):
+        raise _fail(path, "not a safetensors file (header is not a JSON object)")
+    data_start = 8 + n
+    data_size = size - data_start
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in entry.items()):
+                raise _fail(path, "safetensors metadata must map strings to strings")
+            continue
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise _fail(path, f"tensor {name!r}: malformed header entry")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in _DTYPE_BYTES:
+            raise _fail(path, f"tensor {name!r}: unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise _fail(path, f"tensor {name!r}: bad shape {shape!r}")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        ):
+            raise _fail(path, f"tensor {name!r}: bad data offsets {offsets!r}")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_size:
+            raise _fail(path, f"tensor {name!r}: data offsets {offsets} outside the {data_size}-byte data section (truncated?)")
+        if end - begin != math.prod(shape) * _DTYPE_BYTES[dtype]:
+            raise _fail(path, f"tensor {name!r}: {end - begin} bytes do not match dtype {dtype} and shape {shape}")
+        spans.append((begin, end, name))
+    spans.sort()
+    position = 0
+    for begin, end, name in spans:
+        if begin < position:
+            raise _fail(path, f"tensor {name!r}: data overlaps another tensor")
+        position = end
+    if position != data_size:
+        raise _fail(path, f"{data_size - position} unexpected bytes after the tensor data (file corrupt or appended to)")
+    return header, data_start
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_field(path: Path, meta: dict[str, str], key: str, required: bool = True) -> Any:
+    if key not in meta:
+        if required:
+            raise _fail(path, f"not an lpa checkpoint (metadata has no {key!r})")
+        return None
+    try:
+        return json.loads(meta[key], parse_constant=_reject_constant)
+    except ValueError:
+        raise _fail(path, f"metadata {key!r} is not valid JSON") from None
+    except RecursionError:
+        raise _fail(path, f"metadata {key!r} is nested too deeply") from None
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The checkpoint's metadata, checked to be ours and of a version this lpa reads."""
+    path = Path(path)
+    header, _ = read_header(path)
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != FORMAT:
+        raise _fail(path, "not an lpa checkpoint (safetensors metadata lacks format=lpa-checkpoint)")
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise _fail(path, f"bad format_version {meta.get('format_version')!r}") from None
+    if version > FORMAT_VERSION:
+        raise _fail(path, f"checkpoint format version {version} is newer than this lpa reads ({FORMAT_VERSION}); upgrade lpa")
+    return meta
+
+
+@dataclass
+class CheckpointInfo:
+    """Everything in a checkpoint's metadata, parsed, without its tensors."""
+
+    config: RunConfig
+    task: dict[str, Any]
+    metrics: dict[str, list[float]]
+    training: dict[str, Any]
+    sha256: str
+    aliases: dict[str, str]
+    parent: dict[str, Any] | None
+    metadata: dict[str, str]
+
+
+def read_info(path: str | Path) -> CheckpointInfo:
+    path = Path(path)
+    meta = read_metadata(path)
+    raw_config = _json_field(path, meta, "config")
+    try:
+        config = RunConfig.from_dict(raw_config)
+    except LpaError as err:
+        raise _fail(path, f"invalid config in metadata ({err})") from None
+    task = _json_field(path, meta, "task")
+    if not isinstance(task, dict) or not {"kind", "in_shape", "out_dim"} <= set(task):
+        raise _fail(path, "metadata 'task' lacks kind/in_shape/out_dim")
+    if task["kind"] not in ("regression", "classification", "lm"):
+        raise _fail(path, f"unknown task kind {task['kind']!r}")
+    shape_ok = isinstance(task["in_shape"], list) and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in task["in_shape"])
+    out_ok = isinstance(task["out_dim"], int) and not isinstance(task["out_dim"], bool) and task["out_dim"] > 0
+    if not shape_ok or not out_ok:
+        raise _fail(path, "metadata 'task' has invalid in_shape/out_dim")
+    metrics = _json_field(path, meta, "metrics", required=False) or {}
+    training = _json_field(path, meta, "training", required=False) or {}
+    aliases = _json_field(path, meta, "aliases", required=False) or {}
+    parent = _json_field(path, meta, "parent", required=False)
+    if not isinstance(metrics, dict) or not isinstance(training, dict) or not isinstance(aliases, dict):
+        raise _fail(path, "metadata 'metrics', 'training' and 'aliases' must be JSON objects")
+    sha = meta.get("sha256", "")
+    return CheckpointInfo(config, task, metrics, training, sha, aliases, parent, meta)
+
+
+def load_checkpoint(path: str | Path, verify: bool = True, device: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the model from the file alone and load its weights (hash-checked unless ``verify=False``)."""
+    path = Path(path)
+    info = read_info(path)
+    try:
+        tensors = st_load(path.read_bytes())
+    except (SafetensorError, ValueError, RuntimeError) as err:
+        raise _fail(path, f"cannot read tensors ({err})") from None
+    if verify:
+        if not info.sha256:
+            raise _fail(path, "no sha256 in metadata; cannot verify (use --no-verify to load anyway)")
+        actual = tensor_hash(tensors)
+        if actual != info.sha256:
+            raise _fail(path, "content hash mismatch: tensor data is corrupt or was modified (use --no-verify to load anyway)")
+    task = info.task
+    model = build_model(info.config.model, tuple(task["in_shape"]), int(task["out_dim"]), task.get("input_kind", "vector"))
+    for alias, target in info.aliases.items():
+        if target not in tensors:
+            raise _fail(path, f"alias {alias!r} points to missing tensor {target!r}")
+        tensors[alias] = tensors[target]
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise _fail(path, f"weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(expected[name].shape):
+            raise _fail(path, f"tensor {name!r} has shape {tuple(t.shape)}, config needs {tuple(expected[name].shape)}")
+    model.load_state_dict(tensors, strict=True)
+    model.to(device).eval()
+    return Checkpoint(path, model, info.config, task, info.metrics, info.training, info.sha256, info.parent, info.metadata)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    return str(path).endswith(".safetensors") and os.path.isfile(path)

@@ -1,0 +1,1 @@
+"""One module per command. Each parses its options, calls a library function and renders the result."""

@@ -1,0 +1,87 @@
+"""`lpa info`: what a checkpoint is, from its own metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from lpa_cli.commands.options import Json
+from lpa_cli.inspect import describe
+from lpa_cli.render import consoles, depth_table, fmt, print_json
+
+
+def _settings_table(d: dict) -> Table:
+    table = Table(title=d["path"], title_justify="left", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    task = d["task"]
+    model_opts = ", ".join(f"{k}={v}" for k, v in sorted(d["model"]["options"].items())) or "defaults"
+    obj = d["objective"]
+    objective = obj["name"]
+    if obj["name"] != "e2e":
+        objective += f" (weights={obj['weights']}" + (f", lambda={obj['lpa_lambda']}" if obj["lpa_lambda"] is not None else "")
+        objective += f", depths={obj['depths']!r}" + (f", sample_depths={obj['sample_depths']}" if obj["sample_depths"] else "") + ")"
+    t = d["train"]
+    rows = [
+        ("architecture", f"{d['architecture']}  ({model_opts}, zero_init={d['model']['zero_init']})"),
+        ("blocks / depths", f"{d['depth']} blocks, depths 0..{d['depth']}"),
+        ("width", str(d["width"])),
+        ("head applies", d["head_applies"] or "-"),
+        ("parameters", f"{d['parameters']:,}"),
+        ("task", f"{task.get('name')} [{task['kind']}]  {task.get('description', '')}"),
+        ("data", f"in_shape={tuple(task['in_shape'])} out_dim={task['out_dim']} train={task.get('n_train')} test={task.get('n_test')}"),
+        ("objective", objective),
+        ("training", f"steps={t['steps']} batch={t['batch_size']} lr={t['lr']} {t['optimizer']}/{t['schedule']} seed={t['seed']} threads={t['threads']}"),
+        ("final loss", fmt(d["training"].get("final_loss"))),
+        ("lpa version", str(d["lpa_version"])),
+        ("sha256 (tensors)", d["sha256_content"]),
+        ("sha256 (file)", d["sha256_file"]),
+    ]
+    if d["parent"]:
+        p = d["parent"]
+        rows.append(("exported from", f"{p.get('path')} (depth {p.get('depth')} of {p.get('depths_of_parent')}, sha256 {str(p.get('sha256'))[:16]}…)"))
+    if d["verified"]:
+        rows.append(("verified", "content hash matches"))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _side_by_side(descs: list[dict]) -> Table:
+    """Per-depth main metric of several checkpoints in adjacent columns."""
+    table = Table(title="side by side", title_justify="left")
+    table.add_column("depth", justify="right")
+    series = []
+    for d in descs:
+        for metric in ("acc", "r2", "ppl", "mse", "ce"):
+            if metric in d["metrics"]:
+                label = f"{Path(d['path']).stem} {metric}"
+                table.add_column(label, justify="right")
+                series.append((metric, d["metrics"][metric]))
+                break
+    n = max((len(v) for _, v in series), default=0)
+    for k in range(n):
+        table.add_row(str(k), *[fmt(v[k], m) if k < len(v) else "" for m, v in series])
+    return table
+
+
+def info_command(
+    checkpoints: Annotated[list[Path], typer.Argument(help="One or more lpa checkpoints (.safetensors).")],
+    verify: Annotated[bool, typer.Option("--verify", help="Also re-hash the tensor data and check it.")] = False,
+    json_: Json = False,
+) -> None:
+    """Show what a checkpoint is: architecture, task, objective, training settings, per-depth metrics, hashes."""
+    descs = [describe(p, verify=verify) for p in checkpoints]
+    if json_:
+        print_json(descs if len(descs) > 1 else descs[0])
+        return
+    out, _ = consoles()
+    for d in descs:
+        out.print(_settings_table(d))
+        if d["metrics"]:
+            out.print(depth_table(d["metrics"], title="per-depth test metrics recorded at save time"))
+    if len(descs) > 1:
+        out.print(_side_by_side(descs))

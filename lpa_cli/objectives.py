@@ -1,0 +1,102 @@
+"""Training objectives, written once against the `ResidualModel` protocol.
+
+- ``e2e``: the loss of depth N only (ordinary training).
+- ``lpa``: a weighted sum of the losses of the selected depths, all read through the shared head, so
+  block k is pushed to fit the residual target ``y - yhat_{k-1}`` left by the blocks before it.
+- ``lpa-local``: as ``lpa``, but the stream is detached before every block, so the residual target
+  each block sees is a constant: depth k's loss trains block k (and the head, and at depth 0 the
+  embedding) and sends no gradient into blocks < k.
+
+Depth weights (normalised to sum to 1): ``uniform``; ``linear`` (k + 1); ``sqrt`` (sqrt(k + 1));
+``inv`` (1 / (k + 1)); or, with ``lpa_lambda``, the "task + lambda * alignment" form: weight 1 on
+depth N and ``lambda`` on every other selected depth.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from analyzers.depths import parse_depths
+from analyzers.errors import UsageError
+from lpa_cli.config import ObjectiveConfig
+from lpa_cli.losses import batch_loss
+from lpa_cli.models.protocol import ResidualModel
+
+
+def depth_weights(depths: list[int], scheme: str, lpa_lambda: float | None, last: int) -> list[float]:
+    """Normalised weights for the loss terms of ``depths`` (``last`` is depth N)."""
+    if lpa_lambda is not None:
+        raw = [1.0 if k == last else lpa_lambda for k in depths]
+    elif scheme == "uniform":
+        raw = [1.0 for _ in depths]
+    elif scheme == "linear":
+        raw = [float(k + 1) for k in depths]
+    elif scheme == "sqrt":
+        raw = [math.sqrt(k + 1) for k in depths]
+    elif scheme == "inv":
+        raw = [1.0 / (k + 1) for k in depths]
+    else:
+        raise UsageError(f"unknown depth weighting {scheme!r}")
+    total = sum(raw)
+    if total <= 0:
+        raise UsageError("depth weights sum to zero; select depth N or use a positive --lpa-lambda")
+    return [w / total for w in raw]
+
+
+@dataclass
+class LossOutput:
+    loss: Tensor  # the scalar to backpropagate
+    per_depth: dict[int, Tensor]  # unweighted, detached loss of every depth that had a term this step
+
+
+class Objective:
+    """Callable ``(model, x, y) -> LossOutput``; ``e2e``, ``lpa`` and ``lpa-local`` share this class."""
+
+    def __init__(self, cfg: ObjectiveConfig, num_blocks: int, kind: str) -> None:
+        self.cfg = cfg
+        self.kind = kind
+        self.last = num_blocks
+        if cfg.name == "e2e":
+            self.depths = [num_blocks]
+        else:
+            self.depths = parse_depths(cfg.depths, num_blocks + 1)
+            if cfg.lpa_lambda is not None and num_blocks not in self.depths:
+                self.depths.append(num_blocks)  # the lambda form is anchored on the task loss at depth N
+        self.weights = depth_weights(self.depths, cfg.weights, cfg.lpa_lambda if cfg.name != "e2e" else None, num_blocks)
+        self.detach_inputs = cfg.name == "lpa-local"
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def _choose(self, generator: torch.Generator | None) -> tuple[list[int], list[float]]:
+        """Depth sampling: a random subset of the selected depths, always keeping the deepest one."""
+        n = self.cfg.sample_depths
+        if n <= 0 or n >= len(self.depths):
+            return self.depths, self.weights
+        deepest = len(self.depths) - 1
+        others = torch.randperm(deepest, generator=generator)[: n - 1].tolist()
+        idx = sorted(others + [deepest])
+        weights = [self.weights[i] for i in idx]
+        total = sum(weights)
+        return [self.depths[i] for i in idx], [w / total for w in weights]
+
+    def __call__(self, model: ResidualModel, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> LossOutput:
+        depths, weights = self._choose(generator)
+        if depths == [self.last] and not self.detach_inputs:
+            preds = [model(x)]
+        else:
+            preds = model.predictions(x, depths, detach_inputs=self.detach_inputs)
+        losses = [batch_loss(p, y, self.kind) for p in preds]
+        total = losses[0] * weights[0]
+        for w, term in zip(weights[1:], losses[1:]):
+            total = total + w * term
+        return LossOutput(total, {k: v.detach() for k, v in zip(depths, losses)})
+
+
+def make_objective(cfg: ObjectiveConfig, num_blocks: int, kind: str) -> Objective:
+    return Objective(cfg, num_blocks, kind)

@@ -1,0 +1,48 @@
+"""Running the CLI in tests: in-process through Typer's runner, or as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from lpa_cli.app import app
+
+TINY_TRAIN = ["--depth", "3", "--width", "16", "--steps", "20", "--batch-size", "64", "--threads", "1",
+              "--set", "task.n_train=256", "--set", "task.n_test=64"]
+
+
+def run(*args: str, env: dict | None = None):
+    """Invoke `lpa ARGS` in-process; returns the click Result (exit_code, stdout, stderr)."""
+    return CliRunner().invoke(app, [str(a) for a in args], env=env)
+
+
+def run_json(*args: str):
+    result = run(*args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def lpa_executable() -> str:
+    return str(Path(sys.executable).with_name("lpa"))
+
+
+def subprocess_lpa(*args: str, cwd: Path | None = None, module: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "lpa_cli"] if module else [lpa_executable()]
+    env = os.environ | {"COLUMNS": "160"}
+    return subprocess.run(cmd + [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def assert_clean_error(result, *needles: str, code: int = 2) -> None:
+    """Exit code as documented, one line on stderr, no traceback."""
+    stderr = result.stderr
+    assert result.exit_code == code if hasattr(result, "exit_code") else result.returncode == code, stderr
+    assert "Traceback" not in stderr and "Traceback" not in (result.stdout or "")
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    for needle in needles:
+        assert needle in stderr, stderr

@@ -1,0 +1,126 @@
+import math
+
+import pytest
+import torch
+
+from lpa_cli.config import ObjectiveConfig
+from lpa_cli.losses import batch_loss
+from lpa_cli.objectives import Objective, depth_weights
+from tests.conftest import tiny_model
+
+
+def _target(model, x, out_dim, kind):
+    g = torch.Generator().manual_seed(3)
+    if kind == "regression":
+        return torch.randn(x.shape[0], out_dim, generator=g)
+    return torch.randint(0, out_dim, (x.shape[0],), generator=g)
+
+
+def _grads(model, loss):
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: (p.grad.clone() if p.grad is not None else None) for n, p in model.named_parameters()}
+
+
+def _kind_and_target(arch, model, x, out_dim):
+    from lpa_cli.models import ARCHITECTURES
+
+    kind = {"vector": "regression", "image": "classification", "tokens": "lm"}[ARCHITECTURES[arch].input_kinds[0]]
+    if kind == "lm":
+        y = torch.randint(0, out_dim, x.shape, generator=torch.Generator().manual_seed(3))
+    else:
+        y = _target(model, x, out_dim, kind)
+    return kind, y
+
+
+def test_e2e_is_the_depth_n_loss_and_trains_every_parameter(arch):
+    model, x, out_dim = tiny_model(arch)
+    kind, y = _kind_and_target(arch, model, x, out_dim)
+    obj = Objective(ObjectiveConfig(name="e2e"), model.num_blocks, kind)
+    out = obj(model, x, y)
+    torch.testing.assert_close(out.loss, batch_loss(model(x), y, kind))
+    assert list(out.per_depth) == [model.num_blocks]
+    grads = _grads(model, out.loss)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads.values())
+
+
+def test_lpa_with_only_depth_n_equals_e2e(arch):
+    model, x, out_dim = tiny_model(arch)
+    kind, y = _kind_and_target(arch, model, x, out_dim)
+    e2e = Objective(ObjectiveConfig(name="e2e"), model.num_blocks, kind)
+    lpa = Objective(ObjectiveConfig(name="lpa", depths=str(model.num_blocks)), model.num_blocks, kind)
+    a, b = e2e(model, x, y), lpa(model, x, y)
+    torch.testing.assert_close(a.loss, b.loss, rtol=0, atol=0)
+    ga, gb = _grads(model, a.loss), _grads(model, b.loss)
+    for name in ga:
+        torch.testing.assert_close(ga[name], gb[name], rtol=0, atol=0)
+
+
+def test_lpa_is_the_weighted_sum_of_per_depth_losses(arch):
+    model, x, out_dim = tiny_model(arch)
+    kind, y = _kind_and_target(arch, model, x, out_dim)
+    obj = Objective(ObjectiveConfig(name="lpa", weights="linear"), model.num_blocks, kind)
+    out = obj(model, x, y)
+    preds = model.predictions(x)
+    weights = [k + 1 for k in range(model.num_depths)]
+    expected = sum(w * batch_loss(p, y, kind) for w, p in zip(weights, preds)) / sum(weights)
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_lpa_local_sends_no_gradient_from_depth_k_into_earlier_blocks(arch):
+    model, x, out_dim = tiny_model(arch, depth=3)
+    kind, y = _kind_and_target(arch, model, x, out_dim)
+    for k in range(1, model.num_depths):
+        local = Objective(ObjectiveConfig(name="lpa-local", depths=str(k)), model.num_blocks, kind)
+        grads = _grads(model, local(model, x, y).loss)
+        for j in range(model.num_blocks):
+            block = [g for n, g in grads.items() if n.startswith(f"blocks.{j}.")]
+            got = any(g is not None and g.abs().sum() > 0 for g in block)
+            assert got == (j == k - 1), f"depth {k} term, block {j}"
+        assert all(g is None or g.abs().sum() == 0 for n, g in grads.items() if n.startswith("embed."))
+        # plain lpa on the same depth does reach the earlier blocks (so this test can fail)
+        plain = Objective(ObjectiveConfig(name="lpa", depths=str(k)), model.num_blocks, kind)
+        grads = _grads(model, plain(model, x, y).loss)
+        assert all(any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith(f"blocks.{j}.")) for j in range(k))
+
+
+def test_lpa_local_has_the_same_loss_value_as_lpa(arch):
+    model, x, out_dim = tiny_model(arch)
+    kind, y = _kind_and_target(arch, model, x, out_dim)
+    a = Objective(ObjectiveConfig(name="lpa"), model.num_blocks, kind)(model, x, y)
+    b = Objective(ObjectiveConfig(name="lpa-local"), model.num_blocks, kind)(model, x, y)
+    torch.testing.assert_close(a.loss, b.loss)
+
+
+@pytest.mark.parametrize(
+    "scheme,raw",
+    [
+        ("uniform", lambda k: 1.0),
+        ("linear", lambda k: k + 1.0),
+        ("sqrt", lambda k: math.sqrt(k + 1)),
+        ("inv", lambda k: 1.0 / (k + 1)),
+    ],
+)
+def test_weight_schemes_are_normalised(scheme, raw):
+    depths = [0, 2, 4, 8]
+    w = depth_weights(depths, scheme, None, 8)
+    total = sum(raw(k) for k in depths)
+    assert w == pytest.approx([raw(k) / total for k in depths])
+    assert sum(w) == pytest.approx(1.0)
+
+
+def test_lambda_form_weights_task_loss_one_and_others_lambda():
+    w = depth_weights([1, 2, 3, 4], "uniform", 0.1, 4)
+    assert w == pytest.approx([0.1 / 1.3, 0.1 / 1.3, 0.1 / 1.3, 1 / 1.3])
+    obj = Objective(ObjectiveConfig(name="lpa", lpa_lambda=0.5, depths="0:2"), 4, "regression")
+    assert obj.depths == [0, 1, 4]  # depth N is always part of the lambda form
+
+
+def test_depth_sampling_keeps_depth_n_and_is_seeded():
+    obj = Objective(ObjectiveConfig(name="lpa", sample_depths=3), 8, "regression")
+    picks = [obj._choose(torch.Generator().manual_seed(s)) for s in range(20)]
+    for depths, weights in picks:
+        assert len(depths) == 3 and depths[-1] == 8 and sum(weights) == pytest.approx(1.0)
+    assert len({tuple(d) for d, _ in picks}) > 1
+    again = [obj._choose(torch.Generator().manual_seed(s)) for s in range(20)]
+    assert picks == again
