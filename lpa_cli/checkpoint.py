@@ -68,7 +68,7 @@ def tensor_hash(tensors: dict[str, torch.Tensor]) -> str:
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -103,7 +103,7 @@ def save_file(tensors: dict[str, torch.Tensor], filename: str | Path, metadata: 
         for _, t in ordered:
             t = t.detach().cpu().contiguous()
             if t.numel():
-                f.write(memoryview(t.view(torch.uint8).numpy()))
+                f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
 
 
 def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -196,15 +196,21 @@ def _truncate_log(path: Path, step: int) -> None:
 # --- the loop -------------------------------------------------------------------------------
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) under torchrun, initialising the process group once; (0, 1) otherwise."""
+def _distributed() -> tuple[int, int, bool]:
+    """(rank, world size, whether we created the process group) under torchrun; (0, 1, False) otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1
+        return 0, 1, False
+    created = False
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and os.environ.get("LPA_DIST_BACKEND") != "gloo" else "gloo"
         dist.init_process_group(backend)
-    return dist.get_rank(), dist.get_world_size()
+        created = True
+    return dist.get_rank(), dist.get_world_size(), created
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def train(
@@ -219,7 +225,7 @@ def train(
 ) -> TrainResult:
     """Train ``cfg`` and (when ``output`` is given) save a self-describing checkpoint there."""
     callbacks = callbacks or Callbacks()
-    rank, world = _distributed()
+    rank, world, created_group = _distributed()
     output = Path(output) if output is not None else None
     snap = snapshot_path(output) if output is not None else None
     if output is not None and rank == 0:
@@ -305,6 +311,8 @@ def train(
                 snap.unlink()
     if world > 1:
         dist.barrier()
+        if created_group:
+            dist.destroy_process_group()
     return TrainResult(output, cfg, info, metrics, training | {"seconds": round(elapsed, 3)}, sha, model)
 
 

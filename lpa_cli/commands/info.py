@@ -56,10 +56,10 @@ def _side_by_side(descs: list[dict]) -> Table:
     table.add_column("depth", justify="right")
     series = []
     for d in descs:
-        for metric in ("acc", "r2", "ppl", "mse", "ce"):
+        preferred = {"regression": "r2", "classification": "acc", "lm": "ppl"}.get(d["task"]["kind"])
+        for metric in (preferred, "mse", "ce"):
             if metric in d["metrics"]:
-                label = f"{Path(d['path']).stem} {metric}"
-                table.add_column(label, justify="right")
+                table.add_column(f"{Path(d['path']).stem}\n{metric}", justify="right")
                 series.append((metric, d["metrics"][metric]))
                 break
     n = max((len(v) for _, v in series), default=0)

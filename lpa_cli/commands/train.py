@@ -11,7 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lpa_cli.commands.options import Depths, Device, Force, Json, Output, Quiet, Seed
 from lpa_cli.config import RunConfig, resolve
 from lpa_cli.render import consoles, depth_table, print_json
-from lpa_cli.train import Callbacks, TrainResult, train
+from lpa_cli.tasks import TASK_HELP
+from lpa_cli.train import Callbacks, TrainResult, is_main_process, train
 
 
 class ProgressCallbacks(Callbacks):
@@ -52,8 +53,16 @@ def result_json(result: TrainResult) -> dict:
 
 
 def train_command(
-    arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture: mlp (see `lpa info --archs`).")] = None,
-    task: Annotated[Optional[str], typer.Option("--task", help="Task spec, e.g. surface:stripe.")] = None,
+    arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture: mlp, resnet, vit or gpt.")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help=f"Task spec: {TASK_HELP}.")] = None,
+    data: Annotated[
+        Optional[Path], typer.Option("--data", help="Your own data: .npz (x, y), .csv (last column = target) or .h5.")
+    ] = None,
+    x_key: Annotated[Optional[str], typer.Option("--x-key", help="Input array/dataset name in .npz/.h5 (x).")] = None,
+    y_key: Annotated[Optional[str], typer.Option("--y-key", help="Target array/dataset name in .npz/.h5 (y).")] = None,
+    target_column: Annotated[
+        Optional[str], typer.Option("--target-column", help="CSV target column, by name or index (last).")
+    ] = None,
     objective: Annotated[Optional[str], typer.Option("--objective", help="e2e, lpa or lpa-local.")] = None,
     depth: Annotated[Optional[int], typer.Option("--depth", help="Number of residual blocks N.")] = None,
     width: Annotated[Optional[int], typer.Option("--width", help="Width of the residual stream.")] = None,
@@ -93,13 +102,19 @@ def train_command(
     """
     flags = {
         "model": {"arch": arch, "depth": depth, "width": width},
-        "task": {"name": task},
+        "task": {
+            "name": f"file:{data}" if data is not None else task,
+            "options.x_key": x_key,
+            "options.y_key": y_key,
+            "options.target_column": target_column,
+        },
         "objective": {"name": objective, "weights": weights, "lpa_lambda": lpa_lambda, "depths": depths, "sample_depths": sample_depths},
         "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "eval_every": eval_every, "seed": seed, "threads": threads, "device": device},
     }
     cfg = resolve(config, flags, set_ or [])
     output = output or default_output(cfg)
-    out, err = consoles(quiet or json_)
+    main_process = is_main_process()  # under torchrun only rank 0 talks
+    out, err = consoles(quiet or json_ or not main_process)
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -114,6 +129,8 @@ def train_command(
         result = train(
             cfg, output, force=force, resume=resume, snapshot_every=snapshot_every, callbacks=ProgressCallbacks(progress, err)
         )
+    if not main_process:
+        return
     if json_:
         print_json(result_json(result))
         return

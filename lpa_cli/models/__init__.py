@@ -11,8 +11,11 @@ from dataclasses import dataclass
 
 from analyzers.errors import UsageError
 from lpa_cli.config import ModelConfig, _build
+from lpa_cli.models.gpt import GPTOptions, build_gpt
 from lpa_cli.models.mlp import MLPOptions, build_mlp
 from lpa_cli.models.protocol import ResidualModel, count_parameters
+from lpa_cli.models.resnet import ResNetOptions, build_resnet
+from lpa_cli.models.vit import ViTOptions, build_vit
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,9 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "mlp": Architecture(build_mlp, MLPOptions, ("vector", "image"), "residual MLP (the paper's residual FNN)"),
+    "resnet": Architecture(build_resnet, ResNetOptions, ("image",), "constant-width pre-activation ResNet"),
+    "vit": Architecture(build_vit, ViTOptions, ("image",), "Vision Transformer (pre-norm, final norm in the head)"),
+    "gpt": Architecture(build_gpt, GPTOptions, ("tokens",), "decoder-only byte-level Transformer LM"),
 }
 
 

@@ -1,0 +1,62 @@
+"""Decoder-only Transformer language model over bytes (nanoGPT's shape, in the protocol's slots).
+
+embed: token + position embedding  ->  N x causal pre-norm block  ->  head: LayerNorm, Linear to the
+vocabulary (optionally tied to the token embedding). The final LayerNorm belongs to the head and is
+recomputed at every depth, so depth k's next-token distribution is the logit lens at k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from lpa_cli.models.attention import TransformerBlock
+from lpa_cli.models.protocol import ResidualModel, zero_last_layer
+
+
+@dataclass(frozen=True)
+class GPTOptions:
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+
+
+class TokenEmbed(nn.Module):
+    def __init__(self, vocab: int, context: int, width: int) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(vocab, width)
+        self.pos = nn.Embedding(context, width)
+        nn.init.normal_(self.tok.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    def forward(self, idx: Tensor) -> Tensor:  # (B, T) int64 -> (B, T, width)
+        positions = torch.arange(idx.shape[1], device=idx.device)
+        return self.tok(idx) + self.pos(positions)
+
+
+class LMHead(nn.Module):
+    def __init__(self, width: int, vocab: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, vocab, bias=False)
+
+    def forward(self, h: Tensor) -> Tensor:  # (B, T, width) -> (B, T, vocab)
+        return self.proj(self.norm(h))
+
+
+def build_gpt(depth: int, width: int, in_shape: tuple[int, ...], out_dim: int, zero_init: bool, opts: GPTOptions) -> ResidualModel:
+    if len(in_shape) != 1:
+        raise ValueError(f"gpt needs token sequences (T,), got shape {in_shape}")
+    embed = TokenEmbed(out_dim, in_shape[0], width)
+    blocks = [TransformerBlock(width, opts.heads, opts.mlp_ratio, True, opts.dropout) for _ in range(depth)]
+    if zero_init:
+        for b in blocks:
+            for layer in b.branch_outputs():
+                zero_last_layer(layer)
+    head = LMHead(width, out_dim)
+    if opts.tie_embeddings:
+        head.proj.weight = embed.tok.weight  # one matrix reads tokens in and out
+    return ResidualModel(embed, blocks, head, head_applies="layernorm, linear to vocabulary" + (" (tied)" if opts.tie_embeddings else ""))

@@ -1,0 +1,62 @@
+"""Training every registered architecture on its kind of task, through the one trainer."""
+
+import pytest
+
+from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
+from lpa_cli.evaluate import depth_metrics
+from lpa_cli.tasks import load_task
+from lpa_cli.models import ARCHITECTURES
+from lpa_cli.train import train
+from tests.conftest import small_options
+
+# The cheapest built-in task for each input kind.
+TASK_FOR_INPUT = {
+    "vector": TaskConfig(name="surface:ripple", n_train=256, n_test=64),
+    "image": TaskConfig(name="shapes", n_train=256, n_test=64, options={"size": 8}),
+    "tokens": TaskConfig(name="text", n_train=64, n_test=16, options={"context": 16}),
+}
+MAIN_METRIC = {"regression": "mse", "classification": "ce", "lm": "ce"}
+
+
+def _cfg(arch: str, objective: str, steps: int) -> RunConfig:
+    task = TASK_FOR_INPUT[ARCHITECTURES[arch].input_kinds[0]]
+    return RunConfig(
+        model=ModelConfig(arch=arch, depth=2, width=16, options=small_options(arch)),
+        task=task,
+        objective=ObjectiveConfig(name=objective),
+        train=TrainConfig(steps=steps, batch_size=32, lr=3e-3, threads=1),
+    )
+
+
+@pytest.mark.parametrize("objective", ["e2e", "lpa", "lpa-local"])
+def test_short_seeded_run_lowers_the_loss(arch, objective):
+    cfg = _cfg(arch, objective, 30)
+    task = load_task(cfg.task)
+    before = train(_cfg(arch, objective, 0), task=task).model
+    after = train(cfg, task=task).model
+    metric = MAIN_METRIC[task.kind]
+    loss_before = depth_metrics(before, task.x_train, task.y_train, task.kind)[metric]
+    loss_after = depth_metrics(after, task.x_train, task.y_train, task.kind)[metric]
+    assert len(loss_after) == 3
+    assert loss_after[-1] < loss_before[-1]
+
+
+@pytest.mark.parametrize("weights,lam", [("linear", None), ("sqrt", None), ("inv", None), ("uniform", 0.1)])
+def test_every_weighting_trains(arch, weights, lam):
+    cfg = _cfg(arch, "lpa", 5)
+    cfg = RunConfig(cfg.model, cfg.task, ObjectiveConfig(name="lpa", weights=weights, lpa_lambda=lam), cfg.train)
+    result = train(cfg)
+    assert result.training["final_loss"] is not None
+
+
+def test_digits_lpa_accuracy_rises_with_depth():
+    cfg = RunConfig(
+        model=ModelConfig(arch="resnet", depth=3, width=16),
+        task=TaskConfig(name="digits"),
+        objective=ObjectiveConfig(name="lpa"),
+        train=TrainConfig(steps=300, batch_size=64, lr=3e-3, threads=2),
+    )
+    acc = train(cfg).metrics["acc"]
+    assert acc[-1] > 0.85
+    assert acc[1] > acc[0] + 0.4
+    assert all(acc[k + 1] >= acc[k] - 0.02 for k in range(len(acc) - 1))
