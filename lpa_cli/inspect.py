@@ -57,3 +57,33 @@ def describe(path: str | Path, verify: bool = False) -> dict[str, Any]:
             raise CheckpointError(f"{path}: content hash mismatch: tensor data is corrupt or was modified")
         out["verified"] = True
     return out
+
+
+def describe_trace(path: str | Path) -> dict[str, Any]:
+    """A trace's attributes, datasets and per-depth metrics (reads only the per-sample errors)."""
+    from analyzers.metrics import summarize
+    from analyzers.trace_io import open_trace
+
+    with open_trace(path) as t:
+        attrs = t.attrs
+        datasets = {}
+        t.file.visititems(lambda name, obj: datasets.__setitem__(name, [list(obj.shape), str(obj.dtype)]) if hasattr(obj, "shape") else None)
+        metrics = summarize({name: t.errors(name) for name in t.error_names}, t.kind, attrs.get("target_var"))
+        return {
+            "path": str(path),
+            "format_version": attrs.get("format_version"),
+            "lpa_version": attrs.get("lpa_version"),
+            "source": attrs.get("source"),
+            "checkpoint_path": attrs.get("checkpoint_path"),
+            "checkpoint_sha256": attrs.get("checkpoint_sha256"),
+            "kind": t.kind,
+            "objective": attrs.get("objective"),
+            "split": attrs.get("split"),
+            "n_samples": t.n,
+            "depths": t.depths,
+            "head_applies": attrs.get("head_applies"),
+            "created": attrs.get("created"),
+            "compression": attrs.get("compression"),
+            "datasets": datasets,
+            "metrics": metrics,
+        }

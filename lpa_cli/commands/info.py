@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from lpa_cli.commands.options import Json
-from lpa_cli.inspect import describe
+from analyzers.trace_io import is_trace
+from lpa_cli.inspect import describe, describe_trace
 from lpa_cli.render import consoles, depth_table, fmt, print_json
 
 
@@ -68,17 +69,40 @@ def _side_by_side(descs: list[dict]) -> Table:
     return table
 
 
+def _trace_table(d: dict) -> Table:
+    table = Table(title=d["path"], title_justify="left", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    rows = [
+        ("trace of", f"{d['checkpoint_path']} ({d['source']}, sha256 {str(d['checkpoint_sha256'])[:16]}…)"),
+        ("task kind", f"{d['kind']}, objective {d['objective']}, split {d['split']}"),
+        ("samples", f"{d['n_samples']:,}"),
+        ("depths", ", ".join(map(str, d["depths"]))),
+        ("head applies", str(d["head_applies"] or "-")),
+        ("datasets", ", ".join(f"{k} {tuple(v[0])} {v[1]}" for k, v in sorted(d["datasets"].items()))),
+        ("format", f"lpa-trace v{d['format_version']} (lpa {d['lpa_version']}, {d['created']}, compression {d['compression']})"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
 def info_command(
-    checkpoints: Annotated[list[Path], typer.Argument(help="One or more lpa checkpoints (.safetensors).")],
-    verify: Annotated[bool, typer.Option("--verify", help="Also re-hash the tensor data and check it.")] = False,
+    files: Annotated[list[Path], typer.Argument(help="lpa checkpoints (.safetensors) and/or traces (.h5).")],
+    verify: Annotated[bool, typer.Option("--verify", help="Also re-hash a checkpoint's tensor data and check it.")] = False,
     json_: Json = False,
 ) -> None:
-    """Show what a checkpoint is: architecture, task, objective, training settings, per-depth metrics, hashes."""
-    descs = [describe(p, verify=verify) for p in checkpoints]
+    """Show what a checkpoint (or trace) is: architecture, task, objective, training, per-depth metrics, hashes."""
+    traces = [describe_trace(p) for p in files if is_trace(p)]
+    descs = [describe(p, verify=verify) for p in files if not is_trace(p)]
     if json_:
-        print_json(descs if len(descs) > 1 else descs[0])
+        everything = descs + traces
+        print_json(everything if len(everything) > 1 else everything[0])
         return
     out, _ = consoles()
+    for d in traces:
+        out.print(_trace_table(d))
+        out.print(depth_table(d["metrics"], title="per-depth metrics from the trace"))
     for d in descs:
         out.print(_settings_table(d))
         if d["metrics"]:

@@ -19,6 +19,20 @@ from lpa_cli.tasks.text import load_text_task
 TASK_HELP = "surface:NAME (stripe, ripple, saddle, franke), digits, shapes, text[:FILE], file:PATH"
 
 
+SPEC_KINDS = ("surface", "digits", "shapes", "text", "file")
+
+
+def data_spec(text: str) -> str:
+    """A ``--data`` value as a task spec: an existing file (``.txt`` = text), else a spec as written."""
+    from pathlib import Path
+
+    if Path(text).is_file():
+        return f"text:{text}" if Path(text).suffix == ".txt" else f"file:{text}"
+    if text.partition(":")[0] in SPEC_KINDS:
+        return text
+    return f"file:{text}"
+
+
 def load_task(cfg: TaskConfig) -> Task:
     kind, _, arg = cfg.name.partition(":")
     if kind == "surface":
@@ -34,4 +48,4 @@ def load_task(cfg: TaskConfig) -> Task:
     raise DataError(f"unknown task {cfg.name!r}; expected {TASK_HELP}")
 
 
-__all__ = ["SURFACES", "TASK_HELP", "Task", "load_task"]
+__all__ = ["SURFACES", "TASK_HELP", "Task", "data_spec", "load_task"]

@@ -1,0 +1,290 @@
+"""Tracing: run a residual model over a data set and stream per-depth results into an HDF5 trace.
+
+The format itself lives in `analyzers.trace_io` (the contract); this module only computes arrays.
+A writer thread fed by a bounded queue overlaps HDF5 writes with the next batch's forward pass.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from analyzers.depths import parse_depths
+from analyzers.errors import UsageError
+from analyzers.metrics import summarize
+from analyzers.trace_io import TraceSpec, TraceWriter
+from lpa_cli import __version__
+from lpa_cli.config import TaskConfig
+from lpa_cli.evaluate import target_variance
+from lpa_cli.losses import ERROR_NAMES
+from lpa_cli.models.protocol import ResidualModel
+
+MAX_PREDICTION_BYTES = 4 << 30
+DEFAULT_BATCH = {"regression": 4096, "classification": 512, "lm": 64}
+
+
+@dataclass
+class TraceResult:
+    path: Path
+    n: int
+    depths: list[int]
+    kind: str
+    metrics: dict[str, list[float]]
+    seconds: float
+    samples_per_s: float
+    bytes: int
+    resumed_from: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path), "n_samples": self.n, "depths": self.depths, "kind": self.kind,
+            "metrics": self.metrics, "seconds": round(self.seconds, 3), "samples_per_s": round(self.samples_per_s, 1),
+            "bytes": self.bytes, "resumed_from": self.resumed_from,
+        }
+
+
+class _Writer(threading.Thread):
+    """Background HDF5 writer; errors surface in the main thread at the next put() or join()."""
+
+    def __init__(self, writer: TraceWriter, flush_every: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.flush_every = flush_every
+
+    def run(self) -> None:
+        last = time.monotonic()
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # drain
+            try:
+                self.writer.append(item)
+                if time.monotonic() - last > self.flush_every:
+                    self.writer.flush()
+                    last = time.monotonic()
+            except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
+                self.error = err
+
+    def put(self, arrays: dict[str, np.ndarray]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(arrays)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
+@torch.no_grad()
+def _batch_arrays(model: ResidualModel, x: Tensor, y: Tensor, kind: str, depths: list[int], keep_preds: bool, keep_states: bool, dtype: np.dtype) -> dict[str, np.ndarray]:
+    wanted = set(depths)
+    preds, states = [], []
+    errors: dict[str, list[Tensor]] = {name: [] for name in ERROR_NAMES[kind]}
+    tokens: dict[str, list[Tensor]] = {"ce": [], "correct": []}
+    max_prob, entropy = [], []
+    for k, h in enumerate(model.states(x, upto=max(depths))):
+        if k not in wanted:
+            continue
+        p = model.head(h)
+        if keep_states:
+            states.append(h)
+        if keep_preds:
+            preds.append(p)
+        if kind == "regression":
+            errors["se"].append((p.float() - y.float()).pow(2).reshape(p.shape[0], -1).mean(dim=1))
+            continue
+        logits = p.float()
+        logp = F.log_softmax(logits, dim=-1)
+        if kind == "classification":
+            ce = -logp.gather(-1, y[:, None]).squeeze(-1)  # (B,)
+            correct = (logits.argmax(-1) == y).float()
+            errors["ce"].append(ce)
+            errors["correct"].append(correct)
+        else:
+            ce = -logp.gather(-1, y[..., None]).squeeze(-1)  # (B, T)
+            correct = (logits.argmax(-1) == y).float()
+            tokens["ce"].append(ce)
+            tokens["correct"].append(correct)
+            errors["ce"].append(ce.mean(dim=1))
+            errors["correct"].append(correct.mean(dim=1))
+        prob = logp.exp()
+        max_prob.append(prob.max(dim=-1).values)
+        entropy.append(-(prob * logp).sum(dim=-1))
+    out: dict[str, np.ndarray] = {"targets": y.cpu().numpy()}
+    if keep_preds:
+        out["predictions"] = torch.stack(preds, dim=1).cpu().numpy().astype(dtype, copy=False)
+    if keep_states:
+        out["states"] = torch.stack(states, dim=1).cpu().numpy().astype(dtype, copy=False)
+    for name, values in errors.items():
+        out[f"errors/{name}"] = torch.stack(values, dim=1).cpu().numpy().astype(np.float32, copy=False)
+    if kind == "lm":
+        for name, values in tokens.items():
+            out[f"errors/{name}_token"] = torch.stack(values, dim=1).cpu().numpy().astype(np.float32, copy=False)
+    if kind != "regression":
+        out["confidence/max_prob"] = torch.stack(max_prob, dim=1).cpu().numpy()
+        out["confidence/entropy"] = torch.stack(entropy, dim=1).cpu().numpy()
+    return out
+
+
+def trace_model(
+    model: ResidualModel,
+    x: Tensor,
+    y: Tensor,
+    kind: str,
+    output: str | Path,
+    *,
+    depths: str | Sequence[int] | None = ":",
+    states: bool = False,
+    predictions: bool = True,
+    dtype: str = "float32",
+    compression: str = "none",
+    batch_size: int = 0,
+    limit: int = 0,
+    resume: bool = False,
+    force: bool = False,
+    attrs: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TraceResult:
+    """Trace ``model`` on inputs ``x`` and targets ``y`` (``kind``: regression, classification, lm).
+
+    Works for any `ResidualModel`, including ``ResidualModel(embed, blocks, head)`` wrapped around
+    your own modules (see `trace_modules`).
+    """
+    if kind not in ERROR_NAMES:
+        raise UsageError(f"unknown task kind {kind!r}")
+    if dtype not in ("float32", "float16"):
+        raise UsageError(f"--dtype must be float32 or float16, got {dtype!r}")
+    if limit < 0 or batch_size < 0:
+        raise UsageError("--limit and --batch-size must be >= 0")
+    chosen = parse_depths(depths, model.num_depths) if isinstance(depths, (str, type(None))) else sorted(set(depths))
+    if any(not 0 <= d < model.num_depths for d in chosen):
+        raise UsageError(f"depths {chosen} outside 0..{model.num_blocks}")
+    n = x.shape[0] if not limit else min(limit, x.shape[0])
+    if n == 0:
+        raise UsageError("nothing to trace: the data has no samples")
+    device = next(model.parameters()).device
+    model.eval()
+    batch_size = batch_size or DEFAULT_BATCH[kind]
+    with torch.no_grad():
+        probe_x = x[:1].to(device)
+        h0 = model.embed(probe_x)
+        pred_shape = tuple(model.head(h0).shape[1:])
+        state_shape = tuple(h0.shape[1:])
+    np_dtype = np.dtype(dtype)
+    pred_bytes = n * len(chosen) * int(np.prod(pred_shape)) * np_dtype.itemsize
+    if predictions and pred_bytes > MAX_PREDICTION_BYTES:
+        raise UsageError(f"per-depth predictions would take {pred_bytes / 2**30:.1f} GiB; use --no-predictions (errors and confidences are kept) or --limit")
+    token_len = int(y.shape[1]) if kind == "lm" else 0
+    meta = {
+        "lpa_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "head_applies": getattr(model, "head_applies", ""),
+        "n_blocks": model.num_blocks,
+        "dtype": dtype,
+        "has_predictions": bool(predictions),
+        "has_states": bool(states),
+    }
+    if kind == "regression":
+        meta["target_var"] = target_variance(y[:n], kind)
+    meta.update(attrs or {})
+    spec = TraceSpec(
+        n=n, depths=chosen, kind=kind,
+        target_shape=tuple(y.shape[1:]), target_dtype=str(y.numpy().dtype if y.device.type == "cpu" else y.cpu().numpy().dtype),
+        pred_shape=pred_shape if predictions else None, state_shape=state_shape if states else None,
+        error_names=ERROR_NAMES[kind], token_len=token_len, confidence=kind != "regression",
+        dtype=dtype, compression=compression, attrs=meta,
+    )
+    writer = TraceWriter(output, spec, force=force, resume=resume)
+    start_at = writer.start
+    thread = _Writer(writer)
+    thread.start()
+    began = time.perf_counter()
+    ok = False
+    try:
+        for start in range(start_at, n, batch_size):
+            stop = min(n, start + batch_size)
+            arrays = _batch_arrays(model, x[start:stop].to(device), y[start:stop].to(device), kind, chosen, predictions, states, np_dtype)
+            thread.put(arrays)
+            if progress:
+                progress(stop, n)
+        thread.close()
+        ok = True
+    finally:
+        if not ok:
+            thread.queue.put(None)
+            writer.close()
+    seconds = time.perf_counter() - began
+    path = writer.finish()
+    metrics = _metrics_from_trace(path)
+    return TraceResult(path, n, chosen, kind, metrics, seconds, (n - start_at) / max(seconds, 1e-9), path.stat().st_size, start_at)
+
+
+def _metrics_from_trace(path: Path) -> dict[str, list[float]]:
+    from analyzers.trace_io import open_trace
+
+    with open_trace(path) as t:
+        errors = {name: t.errors(name) for name in t.error_names}
+        return summarize(errors, t.kind, t.attrs.get("target_var"))
+
+
+def trace_modules(embed: nn.Module, blocks: Sequence[nn.Module], head: nn.Module, x: Tensor, y: Tensor, kind: str, output: str | Path, **kwargs: Any) -> TraceResult:
+    """Trace any model given as an embedding, a list of residual blocks and a head."""
+    return trace_model(ResidualModel(embed, blocks, head), x, y, kind, output, **kwargs)
+
+
+def trace_checkpoint(
+    checkpoint: str | Path,
+    output: str | Path | None = None,
+    *,
+    split: str = "test",
+    data: str | None = None,
+    verify: bool = True,
+    device: str = "cpu",
+    **kwargs: Any,
+) -> TraceResult:
+    """Trace an lpa checkpoint on its own task's split (or on ``data``, a task spec or data file)."""
+    from lpa_cli.checkpoint import load_checkpoint
+    from lpa_cli.runtime import resolve_device
+    from lpa_cli.tasks import data_spec, load_task
+
+    ckpt = load_checkpoint(checkpoint, verify=verify, device=resolve_device(device))
+    task_cfg = ckpt.config.task
+    if data:
+        spec = data_spec(data)
+        task_cfg = TaskConfig(name=spec, data_seed=task_cfg.data_seed, options=dict(task_cfg.options) if spec.startswith("text") else {})
+    if split not in ("train", "test"):
+        raise UsageError(f"--split must be train or test, got {split!r}")
+    task = load_task(task_cfg)
+    if task.kind != ckpt.kind or tuple(task.in_shape) != tuple(ckpt.task["in_shape"]):
+        raise UsageError(f"data {task.name} ({task.kind}, inputs {task.in_shape}) does not fit the checkpoint ({ckpt.kind}, inputs {tuple(ckpt.task['in_shape'])})")
+    x, y = task.split(split)
+    output = Path(output) if output else Path(checkpoint).with_suffix(f".{split}.h5")
+    attrs = {
+        "source": "lpa-checkpoint",
+        "checkpoint_path": str(checkpoint),
+        "checkpoint_sha256": ckpt.sha256,
+        "config": json.dumps(ckpt.config.to_dict(), sort_keys=True),
+        "task": json.dumps(ckpt.task | {"traced_on": task.name}, sort_keys=True),
+        "objective": ckpt.config.objective.name,
+        "split": split,
+        "training": json.dumps(ckpt.training, sort_keys=True),
+    }
+    return trace_model(ckpt.model, x, y, task.kind, output, attrs=attrs, **kwargs)
