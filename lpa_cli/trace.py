@@ -218,10 +218,13 @@ def trace_model(
     thread.start()
     began = time.perf_counter()
     ok = False
+    sums = {name: np.zeros(len(chosen), dtype=np.float64) for name in ERROR_NAMES[kind]}  # for the summary
     try:
         for start in range(start_at, n, batch_size):
             stop = min(n, start + batch_size)
             arrays = _batch_arrays(model, x[start:stop].to(device), y[start:stop].to(device), kind, chosen, predictions, states, np_dtype)
+            for name in sums:
+                sums[name] += arrays[f"errors/{name}"].sum(axis=0, dtype=np.float64)
             thread.put(arrays)
             if progress:
                 progress(stop, n)
@@ -231,13 +234,16 @@ def trace_model(
         if not ok:
             thread.queue.put(None)
             writer.close()
-    seconds = time.perf_counter() - began
     path = writer.finish()
-    metrics = _metrics_from_trace(path)
+    seconds = time.perf_counter() - began
+    metrics = _metrics_from_trace(path) if start_at else summarize(
+        {name: (sums[name] / n)[None, :] for name in sums}, kind, meta.get("target_var")
+    )
     return TraceResult(path, n, chosen, kind, metrics, seconds, (n - start_at) / max(seconds, 1e-9), path.stat().st_size, start_at)
 
 
 def _metrics_from_trace(path: Path) -> dict[str, list[float]]:
+    """Summary metrics read back from a trace (after a resume, earlier samples are only on disk)."""
     from analyzers.trace_io import open_trace
 
     with open_trace(path) as t:

@@ -1,0 +1,39 @@
+"""Shared helpers for the benchmark scripts: set-up, interleaved timing, summary lines."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from lpa_cli.runtime import tune_allocator  # noqa: E402
+
+
+def setup(threads: int = 2) -> None:
+    tune_allocator()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+
+
+def interleaved(variants: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median wall time of each variant, run round-robin so machine noise hits all of them alike."""
+    for fn in variants.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def summary(name: str, value: float, target: str, ok: bool | None = None) -> None:
+    verdict = "" if ok is None else (" ok" if ok else " MISSED")
+    print(f"{name}: {value:.3g} ({target}){verdict}", flush=True)
