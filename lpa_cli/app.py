@@ -65,12 +65,14 @@ def _root(
 
 def _register() -> None:
     from lpa_cli.commands.info import info_command
+    from lpa_cli.commands.monotonicity import monotonicity_command
     from lpa_cli.commands.trace import trace_command
     from lpa_cli.commands.train import train_command
 
     app.command("train")(guarded(train_command))
     app.command("info")(guarded(info_command))
     app.command("trace")(guarded(trace_command))
+    app.command("monotonicity")(guarded(monotonicity_command))
 
 
 _register()

@@ -46,3 +46,17 @@ def assert_clean_error(result, *needles: str, code: int = 2) -> None:
     assert len(lines) == 1, stderr
     for needle in needles:
         assert needle in stderr, stderr
+
+
+def assert_self_contained(html: str) -> None:
+    """plotly.js is embedded and the page itself loads nothing from anywhere."""
+    import re
+
+    import plotly
+
+    bundle = plotly.offline.get_plotlyjs()
+    assert bundle in html, "plotly.js is not embedded"
+    page = html.replace(bundle, "")  # the library's own string literals (its logo link) are not page markup
+    assert not re.search(r"""<script[^>]+src\s*=""", page, re.I)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert not re.search(r"""<link[^>]+href""", page, re.I)

@@ -1,0 +1,375 @@
+"""Does error fall with depth? A statistical test of the paper's monotonicity claim.
+
+Everything is computed from per-sample errors ``e[i, k]`` (sample i, recorded depth k), streamed in
+row chunks so memory does not grow with the number of samples. The method, in plain words and with
+formulas, is in docs/monotonicity.md. In short:
+
+- the curve: the mean error per depth, with a paired bootstrap CI (the same resampled samples for
+  every depth, so the CIs of differences are paired too);
+- every step k -> k+1: the mean paired change ``d_i = e[i, k+1] - e[i, k]``, its bootstrap CI, and a
+  one-sided paired t-test of H1 "the error rises by more than the tolerance", Holm-corrected;
+- the whole curve: Kendall's tau and Sen's slope against depth, and the distance to the best
+  non-increasing (isotonic) curve;
+- per sample: how many trajectories never rise beyond the tolerance, when each sample first gets
+  within the tolerance of its final error, and for classification "destructive overthinking"
+  (right at some depth < N, wrong at N) and "wasteful" depth (right already before N);
+- the shallowest depth whose error is within ``within`` (5%) of the final error.
+
+The tolerance is relative to the curve's total descent (curve[first] - min(curve)), so a noise-level
+wiggle on a converged plateau is not a violation while a rise that undoes part of the descent is.
+The strict verdict (tolerance 0) is reported too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import optimize, stats
+
+from analyzers.errors import UsageError
+
+# metric -> (per-sample error it is tested on, function from mean error to the reported value)
+METRIC_BASE: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
+    "mse": ("se", lambda m: m),
+    "rmse": ("se", np.sqrt),
+    "ce": ("ce", lambda m: m),
+    "ppl": ("ce", lambda m: np.exp(np.minimum(m, 700.0))),
+    "err": ("err", lambda m: m),
+    "acc": ("err", lambda m: 1.0 - m),  # tested as error rate; reported as accuracy
+}
+METRICS_FOR_KIND = {
+    "regression": ("mse", "rmse"),
+    "classification": ("err", "ce", "acc"),
+    "lm": ("ce", "ppl", "err", "acc"),
+}
+DEFAULT_METRIC = {"regression": "mse", "classification": "err", "lm": "ce"}
+MAX_BLOCKS = 5000
+
+
+def check_metric(metric: str | None, kind: str) -> str:
+    metric = metric or DEFAULT_METRIC[kind]
+    if metric not in METRICS_FOR_KIND[kind]:
+        raise UsageError(f"metric {metric!r} does not apply to {kind}; use one of {', '.join(METRICS_FOR_KIND[kind])}")
+    return metric
+
+
+@dataclass
+class Step:
+    """The change from depth ``frm`` to depth ``to`` (errors; positive = worse)."""
+
+    frm: int
+    to: int
+    delta: float  # mean paired change of the per-sample error
+    ci_low: float
+    ci_high: float
+    t: float
+    p: float  # one-sided: H1 "delta > tolerance"
+    p_holm: float
+    significant: bool  # p_holm < alpha: a rise beyond the tolerance
+    significant_strict: bool  # the same test with tolerance 0 (Holm-corrected too)
+
+
+@dataclass
+class MonotonicityResult:
+    """Result of `test_monotonicity`. Arrays are indexed by position in ``depths``."""
+
+    source: str
+    metric: str
+    kind: str
+    n: int
+    depths: list[int]
+    curve: list[float]  # (D,) reported metric per depth
+    ci_low: list[float]  # (D,) bootstrap CI of the reported metric
+    ci_high: list[float]
+    error_curve: list[float]  # (D,) mean of the per-sample error that is tested
+    steps: list[Step]
+    tolerance: float  # absolute tolerance on the per-sample error's mean change
+    tolerance_rel: float
+    descent: float
+    alpha: float
+    monotone: bool
+    monotone_strict: bool
+    kendall_tau: float
+    kendall_p: float  # one-sided, H1: decreasing trend
+    sen_slope: float  # per depth, in units of the tested error
+    isotonic_rmse: float  # RMS distance of the error curve to its best non-increasing fit
+    isotonic_rel: float  # ... relative to the descent
+    sample_monotone_share: float
+    first_within: list[int]  # (D,) number of samples first within the tolerance of their final error at each depth
+    mean_first_within: float
+    deploy_depth: int
+    within: float
+    overthinking_share: float | None = None  # classification: right at some k < N, wrong at N
+    wasteful_share: float | None = None  # classification: right at N and already right before N
+    first_correct: list[int] | None = None  # classification: samples first correct at each depth
+    bootstrap: int = 0
+    seed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        D = len(self.depths)
+        for name in ("curve", "ci_low", "ci_high", "error_curve", "first_within"):
+            if len(getattr(self, name)) != D:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries for {D} depths")
+        if len(self.steps) != max(0, D - 1):
+            raise ValueError("one step per pair of adjacent depths")
+
+    @property
+    def violations(self) -> list[Step]:
+        return [s for s in self.steps if s.significant]
+
+    @property
+    def verdict(self) -> str:
+        return "monotone" if self.monotone else "not monotone"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["verdict"] = self.verdict
+        out["violations"] = [{"from": s.frm, "to": s.to, "delta": s.delta, "p_holm": s.p_holm} for s in self.violations]
+        return _finite(out)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/Infinity: write them as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, idx in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[idx]))
+        adjusted[idx] = running
+    return adjusted.tolist()
+
+
+def _t_test_greater(mean: float, var: float, n: int, mu: float) -> tuple[float, float]:
+    """One-sided one-sample t-test of H1 mean > mu from summary statistics."""
+    if n < 2:
+        return float("nan"), 1.0
+    se = math.sqrt(max(var, 0.0) / n)
+    if se == 0.0:
+        return (math.inf, 0.0) if mean > mu else (-math.inf, 1.0)
+    t = (mean - mu) / se
+    return t, float(stats.t.sf(t, df=n - 1))
+
+
+ChunkSource = Callable[[], Iterator[tuple[np.ndarray, np.ndarray | None]]]
+
+
+def test_monotonicity(
+    chunks: ChunkSource,
+    n: int,
+    depths: Sequence[int],
+    kind: str,
+    metric: str | None = None,
+    *,
+    tolerance: float = 0.01,
+    alpha: float = 0.05,
+    within: float = 0.05,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    source: str = "",
+) -> MonotonicityResult:
+    """Test "error falls with depth" from per-sample errors.
+
+    ``chunks()`` yields ``(errors, correct)`` row blocks: ``errors`` of shape (rows, D) holds the
+    per-sample error the metric is based on (``se``, ``ce`` or ``1 - correct``); ``correct`` (or None)
+    the per-sample correctness for classification. It is called twice (two streaming passes).
+    ``tolerance`` is relative to the curve's total descent.
+    """
+    metric = check_metric(metric, kind)
+    depths = list(depths)
+    D = len(depths)
+    if D < 2:
+        raise UsageError("monotonicity needs at least two depths")
+    if n < 2:
+        raise UsageError("monotonicity needs at least two samples")
+    if not 0 < alpha < 1:
+        raise UsageError(f"--alpha must be between 0 and 1, got {alpha}")
+    if tolerance < 0 or within < 0:
+        raise UsageError("--tolerance and --within must be >= 0")
+    if bootstrap < 0:
+        raise UsageError("--bootstrap must be >= 0")
+    _, transform = METRIC_BASE[metric]
+
+    # Pass 1: per-depth sums, per-step sums of d and d^2, block sums for the bootstrap.
+    blocks = min(n, MAX_BLOCKS)
+    edges = np.linspace(0, n, blocks + 1).round().astype(np.int64)  # nearly equal contiguous blocks
+    block_sums = np.zeros((blocks, D))
+    sums = np.zeros(D)
+    d_sum = np.zeros(D - 1)
+    d_sq = np.zeros(D - 1)
+    seen = 0
+    for errors, _ in chunks():
+        e = np.asarray(errors, dtype=np.float64)
+        if e.ndim != 2 or e.shape[1] != D:
+            raise UsageError(f"per-sample errors have shape {e.shape}, expected (rows, {D})")
+        if not np.isfinite(e).all():
+            raise UsageError(f"{source}: per-sample errors contain NaN or infinite values")
+        rows = np.arange(seen, seen + e.shape[0])
+        block_of = np.searchsorted(edges, rows, side="right") - 1
+        np.add.at(block_sums, block_of, e) if e.shape[0] < 64 else _add_blocks(block_sums, block_of, e)
+        sums += e.sum(axis=0)
+        d = np.diff(e, axis=1)
+        d_sum += d.sum(axis=0)
+        d_sq += (d * d).sum(axis=0)
+        seen += e.shape[0]
+    if seen != n:
+        raise UsageError(f"{source}: expected {n} samples, read {seen}")
+    mean = sums / n
+    d_mean = d_sum / n
+    d_var = np.maximum(0.0, (d_sq - n * d_mean**2) / max(1, n - 1))
+    descent = float(mean[0] - mean.min())
+    notes = []
+    if descent <= 0:
+        descent = float(mean.max() - mean.min())
+        notes.append("the curve never falls below its first depth; the tolerance is relative to its range")
+    tol_abs = tolerance * descent
+
+    # Paired bootstrap over blocks: the same resampled blocks for every depth.
+    counts = np.diff(edges).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    if bootstrap:
+        pick = rng.integers(0, blocks, size=(bootstrap, blocks))
+        weights = np.zeros((bootstrap, blocks))
+        np.add.at(weights, (np.repeat(np.arange(bootstrap), blocks), pick.ravel()), 1.0)
+        boot = (weights @ block_sums) / (weights @ counts)[:, None]  # (B, D) resampled means
+        lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=0)
+        step_boot = np.diff(boot, axis=1)
+        s_lo, s_hi = np.quantile(step_boot, [alpha / 2, 1 - alpha / 2], axis=0)
+    else:
+        lo = hi = mean
+        s_lo = s_hi = d_mean
+    reported = transform(mean)
+    r_lo, r_hi = transform(lo), transform(hi)
+    if metric == "acc":
+        r_lo, r_hi = r_hi, r_lo
+
+    tests = [_t_test_greater(d_mean[j], d_var[j], n, tol_abs) for j in range(D - 1)]
+    strict = [_t_test_greater(d_mean[j], d_var[j], n, 0.0) for j in range(D - 1)]
+    p_holm = holm([p for _, p in tests])
+    p_holm_strict = holm([p for _, p in strict])
+    steps = [
+        Step(depths[j], depths[j + 1], float(d_mean[j]), float(s_lo[j]), float(s_hi[j]), float(tests[j][0]),
+             float(tests[j][1]), float(p_holm[j]), p_holm[j] < alpha, p_holm_strict[j] < alpha)
+        for j in range(D - 1)
+    ]
+
+    # Whole-curve trend and isotonic fit.
+    x = np.asarray(depths, dtype=np.float64)
+    tau = stats.kendalltau(x, mean, alternative="less")
+    slope = stats.theilslopes(mean, x)
+    iso = optimize.isotonic_regression(mean, increasing=False).x
+    iso_rmse = float(np.sqrt(np.mean((mean - iso) ** 2)))
+
+    # Pass 2: per-sample trajectories, which need the tolerance.
+    monotone_samples = 0
+    first_within = np.zeros(D, dtype=np.int64)
+    first_correct = np.zeros(D + 1, dtype=np.int64)  # last slot: never correct
+    overthinking = wasteful = 0
+    is_classification = kind == "classification"
+    for errors, correct in chunks():
+        e = np.asarray(errors, dtype=np.float64)
+        own_descent = e[:, :1] - e.min(axis=1, keepdims=True)
+        rises = np.diff(e, axis=1)
+        monotone_samples += int((rises <= tolerance * own_descent).all(axis=1).sum())
+        near = e <= e[:, -1:] + tol_abs
+        first_within += np.bincount(near.argmax(axis=1), minlength=D)
+        if is_classification and correct is not None:
+            c = np.asarray(correct) > 0.5
+            ever = c.any(axis=1)
+            first = np.where(ever, c.argmax(axis=1), D)
+            first_correct += np.bincount(first, minlength=D + 1)
+            right_before = c[:, :-1].any(axis=1)
+            overthinking += int((right_before & ~c[:, -1]).sum())
+            wasteful += int((right_before & c[:, -1]).sum())
+    final = mean[-1]
+    if metric == "acc":
+        target = (1 - final) * (1 - within)
+        deploy_index = next(k for k in range(D) if 1 - mean[k] >= target - 1e-12)
+    else:
+        deploy_index = next(k for k in range(D) if mean[k] <= final * (1 + within) + 1e-12 * max(1.0, abs(final)))
+    return MonotonicityResult(
+        source=source, metric=metric, kind=kind, n=n, depths=depths,
+        curve=reported.tolist(), ci_low=np.asarray(r_lo).tolist(), ci_high=np.asarray(r_hi).tolist(), error_curve=mean.tolist(),
+        steps=steps, tolerance=tol_abs, tolerance_rel=tolerance, descent=descent, alpha=alpha,
+        monotone=not any(s.significant for s in steps), monotone_strict=not any(s.significant_strict for s in steps),
+        kendall_tau=float(tau.statistic), kendall_p=float(tau.pvalue), sen_slope=float(slope.slope),
+        isotonic_rmse=iso_rmse, isotonic_rel=iso_rmse / descent if descent > 0 else 0.0,
+        sample_monotone_share=monotone_samples / n, first_within=first_within.tolist(),
+        mean_first_within=float(np.dot(first_within, depths) / n), deploy_depth=depths[deploy_index], within=within,
+        overthinking_share=overthinking / n if is_classification else None,
+        wasteful_share=wasteful / n if is_classification else None,
+        first_correct=first_correct[:D].tolist() if is_classification else None,
+        bootstrap=bootstrap, seed=seed, notes=notes,
+    )
+
+
+def _add_blocks(block_sums: np.ndarray, block_of: np.ndarray, e: np.ndarray) -> None:
+    """Add rows of ``e`` into their blocks (rows arrive in order, so blocks are contiguous runs)."""
+    starts = np.flatnonzero(np.r_[True, block_of[1:] != block_of[:-1]])
+    block_sums[block_of[starts]] += np.add.reduceat(e, starts, axis=0)
+
+
+def from_arrays(errors: np.ndarray, depths: Sequence[int] | None = None, kind: str = "regression", correct: np.ndarray | None = None, chunk_rows: int = 65536, **kwargs: Any) -> MonotonicityResult:
+    """Run `test_monotonicity` on in-memory per-sample errors ``(n, D)``."""
+    errors = np.asarray(errors)
+    if errors.ndim != 2:
+        raise UsageError(f"errors must be (n_samples, n_depths), got shape {errors.shape}")
+    depths = list(range(errors.shape[1])) if depths is None else list(depths)
+
+    def chunks():
+        for s in range(0, errors.shape[0], chunk_rows):
+            yield errors[s : s + chunk_rows], None if correct is None else correct[s : s + chunk_rows]
+
+    return test_monotonicity(chunks, errors.shape[0], depths, kind, **kwargs)
+
+
+def from_trace(trace, metric: str | None = None, depths: str | None = None, chunk_rows: int = 65536, lens=None, **kwargs: Any) -> MonotonicityResult:
+    """Run `test_monotonicity` on an open `analyzers.trace_io.Trace`, reading it in row chunks.
+
+    ``lens`` (an `analyzers.probes.Lens`) replaces the trace's own per-depth errors with those of
+    the lens applied to the stored states.
+    """
+    from analyzers.depths import parse_depths
+
+    metric = check_metric(metric, trace.kind)
+    base, _ = METRIC_BASE[metric]
+    positions = parse_depths(depths, len(trace.depths))
+    chosen = [trace.depths[p] for p in positions]
+    if len(chosen) < 2:
+        raise UsageError(f"depth selection {depths!r} leaves fewer than two depths")
+    classification = trace.kind == "classification"
+
+    def chunks():
+        for start in range(0, trace.n, chunk_rows):
+            rows = slice(start, min(trace.n, start + chunk_rows))
+            if lens is not None:
+                errs = lens.errors(trace, rows, positions)
+            else:
+                errs = {}
+                if base == "se":
+                    errs["se"] = trace.read("errors/se", rows)[:, positions]
+                if base == "ce":
+                    errs["ce"] = trace.read("errors/ce", rows)[:, positions]
+                if base == "err" or classification:
+                    errs["correct"] = trace.read("errors/correct", rows)[:, positions]
+            e = 1.0 - errs["correct"] if base == "err" else errs[base]
+            yield e, errs.get("correct") if classification else None
+
+    return test_monotonicity(chunks, trace.n, chosen, trace.kind, metric, source=str(trace.path), **kwargs)

@@ -1,0 +1,76 @@
+"""A minimal self-contained HTML page of headings, paragraphs, tables and plotly figures."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import plotly
+import plotly.io as pio
+
+from analyzers.atomic import write_text
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}
+th{background:#f5f5f5}td.l,th.l{text-align:left}.bad{color:#b00020;font-weight:600}.good{color:#0a7a2f;font-weight:600}
+.note{color:#555;font-size:.9rem}code{background:#f3f3f3;padding:0 .2rem}
+"""
+
+
+def esc(value: Any) -> str:
+    """Escape anything for HTML text and attributes (U+2028/2029 too, for embedded scripts)."""
+    return html.escape(str(value), quote=True).replace("\u2028", "&#x2028;").replace("\u2029", "&#x2029;")
+
+
+class Page:
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.parts: list[str] = []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.parts.append(f"<h{level}>{esc(text)}</h{level}>")
+
+    def paragraph(self, text: str, css: str = "") -> None:
+        cls = f' class="{esc(css)}"' if css else ""
+        self.parts.append(f"<p{cls}>{esc(text)}</p>")
+
+    def table(self, header: list[str], rows: list[list[Any]], left: int = 1, classes: list[list[str]] | None = None) -> None:
+        """A table; the first ``left`` columns are left-aligned. ``classes`` marks cells (e.g. "bad")."""
+        head = "".join(f'<th class="l">{esc(h)}</th>' if i < left else f"<th>{esc(h)}</th>" for i, h in enumerate(header))
+        body = []
+        for r, row in enumerate(rows):
+            cells = []
+            for i, cell in enumerate(row):
+                css = ["l"] if i < left else []
+                if classes and r < len(classes) and i < len(classes[r]) and classes[r][i]:
+                    css.append(classes[r][i])
+                attr = f' class="{" ".join(css)}"' if css else ""
+                cells.append(f"<td{attr}>{esc(cell)}</td>")
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        self.parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+    def figure(self, fig) -> None:
+        # plotly escapes <, > and / inside its JSON, so strings in figures cannot close the script tag.
+        self.parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=False, config={"displaylogo": False}))
+
+    def raw_json(self, element_id: str, data: Any) -> None:
+        """Machine-readable results embedded in the page (escaped for a script element)."""
+        text = json.dumps(data, sort_keys=True).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+        text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+        self.parts.append(f'<script type="application/json" id="{esc(element_id)}">{text}</script>')
+
+    def render(self) -> str:
+        js = plotly.offline.get_plotlyjs()
+        return (
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{esc(self.title)}</title><style>{CSS}</style>"
+            f"<script type=\"text/javascript\">{js}</script></head><body>"
+            f"<h1>{esc(self.title)}</h1>" + "\n".join(self.parts) + "</body></html>\n"
+        )
+
+    def save(self, path: str | Path, force: bool = True) -> Path:
+        return write_text(path, self.render(), force=force)

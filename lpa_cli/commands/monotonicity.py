@@ -1,0 +1,113 @@
+"""`lpa monotonicity`: does error fall with depth? Statistics, violations, exit codes, HTML report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from analyzers.monotonicity import MonotonicityResult, from_trace
+from analyzers.trace_io import open_trace
+from lpa_cli.commands.options import Depths, ExitZero, Json, Quiet, Seed, Verify
+from lpa_cli.inputs import as_trace
+from lpa_cli.render import bars, consoles, fmt, print_json
+
+
+def analyze(path: Path, *, lens: str | None = None, verify: bool = True, **kwargs) -> MonotonicityResult:
+    """Trace ``path`` if it is a checkpoint, then test it (the Python API behind the command)."""
+    from analyzers.probes import load_lens
+
+    lens_obj = load_lens(lens) if lens else None
+    with as_trace(path, verify=verify, states=lens_obj is not None) as trace_path, open_trace(trace_path) as trace:
+        result = from_trace(trace, lens=lens_obj, **kwargs)
+    result.source = str(path)
+    return result
+
+
+def _detail(r: MonotonicityResult) -> list:
+    table = Table(title=f"{r.source}: {r.metric} per depth", title_justify="left")
+    for col in ("depth", r.metric, "95% CI", "step Δ", "p (Holm)", ""):
+        table.add_column(col, justify="right" if col != "" else "left")
+    drawn = bars(r.curve)
+    for j, k in enumerate(r.depths):
+        if j == 0:
+            step, p, flag = "", "", ""
+        else:
+            s = r.steps[j - 1]
+            step, p = fmt(s.delta), f"{s.p_holm:.3g}"
+            flag = "[red]rise[/red]" if s.significant else ("[yellow]rise (strict)[/yellow]" if s.significant_strict else "")
+        table.add_row(str(k), fmt(r.curve[j], r.metric), f"[{fmt(r.ci_low[j], r.metric)}, {fmt(r.ci_high[j], r.metric)}]", step, p, f"[cyan]{drawn[j]}[/cyan] {flag}")
+    colour = "green" if r.monotone else "red"
+    lines = [
+        f"[bold {colour}]{r.verdict}[/bold {colour}] at alpha {r.alpha:g}, tolerance {r.tolerance_rel:g} of the descent "
+        f"({fmt(r.tolerance)}); strict: {'monotone' if r.monotone_strict else 'not monotone'}",
+        f"Kendall tau {r.kendall_tau:.3f} (p {r.kendall_p:.2g}), Sen slope {fmt(r.sen_slope)}/depth, "
+        f"isotonic distance {fmt(r.isotonic_rmse)} ({r.isotonic_rel:.1%} of descent)",
+        f"{r.sample_monotone_share:.1%} of samples never rise beyond tolerance; samples reach their final error at depth "
+        f"{r.mean_first_within:.2f} on average; shallowest depth within {r.within:.0%} of final: [bold]{r.deploy_depth}[/bold]",
+    ]
+    if r.overthinking_share is not None:
+        lines.append(f"destructive overthinking {r.overthinking_share:.1%}, wasteful depth {r.wasteful_share:.1%}")
+    return [table, *lines, *r.notes]
+
+
+def _summary(results: list[MonotonicityResult]) -> Table:
+    table = Table(title="monotonicity", title_justify="left")
+    for col in ("input", "metric", "n", "verdict", "strict", "worst step", "p (Holm)", "deploy depth"):
+        table.add_column(col, justify="left" if col in ("input", "verdict") else "right")
+    for r in results:
+        worst = max(r.steps, key=lambda s: s.delta)
+        colour = "green" if r.monotone else "red"
+        table.add_row(r.source, r.metric, f"{r.n:,}", f"[{colour}]{r.verdict}[/{colour}]", "yes" if r.monotone_strict else "no",
+                      f"{worst.frm}→{worst.to} {fmt(worst.delta)}", f"{worst.p_holm:.3g}", str(r.deploy_depth))
+    return table
+
+
+def monotonicity_command(
+    inputs: Annotated[list[Path], typer.Argument(help="Traces (.h5) or checkpoints (traced on their test split first).")],
+    metric: Annotated[Optional[str], typer.Option("--metric", help="mse, rmse | err, ce, acc | ce, ppl (default by task).")] = None,
+    depths: Depths = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Allowed rise, as a fraction of the curve's total descent.")] = 0.01,
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level (Holm-corrected across steps).")] = 0.05,
+    within: Annotated[float, typer.Option("--within", help="Deploy depth: shallowest within this fraction of the final error.")] = 0.05,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for confidence intervals.")] = 1000,
+    seed: Seed = None,
+    lens: Annotated[Optional[str], typer.Option("--lens", help="Read depths through a fitted probe: tuned:FILE or linear:FILE.")] = None,
+    report: Annotated[bool, typer.Option("--report", help="Write a self-contained HTML report next to the (first) input.")] = False,
+    report_path: Annotated[Optional[Path], typer.Option("--report-path", help="Write the HTML report here.")] = None,
+    verify: Verify = True,
+    exit_zero: ExitZero = False,
+    json_: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Test whether error falls with depth: CIs, paired step tests, trend, per-sample summaries.
+
+    Exit 0 when every input is monotone, 1 when one is not (unless --exit-zero), 2 on bad input.
+    """
+    results = [
+        analyze(p, lens=lens, verify=verify, metric=metric, depths=depths, tolerance=tolerance, alpha=alpha,
+                within=within, bootstrap=bootstrap, seed=seed or 0)
+        for p in inputs
+    ]
+    written = None
+    if report or report_path:
+        from analyzers.report.monotonicity import monotonicity_page
+
+        target = report_path or inputs[0].with_suffix(".monotonicity.html")
+        written = monotonicity_page(results).save(target)
+    if json_:
+        data = [r.to_dict() for r in results]
+        print_json({"results": data, "report": str(written) if written else None} if len(results) > 1 else data[0] | {"report": str(written) if written else None})
+    else:
+        out, _ = consoles(quiet)
+        if len(results) == 1:
+            for item in _detail(results[0]):
+                out.print(item)
+        else:
+            out.print(_summary(results))
+        if written:
+            out.print(f"report: [bold]{written}[/bold]")
+    if not exit_zero and not all(r.monotone for r in results):
+        raise typer.Exit(1)

@@ -1,0 +1,33 @@
+"""Inputs of the analysis commands: a trace is used as it is; a checkpoint is traced first.
+
+The analysis side has one code path and it starts from a trace (docs/design.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from analyzers.errors import UsageError
+from analyzers.trace_io import is_trace
+
+
+@contextlib.contextmanager
+def as_trace(path: str | Path, verify: bool = True, states: bool = False) -> Iterator[Path]:
+    """Yield a trace path for ``path``: itself, or a temporary trace of a checkpoint's test split."""
+    path = Path(path)
+    if is_trace(path):
+        yield path
+        return
+    if path.is_dir() and (path / "config.json").exists():
+        raise UsageError(f"{path}: trace Hugging Face models first with `lpa trace {path}`, then pass the .h5 file")
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    from lpa_cli.trace import trace_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="lpa-") as tmp:
+        out = Path(tmp) / (path.stem + ".test.h5")
+        trace_checkpoint(path, out, verify=verify, predictions=False, states=states)
+        yield out
