@@ -355,6 +355,10 @@ def from_trace(trace, metric: str | None = None, depths: str | None = None, chun
     if len(chosen) < 2:
         raise UsageError(f"depth selection {depths!r} leaves fewer than two depths")
     classification = trace.kind == "classification"
+    if lens is not None:
+        lens.check_eval(trace)
+        if not trace.has("states"):
+            raise UsageError(f"{trace.path}: reading depths through a lens needs block states; trace it with --states")
 
     def chunks():
         for start in range(0, trace.n, chunk_rows):

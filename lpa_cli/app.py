@@ -66,6 +66,7 @@ def _root(
 def _register() -> None:
     from lpa_cli.commands.info import info_command
     from lpa_cli.commands.monotonicity import monotonicity_command
+    from lpa_cli.commands.probe import probe_command
     from lpa_cli.commands.trace import trace_command
     from lpa_cli.commands.train import train_command
 
@@ -73,6 +74,7 @@ def _register() -> None:
     app.command("info")(guarded(info_command))
     app.command("trace")(guarded(trace_command))
     app.command("monotonicity")(guarded(monotonicity_command))
+    app.command("probe")(guarded(probe_command))
 
 
 _register()

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from analyzers.errors import CheckpointError, DataError, UsageError
-from lpa_cli.models.protocol import ResidualModel
+from lpa_cli.models.protocol import ResidualModel, linear_op, norm_op
 
 INSTALL_HINT = "Hugging Face support needs the optional extra: pip install 'lpa[hf]' (or pip install transformers)"
 
@@ -72,6 +72,11 @@ class _Head(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:  # (B, T, C) -> (B, T, vocab)
         return self.lm_head(self.norm(h))
+
+    def numpy_ops(self):
+        norm, p1 = norm_op(self.norm, "head.norm")
+        proj, p2 = linear_op(self.lm_head, "head.lm_head")
+        return {"feature_axis": -1, "ops": norm + proj}, p1 | p2
 
 
 def _gpt2(model: nn.Module) -> ResidualModel:

@@ -24,12 +24,13 @@ from torch import Tensor, nn
 from analyzers.depths import parse_depths
 from analyzers.errors import UsageError
 from analyzers.metrics import summarize
+from analyzers.heads import write_head
 from analyzers.trace_io import TraceSpec, TraceWriter
 from lpa_cli import __version__
 from lpa_cli.config import TaskConfig
 from lpa_cli.evaluate import target_variance
 from lpa_cli.losses import ERROR_NAMES
-from lpa_cli.models.protocol import ResidualModel
+from lpa_cli.models.protocol import ResidualModel, export_head
 
 MAX_PREDICTION_BYTES = 4 << 30
 DEFAULT_BATCH = {"regression": 4096, "classification": 512, "lm": 64}
@@ -214,6 +215,10 @@ def trace_model(
     )
     writer = TraceWriter(output, spec, force=force, resume=resume)
     start_at = writer.start
+    exported = export_head(model.head)
+    if exported is not None and "head" not in writer.file:
+        head_spec, head_params = exported
+        write_head(writer.file, head_spec, {k: v.float().cpu().numpy() for k, v in head_params.items()})
     thread = _Writer(writer)
     thread.start()
     began = time.perf_counter()

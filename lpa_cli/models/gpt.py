@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lpa_cli.models.attention import TransformerBlock
-from lpa_cli.models.protocol import ResidualModel, zero_last_layer
+from lpa_cli.models.protocol import ResidualModel, linear_op, norm_op, zero_last_layer
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,11 @@ class LMHead(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:  # (B, T, width) -> (B, T, vocab)
         return self.proj(self.norm(h))
+
+    def numpy_ops(self):
+        norm, p1 = norm_op(self.norm, "head.norm")
+        proj, p2 = linear_op(self.proj, "head.proj")
+        return {"feature_axis": -1, "ops": norm + proj}, p1 | p2
 
 
 def build_gpt(depth: int, width: int, in_shape: tuple[int, ...], out_dim: int, zero_init: bool, opts: GPTOptions) -> ResidualModel:

@@ -90,3 +90,45 @@ def zero_last_layer(branch_out: nn.Module) -> None:
     """Zero a residual branch's last layer so the block starts as the identity (timm's zero_init_last)."""
     for p in branch_out.parameters():
         p.zero_()
+
+
+def export_head(head: nn.Module) -> tuple[dict, dict[str, Tensor]] | None:
+    """The head as numpy-executable ops for `analyzers.heads` (probes apply it without torch).
+
+    Returns ``({"feature_axis": int, "ops": [...]}, params)`` or None when the head is not made of
+    supported pieces. Heads that are not a plain ``nn.Linear`` describe themselves via ``numpy_ops()``.
+    """
+    if hasattr(head, "numpy_ops"):
+        return head.numpy_ops()
+    if isinstance(head, nn.Linear):
+        ops, params = linear_op(head, "head")
+        return {"feature_axis": -1, "ops": ops}, params
+    return None
+
+
+def linear_op(layer: nn.Linear, name: str) -> tuple[list[dict], dict[str, Tensor]]:
+    params = {f"{name}.weight": layer.weight.detach()}
+    op = {"op": "linear", "weight": f"{name}.weight"}
+    if layer.bias is not None:
+        params[f"{name}.bias"] = layer.bias.detach()
+        op["bias"] = f"{name}.bias"
+    return [op], params
+
+
+def norm_op(norm: nn.Module, name: str) -> tuple[list[dict], dict[str, Tensor]]:
+    """LayerNorm / GroupNorm / RMS-style norms (a ``weight`` and ``variance_epsilon``/``eps``)."""
+    params: dict[str, Tensor] = {}
+    if isinstance(norm, nn.LayerNorm):
+        op = {"op": "layernorm", "eps": norm.eps}
+    elif isinstance(norm, nn.GroupNorm):
+        op = {"op": "groupnorm", "eps": norm.eps, "groups": norm.num_groups}
+    elif hasattr(norm, "variance_epsilon") or type(norm).__name__.endswith("RMSNorm"):
+        op = {"op": "rmsnorm", "eps": float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))}
+    else:
+        raise TypeError(f"cannot export norm {type(norm).__name__}")
+    for attr in ("weight", "bias"):
+        value = getattr(norm, attr, None)
+        if value is not None:
+            params[f"{name}.{attr}"] = value.detach()
+            op[attr] = f"{name}.{attr}"
+    return [op], params

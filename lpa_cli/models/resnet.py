@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from lpa_cli.models.protocol import ResidualModel, zero_last_layer
+from lpa_cli.models.protocol import ResidualModel, linear_op, norm_op, zero_last_layer
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,11 @@ class PoolHead(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:  # (B, width, H, W) -> (B, out)
         return self.fc(self.act(self.norm(h)).mean(dim=(2, 3)))
+
+    def numpy_ops(self):
+        norm, p1 = norm_op(self.norm, "head.norm")
+        fc, p2 = linear_op(self.fc, "head.fc")
+        return {"feature_axis": 1, "ops": norm + [{"op": "relu"}, {"op": "mean", "axes": [2, 3]}] + fc}, p1 | p2
 
 
 def build_resnet(depth: int, width: int, in_shape: tuple[int, ...], out_dim: int, zero_init: bool, opts: ResNetOptions) -> ResidualModel:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lpa_cli.models.attention import TransformerBlock
-from lpa_cli.models.protocol import ResidualModel, zero_last_layer
+from lpa_cli.models.protocol import ResidualModel, linear_op, norm_op, zero_last_layer
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,12 @@ class ViTHead(nn.Module):
     def forward(self, h: Tensor) -> Tensor:  # (B, T, width) -> (B, out)
         h = self.norm(h)
         return self.fc(h[:, 0] if self.pool == "cls" else h.mean(dim=1))
+
+    def numpy_ops(self):
+        norm, p1 = norm_op(self.norm, "head.norm")
+        fc, p2 = linear_op(self.fc, "head.fc")
+        pool = {"op": "take", "axis": 1, "index": 0} if self.pool == "cls" else {"op": "mean", "axes": [1]}
+        return {"feature_axis": -1, "ops": norm + [pool] + fc}, p1 | p2
 
 
 def build_vit(depth: int, width: int, in_shape: tuple[int, ...], out_dim: int, zero_init: bool, opts: ViTOptions) -> ResidualModel:
