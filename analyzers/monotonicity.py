@@ -10,8 +10,8 @@ formulas, is in docs/monotonicity.md. In short:
   one-sided paired t-test of H1 "the error rises by more than the tolerance", Holm-corrected;
 - the whole curve: Kendall's tau and Sen's slope against depth, and the distance to the best
   non-increasing (isotonic) curve;
-- per sample: how many trajectories never rise beyond the tolerance, when each sample first gets
-  within the tolerance of its final error, and for classification "destructive overthinking"
+- per sample, each judged against its own descent: how many trajectories never rise beyond the
+  tolerance, when each sample first gets within the tolerance of its final error, and for classification "destructive overthinking"
   (right at some depth < N, wrong at N) and "wasteful" depth (right already before N);
 - the shallowest depth whose error is within ``within`` (5%) of the final error.
 
@@ -99,7 +99,7 @@ class MonotonicityResult:
     isotonic_rmse: float  # RMS distance of the error curve to its best non-increasing fit
     isotonic_rel: float  # ... relative to the descent
     sample_monotone_share: float
-    first_within: list[int]  # (D,) number of samples first within the tolerance of their final error at each depth
+    first_within: list[int]  # (D,) samples first within (tolerance x own descent) of their final error, per depth
     mean_first_within: float
     deploy_depth: int
     within: float
@@ -189,7 +189,7 @@ def test_monotonicity(
 
     ``chunks()`` yields ``(errors, correct)`` row blocks: ``errors`` of shape (rows, D) holds the
     per-sample error the metric is based on (``se``, ``ce`` or ``1 - correct``); ``correct`` (or None)
-    the per-sample correctness for classification. It is called twice (two streaming passes).
+    the per-sample correctness for classification. One streaming pass.
     ``tolerance`` is relative to the curve's total descent.
     """
     metric = check_metric(metric, kind)
@@ -207,28 +207,53 @@ def test_monotonicity(
         raise UsageError("--bootstrap must be >= 0")
     _, transform = METRIC_BASE[metric]
 
-    # Pass 1: per-depth sums, per-step sums of d and d^2, block sums for the bootstrap.
+    # One streaming pass: per-depth sums, per-step sums of d and d^2, block sums for the bootstrap,
+    # and the per-sample statistics (each sample judged against its own descent, so nothing here
+    # needs the curve first).
     blocks = min(n, MAX_BLOCKS)
     edges = np.linspace(0, n, blocks + 1).round().astype(np.int64)  # nearly equal contiguous blocks
     block_sums = np.zeros((blocks, D))
     sums = np.zeros(D)
     d_sum = np.zeros(D - 1)
     d_sq = np.zeros(D - 1)
+    monotone_samples = 0
+    first_within = np.zeros(D, dtype=np.int64)
+    first_correct = np.zeros(D + 1, dtype=np.int64)  # last slot: never correct
+    overthinking = wasteful = 0
+    is_classification = kind == "classification"
     seen = 0
-    for errors, _ in chunks():
-        e = np.asarray(errors, dtype=np.float64)
+    for errors, correct in chunks():
+        e = np.asarray(errors)
         if e.ndim != 2 or e.shape[1] != D:
             raise UsageError(f"per-sample errors have shape {e.shape}, expected (rows, {D})")
-        if not np.isfinite(e).all():
+        # Depth-major (D, rows): numpy is slow at reducing a short axis of 17, fast along long rows.
+        eT = np.ascontiguousarray(e.T, dtype=np.float64)
+        if not np.isfinite(eT).all():
             raise UsageError(f"{source}: per-sample errors contain NaN or infinite values")
-        rows = np.arange(seen, seen + e.shape[0])
-        block_of = np.searchsorted(edges, rows, side="right") - 1
-        np.add.at(block_sums, block_of, e) if e.shape[0] < 64 else _add_blocks(block_sums, block_of, e)
-        sums += e.sum(axis=0)
-        d = np.diff(e, axis=1)
-        d_sum += d.sum(axis=0)
-        d_sq += (d * d).sum(axis=0)
-        seen += e.shape[0]
+        rows = eT.shape[1]
+        # blocks overlapping rows seen..seen+rows, and where each starts within this chunk
+        b0 = int(np.searchsorted(edges, seen, side="right")) - 1
+        b1 = int(np.searchsorted(edges, seen + rows - 1, side="right")) - 1
+        starts = np.maximum(edges[b0 : b1 + 1] - seen, 0)
+        block_sums[b0 : b1 + 1] += np.add.reduceat(eT, starts, axis=1).T
+        sums += eT.sum(axis=1)
+        d = eT[1:] - eT[:-1]  # (D-1, rows)
+        d_sum += d.sum(axis=1)
+        d_sq += np.einsum("ij,ij->i", d, d)
+        own_tol = tolerance * (eT[0] - eT.min(axis=0))  # each sample against its own descent
+        monotone_samples += int((d <= own_tol).all(axis=0).sum())
+        near = eT <= eT[-1] + own_tol  # row D-1 is always True, so argmax finds a depth
+        first_within += np.bincount(near.argmax(axis=0), minlength=D)
+        if is_classification and correct is not None:
+            c = np.ascontiguousarray(np.asarray(correct).T) > 0.5  # (D, rows)
+            first_c = np.full(rows, D)
+            for k in range(D - 1, -1, -1):
+                first_c[c[k]] = k
+            first_correct += np.bincount(first_c, minlength=D + 1)
+            right_before = c[:-1].any(axis=0)
+            overthinking += int((right_before & ~c[-1]).sum())
+            wasteful += int((right_before & c[-1]).sum())
+        seen += rows
     if seen != n:
         raise UsageError(f"{source}: expected {n} samples, read {seen}")
     mean = sums / n
@@ -246,8 +271,8 @@ def test_monotonicity(
     rng = np.random.default_rng(seed)
     if bootstrap:
         pick = rng.integers(0, blocks, size=(bootstrap, blocks))
-        weights = np.zeros((bootstrap, blocks))
-        np.add.at(weights, (np.repeat(np.arange(bootstrap), blocks), pick.ravel()), 1.0)
+        flat = (pick + blocks * np.arange(bootstrap)[:, None]).ravel()
+        weights = np.bincount(flat, minlength=bootstrap * blocks).reshape(bootstrap, blocks).astype(np.float64)
         boot = (weights @ block_sums) / (weights @ counts)[:, None]  # (B, D) resampled means
         lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=0)
         step_boot = np.diff(boot, axis=1)
@@ -277,27 +302,6 @@ def test_monotonicity(
     iso = optimize.isotonic_regression(mean, increasing=False).x
     iso_rmse = float(np.sqrt(np.mean((mean - iso) ** 2)))
 
-    # Pass 2: per-sample trajectories, which need the tolerance.
-    monotone_samples = 0
-    first_within = np.zeros(D, dtype=np.int64)
-    first_correct = np.zeros(D + 1, dtype=np.int64)  # last slot: never correct
-    overthinking = wasteful = 0
-    is_classification = kind == "classification"
-    for errors, correct in chunks():
-        e = np.asarray(errors, dtype=np.float64)
-        own_descent = e[:, :1] - e.min(axis=1, keepdims=True)
-        rises = np.diff(e, axis=1)
-        monotone_samples += int((rises <= tolerance * own_descent).all(axis=1).sum())
-        near = e <= e[:, -1:] + tol_abs
-        first_within += np.bincount(near.argmax(axis=1), minlength=D)
-        if is_classification and correct is not None:
-            c = np.asarray(correct) > 0.5
-            ever = c.any(axis=1)
-            first = np.where(ever, c.argmax(axis=1), D)
-            first_correct += np.bincount(first, minlength=D + 1)
-            right_before = c[:, :-1].any(axis=1)
-            overthinking += int((right_before & ~c[:, -1]).sum())
-            wasteful += int((right_before & c[:, -1]).sum())
     final = mean[-1]
     if metric == "acc":
         target = (1 - final) * (1 - within)
@@ -318,12 +322,6 @@ def test_monotonicity(
         first_correct=first_correct[:D].tolist() if is_classification else None,
         bootstrap=bootstrap, seed=seed, notes=notes,
     )
-
-
-def _add_blocks(block_sums: np.ndarray, block_of: np.ndarray, e: np.ndarray) -> None:
-    """Add rows of ``e`` into their blocks (rows arrive in order, so blocks are contiguous runs)."""
-    starts = np.flatnonzero(np.r_[True, block_of[1:] != block_of[:-1]])
-    block_sums[block_of[starts]] += np.add.reduceat(e, starts, axis=0)
 
 
 def from_arrays(errors: np.ndarray, depths: Sequence[int] | None = None, kind: str = "regression", correct: np.ndarray | None = None, chunk_rows: int = 65536, **kwargs: Any) -> MonotonicityResult:
@@ -355,6 +353,7 @@ def from_trace(trace, metric: str | None = None, depths: str | None = None, chun
     if len(chosen) < 2:
         raise UsageError(f"depth selection {depths!r} leaves fewer than two depths")
     classification = trace.kind == "classification"
+    cols = slice(None) if positions == list(range(len(trace.depths))) else positions  # a slice avoids a copy
     if lens is not None:
         lens.check_eval(trace)
         if not trace.has("states"):
@@ -368,11 +367,11 @@ def from_trace(trace, metric: str | None = None, depths: str | None = None, chun
             else:
                 errs = {}
                 if base == "se":
-                    errs["se"] = trace.read("errors/se", rows)[:, positions]
+                    errs["se"] = trace.read("errors/se", rows)[:, cols]
                 if base == "ce":
-                    errs["ce"] = trace.read("errors/ce", rows)[:, positions]
+                    errs["ce"] = trace.read("errors/ce", rows)[:, cols]
                 if base == "err" or classification:
-                    errs["correct"] = trace.read("errors/correct", rows)[:, positions]
+                    errs["correct"] = trace.read("errors/correct", rows)[:, cols]
             e = 1.0 - errs["correct"] if base == "err" else errs[base]
             yield e, errs.get("correct") if classification else None
 
