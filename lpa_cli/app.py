@@ -64,6 +64,8 @@ def _root(
 
 
 def _register() -> None:
+    from lpa_cli.commands.compare import compare_command
+    from lpa_cli.commands.export import export_command
     from lpa_cli.commands.info import info_command
     from lpa_cli.commands.monotonicity import monotonicity_command
     from lpa_cli.commands.probe import probe_command
@@ -75,6 +77,8 @@ def _register() -> None:
     app.command("trace")(guarded(trace_command))
     app.command("monotonicity")(guarded(monotonicity_command))
     app.command("probe")(guarded(probe_command))
+    app.command("compare")(guarded(compare_command))
+    app.command("export")(guarded(export_command))
 
 
 _register()

@@ -15,8 +15,12 @@ from analyzers.trace_io import is_trace
 
 
 @contextlib.contextmanager
-def as_trace(path: str | Path, verify: bool = True, states: bool = False) -> Iterator[Path]:
-    """Yield a trace path for ``path``: itself, or a temporary trace of a checkpoint's test split."""
+def as_trace(path: str | Path, verify: bool = True, states: bool = False, predictions: bool | str = False) -> Iterator[Path]:
+    """Yield a trace path for ``path``: itself, or a temporary trace of a checkpoint's test split.
+
+    ``predictions="auto"`` keeps per-depth predictions except for language models (whose logits are
+    large and whose analyses need only errors and confidences).
+    """
     path = Path(path)
     if is_trace(path):
         yield path
@@ -29,5 +33,9 @@ def as_trace(path: str | Path, verify: bool = True, states: bool = False) -> Ite
 
     with tempfile.TemporaryDirectory(prefix="lpa-") as tmp:
         out = Path(tmp) / (path.stem + ".test.h5")
-        trace_checkpoint(path, out, verify=verify, predictions=False, states=states)
+        if predictions == "auto":
+            from lpa_cli.checkpoint import read_info
+
+            predictions = read_info(path).task["kind"] != "lm"
+        trace_checkpoint(path, out, verify=verify, predictions=bool(predictions), states=states)
         yield out

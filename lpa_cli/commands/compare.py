@@ -1,0 +1,56 @@
+"""`lpa compare`: LPA vs E2E (or any groups of runs) diffed into one self-contained HTML report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from analyzers.atomic import check_writable
+from lpa_cli.commands.options import Force, Json, Output, Quiet, Seed
+from lpa_cli.compare import compare_runs
+from lpa_cli.render import consoles, fmt, print_json
+
+
+def compare_command(
+    run: Annotated[list[str], typer.Option("--run", help="NAME=PATH (checkpoint or trace); repeat a NAME for more seeds; globs allowed.")],
+    output: Output = None,
+    metric: Annotated[Optional[str], typer.Option("--metric", help="Metric to compare (default by task).")] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for each run's CIs.")] = 1000,
+    seed: Seed = None,
+    force: Force = False,
+    json_: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Compare groups of runs: config diff, per-depth curves and gaps, final-depth test, monotonicity,
+    cost per depth (train once, use N models), early exit, heatmaps, training curves.
+
+    Runs evaluated on different test data are refused unless --force (which also allows overwriting -o).
+    """
+    target = check_writable(output or Path("compare.html"), force)
+    result = compare_runs(run, metric=metric, force=force, seed=seed or 0, bootstrap=bootstrap)
+    from analyzers.report.compare import compare_page
+
+    compare_page(result).save(target, force=force)
+    if json_:
+        print_json(result.to_dict() | {"report": str(target)})
+        return
+    out, _ = consoles(quiet)
+    table = Table(title=f"per-depth {result.metric}", title_justify="left")
+    table.add_column("depth", justify="right")
+    for g, c in result.curves.items():
+        table.add_column(f"{g} ({c['seeds']})", justify="right")
+    depths = sorted({k for c in result.curves.values() for k in c["depths"]})
+    for k in depths:
+        table.add_row(str(k), *[fmt(c["mean"][c["depths"].index(k)], result.metric) if k in c["depths"] else "-" for c in result.curves.values()])
+    out.print(table)
+    for f in result.final:
+        out.print(f["statement"])
+    for x in result.runs:
+        colour = "green" if x["monotone"] else "red"
+        out.print(f"  {x['group']}: {x['path']}: [{colour}]{x['verdict']}[/{colour}], deploy depth {x['deploy_depth']}")
+    for note in result.notes:
+        out.print(f"[yellow]{note}[/yellow]")
+    out.print(f"report: [bold]{target}[/bold]")

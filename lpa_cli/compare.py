@@ -1,0 +1,128 @@
+"""Gathering runs for `lpa compare`: traces (checkpoints are traced first), costs, training logs."""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analyzers.compare import CompareResult, Run, compare
+from analyzers.errors import UsageError
+from analyzers.monotonicity import METRIC_BASE, check_metric, from_trace
+from analyzers.probes import fingerprint
+from analyzers.trace_io import is_trace, open_trace
+from lpa_cli.inputs import as_trace
+
+
+def parse_runs(specs: list[str]) -> "OrderedDict[str, list[Path]]":
+    """``NAME=PATH`` items (repeat a name for more seeds; quoted globs are expanded here)."""
+    groups: OrderedDict[str, list[Path]] = OrderedDict()
+    for spec in specs:
+        name, sep, pattern = spec.partition("=")
+        if not sep or not name.strip() or not pattern.strip():
+            raise UsageError(f"bad --run {spec!r}: expected NAME=PATH, e.g. LPA=runs/lpa.safetensors")
+        if any(c in pattern for c in "*?["):  # a quoted glob: only checkpoints and traces (not .jsonl logs)
+            paths = sorted(p for p in glob.glob(pattern) if Path(p).suffix in (".safetensors", ".h5", ".hdf5"))
+        else:
+            paths = [pattern]
+        if not paths:
+            raise UsageError(f"--run {spec!r}: the pattern matches no file")
+        for p in paths:
+            if not Path(p).exists():
+                raise UsageError(f"--run {spec!r}: {p}: no such file")
+            groups.setdefault(name.strip(), []).append(Path(p))
+    if len(groups) < 2:
+        raise UsageError("compare needs at least two groups (e.g. --run LPA=... --run E2E=...)")
+    return groups
+
+
+def _checkpoint_for(path: Path, trace) -> Path | None:
+    if not is_trace(path):
+        return path
+    ckpt = trace.attrs.get("checkpoint_path")
+    return Path(ckpt) if ckpt and Path(ckpt).is_file() and str(ckpt).endswith(".safetensors") else None
+
+
+def _costs(ckpt: Path | None, cache: dict[str, Any], notes: list[str]) -> dict[str, list[float]] | None:
+    if ckpt is None:
+        return None
+    from lpa_cli.checkpoint import load_checkpoint
+    from lpa_cli.cost import depth_costs
+    from lpa_cli.tasks import load_task
+
+    c = load_checkpoint(ckpt)
+    key = c.config.model.__repr__() + json.dumps(c.task, sort_keys=True)
+    if key not in cache:
+        x, _ = load_task(c.config.task).split("test")
+        cache[key] = depth_costs(c.model, x[: 64 if c.kind == "lm" else 256])
+    return cache[key]
+
+
+def _log(ckpt: Path | None) -> list[dict[str, Any]]:
+    if ckpt is None or not ckpt.with_suffix(".jsonl").exists():
+        return []
+    records = []
+    for line in ckpt.with_suffix(".jsonl").read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def load_run(group: str, path: Path, metric: str | None, cost_cache: dict, notes: list[str], seed: int, bootstrap: int) -> tuple[Run, dict, str, list[int] | None]:
+    with as_trace(path, predictions="auto") as trace_path, open_trace(trace_path) as t:
+        m = check_metric(metric, t.kind)
+        base, _ = METRIC_BASE[m]
+        mono = from_trace(t, metric=m, seed=seed, bootstrap=bootstrap)
+        mono.source = str(path)
+        errs = 1.0 - t.errors("correct") if base == "err" else t.errors(base)
+        correct = max_prob = entropy = argmax = preds = targets = None
+        if t.kind == "lm":
+            correct, max_prob, entropy = t.read("errors/correct_token"), t.read("confidence/max_prob"), t.read("confidence/entropy")
+        elif t.kind == "classification":
+            correct, max_prob, entropy = t.errors("correct"), t.read("confidence/max_prob"), t.read("confidence/entropy")
+            if t.has("predictions"):
+                argmax = t.read("predictions").argmax(axis=-1)
+        elif t.has("predictions"):
+            preds, targets = t.read("predictions"), t.read("targets")
+        ckpt = _checkpoint_for(path, t)
+        costs = _costs(ckpt, cost_cache, notes)
+        task = t.task
+        grid = task.get("meta", {}).get("grid") if isinstance(task.get("meta"), dict) else None
+        run = Run(group=group, path=str(path), config=t.config, depths=t.depths, errors=errs, monotonicity=mono,
+                  correct=correct, max_prob=max_prob, entropy=entropy, argmax=argmax, predictions=preds, targets=targets,
+                  flops=costs["flops"] if costs else None, latency_ms=costs["latency_ms"] if costs else None, log=_log(ckpt))
+        identity = fingerprint(t) | {"task": task.get("traced_on", task.get("name")), "kind": t.kind}
+    return run, identity, m, grid
+
+
+def compare_runs(specs: list[str], metric: str | None = None, force: bool = False, seed: int = 0, bootstrap: int = 1000) -> CompareResult:
+    groups = parse_runs(specs)
+    runs: OrderedDict[str, list[Run]] = OrderedDict()
+    identities, notes, cache = [], [], {}
+    chosen_metric, grid = metric, None
+    for group, paths in groups.items():
+        for p in paths:
+            run, identity, chosen_metric, grid = load_run(group, p, chosen_metric, cache, notes, seed, bootstrap)
+            runs.setdefault(group, []).append(run)
+            identities.append((p, identity))
+    first_path, first = identities[0]
+    for p, ident in identities[1:]:
+        if ident["kind"] != first["kind"]:
+            raise UsageError(f"{p} is a {ident['kind']} run and {first_path} a {first['kind']} run; they cannot be compared")
+        same_data = (ident["task"], ident["n"], ident["targets_sha256"]) == (first["task"], first["n"], first["targets_sha256"])
+        if not same_data and not force:
+            raise UsageError(f"{p} was evaluated on different data than {first_path} (task {ident['task']} vs {first['task']}, "
+                             f"{ident['n']} vs {first['n']} samples); use --force to compare anyway")
+        if not same_data:
+            notes.append(f"{p}: different test data than {first_path} (compared with --force; paired statistics are not meaningful)")
+    if any(r.flops is None for m in runs.values() for r in m):
+        notes.append("some inputs are traces whose checkpoint is not at hand: their cost is not shown")
+    result = compare(runs, chosen_metric, first["kind"], grid=grid)
+    result.notes.extend(notes)
+    return result
