@@ -128,22 +128,38 @@ def group_curves(runs: list[Run], groups: dict[str, list[Run]], alpha: float) ->
     return out
 
 
-def paired_gaps(groups: dict[str, list[Run]], metric: str, alpha: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Per common depth, group minus the first group on seed-averaged per-sample errors (paired)."""
+def _welch(a: np.ndarray, b: np.ndarray, alpha: float) -> tuple[float, float, float]:
+    """Difference of means b - a with a Welch t-interval (unpaired samples)."""
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if se > 0 else 1.0
+    m = float(b.mean() - a.mean())
+    half = float(stats.t.ppf(1 - alpha / 2, df) * se)
+    return m, m - half, m + half
+
+
+def paired_gaps(groups: dict[str, list[Run]], metric: str, alpha: float, paired: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per common depth, group minus the first group on seed-averaged per-sample errors.
+
+    Paired over the shared test samples; unpaired (Welch) when the runs saw different data.
+    """
     names = list(groups)
     base = names[0]
     _, transform = METRIC_BASE[metric]
-    avg = {g: np.mean([r.errors for r in members], axis=0) for g, members in groups.items()}  # (n, D)
+    avg = {g: np.mean([r.errors for r in members], axis=0) if paired else np.concatenate([r.errors for r in members])
+           for g, members in groups.items()}  # (n, D)
     depths = {g: members[0].depths for g, members in groups.items()}
     gaps, finals = [], []
     for g in names[1:]:
         common = sorted(set(depths[g]) & set(depths[base]))
         for k in common:
-            d = avg[g][:, depths[g].index(k)] - avg[base][:, depths[base].index(k)]
-            m, lo, hi = _t_interval(d, alpha)
+            a_k, b_k = avg[base][:, depths[base].index(k)], avg[g][:, depths[g].index(k)]
+            m, lo, hi = _t_interval(b_k - a_k, alpha) if paired else _welch(a_k, b_k, alpha)
             gaps.append({"group": g, "vs": base, "depth": k, "gap": m, "low": lo, "high": hi})
         a, b = avg[base][:, -1], avg[g][:, -1]
-        test = stats.ttest_rel(a, b)
+        test = stats.ttest_rel(a, b) if paired else stats.ttest_ind(a, b, equal_var=False)
+        test_name = (f"paired t-test over {len(a)} shared test samples (per-sample errors averaged over seeds)" if paired
+                     else f"Welch's t-test ({len(a)} vs {len(b)} samples; the runs saw different data)")
         fa, fb = float(transform(np.array([a.mean()]))[0]), float(transform(np.array([b.mean()]))[0])
         ratio = float(a.mean() / b.mean()) if b.mean() else float("inf")
         if test.pvalue < alpha:
@@ -153,7 +169,7 @@ def paired_gaps(groups: dict[str, list[Run]], metric: str, alpha: float) -> tupl
         finals.append({
             "group": base, "vs": g, "depth": depths[base][-1], "vs_depth": depths[g][-1], "metric": metric,
             "value": fa, "vs_value": fb, "error_ratio": ratio, "p": float(test.pvalue), "t": float(test.statistic),
-            "test": f"paired t-test over {len(a)} shared test samples (per-sample errors averaged over seeds)",
+            "test": test_name,
             "statement": f"{verdict}: {metric} {fa:.4g} vs {fb:.4g} (error ratio {ratio:.3g}, p = {test.pvalue:.3g})",
         })
     return gaps, finals
@@ -203,11 +219,14 @@ def early_exit(run: Run, thresholds: int = 21) -> dict[str, Any]:
     return out
 
 
-def compare(groups: dict[str, list[Run]], metric: str, kind: str, alpha: float = 0.05, grid: list[int] | None = None) -> CompareResult:
+def compare(groups: dict[str, list[Run]], metric: str, kind: str, alpha: float = 0.05, grid: list[int] | None = None,
+            paired: bool = True) -> CompareResult:
     runs = [r for members in groups.values() for r in members]
+    if len({r.errors.shape[0] for r in runs}) > 1:
+        paired = False
     diff, shared = config_diff(runs)
     curves = group_curves(runs, groups, alpha)
-    gaps, finals = paired_gaps(groups, metric, alpha)
+    gaps, finals = paired_gaps(groups, metric, alpha, paired)
     cost = {}
     for g, members in groups.items():
         flops = members[0].flops

@@ -64,6 +64,7 @@ def _root(
 
 
 def _register() -> None:
+    from lpa_cli.commands.audit import audit_command
     from lpa_cli.commands.compare import compare_command
     from lpa_cli.commands.export import export_command
     from lpa_cli.commands.info import info_command
@@ -79,6 +80,7 @@ def _register() -> None:
     app.command("probe")(guarded(probe_command))
     app.command("compare")(guarded(compare_command))
     app.command("export")(guarded(export_command))
+    app.command("audit")(guarded(audit_command))
 
 
 _register()

@@ -18,11 +18,21 @@ from analyzers.trace_io import is_trace, open_trace
 from lpa_cli.inputs import as_trace
 
 
+def _split_run(spec: str) -> tuple[str, str, str]:
+    """Split NAME=PATH at the first '=' whose right side names a file or a glob (names may hold '=')."""
+    for i, ch in enumerate(spec):
+        if ch == "=":
+            right = spec[i + 1 :]
+            if Path(right).exists() or (any(c in right for c in "*?[") and glob.glob(right)):
+                return spec[:i], "=", right
+    return spec.partition("=")
+
+
 def parse_runs(specs: list[str]) -> "OrderedDict[str, list[Path]]":
     """``NAME=PATH`` items (repeat a name for more seeds; quoted globs are expanded here)."""
     groups: OrderedDict[str, list[Path]] = OrderedDict()
     for spec in specs:
-        name, sep, pattern = spec.partition("=")
+        name, sep, pattern = _split_run(spec)
         if not sep or not name.strip() or not pattern.strip():
             raise UsageError(f"bad --run {spec!r}: expected NAME=PATH, e.g. LPA=runs/lpa.safetensors")
         if any(c in pattern for c in "*?["):  # a quoted glob: only checkpoints and traces (not .jsonl logs)
@@ -74,8 +84,11 @@ def _log(ckpt: Path | None) -> list[dict[str, Any]]:
     return records
 
 
-def load_run(group: str, path: Path, metric: str | None, cost_cache: dict, notes: list[str], seed: int, bootstrap: int) -> tuple[Run, dict, str, list[int] | None]:
+def load_run(group: str, path: Path, metric: str | None, cost_cache: dict, notes: list[str], seed: int, bootstrap: int,
+             kind: str | None = None) -> tuple[Run, dict, str, list[int] | None]:
     with as_trace(path, predictions="auto") as trace_path, open_trace(trace_path) as t:
+        if kind is not None and t.kind != kind:
+            raise UsageError(f"{path} is a {t.kind} run and the first run a {kind} run; they cannot be compared")
         m = check_metric(metric, t.kind)
         base, _ = METRIC_BASE[m]
         mono = from_trace(t, metric=m, seed=seed, bootstrap=bootstrap)
@@ -105,10 +118,11 @@ def compare_runs(specs: list[str], metric: str | None = None, force: bool = Fals
     groups = parse_runs(specs)
     runs: OrderedDict[str, list[Run]] = OrderedDict()
     identities, notes, cache = [], [], {}
-    chosen_metric, grid = metric, None
+    chosen_metric, grid, kind = metric, None, None
     for group, paths in groups.items():
         for p in paths:
-            run, identity, chosen_metric, grid = load_run(group, p, chosen_metric, cache, notes, seed, bootstrap)
+            run, identity, chosen_metric, grid = load_run(group, p, chosen_metric, cache, notes, seed, bootstrap, kind)
+            kind = identity["kind"]
             runs.setdefault(group, []).append(run)
             identities.append((p, identity))
     first_path, first = identities[0]
@@ -123,6 +137,7 @@ def compare_runs(specs: list[str], metric: str | None = None, force: bool = Fals
             notes.append(f"{p}: different test data than {first_path} (compared with --force; paired statistics are not meaningful)")
     if any(r.flops is None for m in runs.values() for r in m):
         notes.append("some inputs are traces whose checkpoint is not at hand: their cost is not shown")
-    result = compare(runs, chosen_metric, first["kind"], grid=grid)
+    same = all((i["task"], i["n"], i["targets_sha256"]) == (first["task"], first["n"], first["targets_sha256"]) for _, i in identities)
+    result = compare(runs, chosen_metric, first["kind"], grid=grid, paired=same)
     result.notes.extend(notes)
     return result

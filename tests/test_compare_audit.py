@@ -1,0 +1,174 @@
+"""lpa compare and lpa audit, end to end, with independent checks of their numbers."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from junitparser import JUnitXml
+
+from analyzers.compare import pareto
+from analyzers.monotonicity import from_trace
+from analyzers.trace_io import open_trace
+from lpa_cli.trace import trace_checkpoint
+from tests.cli_helpers import assert_clean_error, assert_self_contained, run, run_json
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
+EVIL = "</script><img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(scope="module")
+def digit_traces(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cmp")
+    out = {}
+    for name in ("resnet-digits-lpa", "resnet-digits-e2e"):
+        out[name] = d / f"{name}.h5"
+        trace_checkpoint(SAMPLES / f"{name}.safetensors", out[name])
+    return out
+
+
+def test_compare_numbers_equal_monotonicity_and_direct_group_means(digit_traces, tmp_path):
+    lpa, e2e = digit_traces["resnet-digits-lpa"], digit_traces["resnet-digits-e2e"]
+    report = tmp_path / "r.html"
+    data = run_json("compare", "--run", f"LPA={lpa}", "--run", f"LPA={lpa}", "--run", f"E2E={e2e}", "-o", report, "--metric", "err")
+    for run_info in data["runs"]:
+        with open_trace(run_info["path"]) as t:
+            ref = from_trace(t, metric="err")
+        assert run_info["curve"] == pytest.approx(ref.curve) and run_info["verdict"] == ref.verdict
+    with open_trace(lpa) as a, open_trace(e2e) as b:
+        err_lpa = 1 - a.errors("correct").astype(np.float64)
+        err_e2e = 1 - b.errors("correct").astype(np.float64)
+    assert data["curves"]["LPA"]["mean"] == pytest.approx(err_lpa.mean(axis=0).tolist())
+    assert data["curves"]["LPA"]["seeds"] == 2
+    gap = [g for g in data["gaps"] if g["depth"] == 1][0]
+    assert gap["gap"] == pytest.approx((err_e2e[:, 1] - err_lpa[:, 1]).mean())
+    assert data["final"][0]["test"].startswith("paired t-test")
+    assert {d["key"] for d in data["diff"]} == {"objective.name"}
+    assert data["cost"]["LPA"]["flops"][0] < data["cost"]["LPA"]["flops"][-1]
+    assert set(data["early_exit"]["LPA"]) == {"max_prob", "entropy", "patience"}
+    html = report.read_text()
+    assert_self_contained(html)
+    for section in ("What differs", "Final depth", "Per-depth error", "Gap per depth", "Monotonicity per run",
+                    "Train once, use N models", "Early exit"):
+        assert section in html, section
+
+
+def test_compare_surface_has_heatmaps_and_training_curves(tmp_path):
+    report = tmp_path / "s.html"
+    data = run_json("compare", "--run", f"LPA={SAMPLES / 'mlp-stripe-lpa.safetensors'}",
+                    "--run", f"E2E={SAMPLES / 'mlp-stripe-e2e.safetensors'}", "-o", report)
+    assert data["heatmaps"]["grid"] == [64, 64] and len(data["heatmaps"]["groups"]["LPA"]) == 9
+    assert data["training"]  # the samples' .jsonl logs
+    html = report.read_text()
+    assert "Predictions by depth" in html and "Training curves" in html
+
+
+def test_run_names_are_escaped_everywhere(digit_traces, tmp_path):
+    report = tmp_path / "evil.html"
+    result = run("compare", "--run", f"{EVIL}={digit_traces['resnet-digits-lpa']}", "--run", f"E2E={digit_traces['resnet-digits-e2e']}",
+                 "-o", report, "--quiet")
+    assert result.exit_code == 0, result.output
+    html = report.read_text()
+    assert EVIL not in html and "<img src=x" not in html
+    assert "&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in html  # shown literally
+
+
+def test_compare_globs_and_refusals(digit_traces, tmp_path):
+    data = run_json("compare", "--run", f"LPA={SAMPLES}/resnet-digits-l*", "--run", f"E2E={SAMPLES}/resnet-digits-e*", "-o", tmp_path / "g.html")
+    assert data["groups"]["E2E"] == [str(SAMPLES / "resnet-digits-e2e.safetensors")]
+    other = SAMPLES / "vit-digits-e2e.safetensors"
+    ok = run("compare", "--run", f"A={digit_traces['resnet-digits-lpa']}", "--run", f"B={other}", "-o", tmp_path / "x.html", "--quiet")
+    assert ok.exit_code == 0  # same test set, different architectures: comparable
+    assert_clean_error(run("compare", "--run", f"A={digit_traces['resnet-digits-lpa']}", "--run", f"B={SAMPLES / 'mlp-stripe-lpa.safetensors'}",
+                           "-o", tmp_path / "y.html"), "cannot be compared")
+    sub = tmp_path / "sub.h5"
+    trace_checkpoint(SAMPLES / "resnet-digits-e2e.safetensors", sub, limit=100)
+    assert_clean_error(run("compare", "--run", f"A={digit_traces['resnet-digits-lpa']}", "--run", f"B={sub}", "-o", tmp_path / "z.html"), "--force")
+    assert run("compare", "--run", f"A={digit_traces['resnet-digits-lpa']}", "--run", f"B={sub}", "-o", tmp_path / "z.html", "--force", "--quiet").exit_code == 0
+    assert_clean_error(run("compare", "--run", f"A={digit_traces['resnet-digits-lpa']}", "-o", tmp_path / "w.html"), "two groups")
+    assert_clean_error(run("compare", "--run", "A", "--run", "B=x", "-o", tmp_path / "w.html"), "NAME=PATH")
+    assert_clean_error(run("compare", "--run", f"A={tmp_path}/none*", "--run", "B=x", "-o", tmp_path / "w.html"), "matches no file")
+
+
+def test_pareto_front():
+    assert pareto([1, 2, 3, 4], [5, 3, 4, 1]) == [0, 1, 3]
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+
+def _config(tmp_path, body: str) -> Path:
+    path = tmp_path / "audit.toml"
+    path.write_text("[tool.lpa.audit]\n" + body)
+    return path
+
+
+LPA = SAMPLES / "mlp-stripe-lpa.safetensors"
+E2E = SAMPLES / "mlp-stripe-e2e.safetensors"
+DIGITS = SAMPLES / "resnet-digits-lpa.safetensors"
+
+
+@pytest.mark.parametrize(
+    "body,target,passes",
+    [
+        ("monotone = true\n", LPA, True),
+        ("monotone = true\n", E2E, False),
+        ('max_error = { "3" = 1e-3 }\n', LPA, True),
+        ('max_error = { "3" = 1e-5 }\n', LPA, False),
+        ('min_accuracy = { "-1" = 0.95 }\n', DIGITS, True),
+        ('min_accuracy = { "1" = 0.99 }\n', DIGITS, False),
+        (f'max_final_error_ratio = 3.0\nreference = "{E2E}"\n', LPA, True),
+        (f'max_final_error_ratio = 1.25\nreference = "{E2E}"\n', LPA, False),
+        ("max_deploy_depth = 8\n", LPA, True),
+        ("max_deploy_depth = 2\n", LPA, False),
+    ],
+)
+def test_each_rule_passes_and_fails_on_purpose(tmp_path, body, target, passes):
+    result = run("audit", target, "--config", _config(tmp_path, body), "--json")
+    data = json.loads(result.stdout)
+    assert data["passed"] is passes and result.exit_code == (0 if passes else 1)
+
+
+def test_junit_output_parses_with_one_case_per_rule_and_input(tmp_path):
+    cfg = _config(tmp_path, 'monotone = true\nmax_deploy_depth = 7\n[tool.lpa.audit.overrides."*stripe*"]\nmax_error = { "-1" = 1e-3 }\n')
+    junit = tmp_path / "out.xml"
+    result = run("audit", LPA, E2E, DIGITS, "--config", cfg, "--junit", junit)
+    assert result.exit_code == 1  # E2E is not monotone
+    xml = JUnitXml.fromfile(str(junit))
+    cases = [c for suite in xml for c in suite]
+    assert len(cases) == 3 * 2 + 2  # monotone + deploy for all three, max_error for the two stripe models
+    failed = [(c.classname, c.name) for c in cases if not c.is_passed]
+    assert (str(E2E), "monotone") in failed
+    assert run("audit", LPA, E2E, "--config", cfg, "--exit-zero", "--quiet").exit_code == 0
+
+
+def test_pyproject_table_and_github_annotations(tmp_path, monkeypatch):
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n[tool.lpa.audit]\nmonotone = true\n')
+    monkeypatch.chdir(tmp_path)
+    result = run("audit", E2E, env={"GITHUB_ACTIONS": "true"})
+    assert result.exit_code == 1 and f"::error file={E2E},title=lpa audit monotone::" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        ("monotonic = true\n", "unknown audit rule"),
+        ('max_error = 0.1\n', "table of depth"),
+        ('max_error = { "x" = 0.1 }\n', "not a depth"),
+        ("monotone = 1\n", "true or false"),
+        ("alpha = 0.05\n", "defines no rule"),
+        ("max_final_error_ratio = 1.2\n", "reference"),
+        ('max_error = { "12" = 0.1 }\n', "not among the recorded depths"),
+    ],
+)
+def test_bad_configs_exit_2(tmp_path, body, needle):
+    assert_clean_error(run("audit", LPA, "--config", _config(tmp_path, body)), needle)
+
+
+def test_bad_config_files(tmp_path):
+    assert_clean_error(run("audit", LPA, "--config", tmp_path / "none.toml"), "not found")
+    (tmp_path / "bad.toml").write_text("[tool.lpa.audit\n")
+    assert_clean_error(run("audit", LPA, "--config", tmp_path / "bad.toml"), "invalid TOML")
+    (tmp_path / "empty.toml").write_text("[tool.other]\nx = 1\n")
+    assert_clean_error(run("audit", LPA, "--config", tmp_path / "empty.toml"), "no [tool.lpa.audit]")
+    assert_clean_error(run("audit", LPA, "--config", _config(tmp_path, 'min_accuracy = { "1" = 0.5 }\n')), "does not apply")
