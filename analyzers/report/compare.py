@@ -68,7 +68,10 @@ def cost_figure(r: CompareResult, key: str, label: str) -> go.Figure:
             idx = [c["depths"].index(k) for k in c["pareto"]]
             fig.add_trace(go.Scatter(x=[c[key][j] for j in idx], y=[c["error"][j] for j in idx], mode="markers",
                                      marker={"symbol": "diamond-open", "size": 12, "color": _colour(i)}, name=f"{_name(g)} Pareto front"))
-    fig.update_layout(title=f"train once, use N models: error against {label} for every depth", xaxis_title=label, yaxis_title=r.metric, height=400)
+    values = [v for c in r.cost.values() for v in c["error"] if v and v > 0]
+    log = bool(values) and max(values) / min(values) > 30
+    fig.update_layout(title=f"train once, use N models: error against {label} for every depth", xaxis_title=label, yaxis_title=r.metric,
+                      yaxis_type="log" if log else "linear", height=400)
     return fig
 
 
@@ -125,8 +128,6 @@ def compare_page(r: CompareResult, title: str = "lpa compare") -> Page:
         page.table(["setting"] + list(r.groups), [[d["key"]] + [", ".join(map(str, d["values"].get(g, []))) for g in r.groups] for d in r.diff])
     else:
         page.paragraph("The runs' configurations are identical.")
-    page.heading("Shared settings")
-    page.table(["setting", "value"], [[k, v] for k, v in sorted(r.shared.items())], left=2)
     page.heading("Final depth")
     for f in r.final:
         page.paragraph(f["statement"] + f" — {f['test']}.")
@@ -174,6 +175,8 @@ def compare_page(r: CompareResult, title: str = "lpa compare") -> Page:
     if r.training:
         page.heading("Training curves")
         page.figure(training_figure(r))
+    page.heading("Shared settings")
+    page.table(["setting", "value"], [[k, v] for k, v in sorted(r.shared.items())], left=2)
     for note in r.notes:
         page.paragraph(note, "note")
     page.raw_json("lpa-compare", r.to_dict())
