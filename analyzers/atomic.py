@@ -36,6 +36,30 @@ def temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
 
 
+def clean_stale_temps(target: Path) -> None:
+    """Remove temporary files a killed writer left beside ``target`` (their process is gone)."""
+    prefix = f".{target.name}{TMP_MARK}"
+    try:
+        candidates = [p for p in target.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return
+    for p in candidates:
+        pid = p.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -68,6 +92,7 @@ def atomic_path(target: str | Path, force: bool = False) -> Iterator[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise _os_error(target, err) from None
+    clean_stale_temps(target)
     tmp = temp_name(target)
     try:
         yield tmp

@@ -254,7 +254,7 @@ def _h5_error(path: Path, err: Exception) -> TraceError:
     text = str(err)
     if "truncated file" in text:
         return TraceError(f"{path}: truncated trace file (it is shorter than its header says)")
-    if "filter" in text and ("not registered" in text or "not available" in text or "can't open" in text.lower()):
+    if "plugin" in text or ("filter" in text and ("not registered" in text or "not available" in text or "can't open" in text.lower())):
         return TraceError(f"{path}: a compression filter this trace uses is unavailable in this HDF5 install ({text.splitlines()[0]})")
     if "filter returned failure" in text or "checksum" in text.lower() or "fletcher" in text.lower():
         return TraceError(f"{path}: checksum mismatch: trace data is corrupt")

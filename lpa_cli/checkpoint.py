@@ -36,7 +36,8 @@ from lpa_cli.models import ResidualModel, build_model
 
 FORMAT = "lpa-checkpoint"
 FORMAT_VERSION = 1
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+# lpa headers are a few KB; a large header is refused before it is read (safetensors allows 100 MB).
+MAX_HEADER_BYTES = 16 * 1024 * 1024
 _DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
     "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
@@ -291,6 +292,10 @@ def read_info(path: str | Path) -> CheckpointInfo:
         config = RunConfig.from_dict(raw_config)
     except LpaError as err:
         raise _fail(path, f"invalid config in metadata ({err})") from None
+    from lpa_cli.models import ARCHITECTURES
+
+    if config.model.arch not in ARCHITECTURES:
+        raise _fail(path, f"unknown architecture {config.model.arch!r} in metadata (this lpa knows {', '.join(ARCHITECTURES)})")
     task = _json_field(path, meta, "task")
     if not isinstance(task, dict) or not {"kind", "in_shape", "out_dim"} <= set(task):
         raise _fail(path, "metadata 'task' lacks kind/in_shape/out_dim")

@@ -304,11 +304,12 @@ def train(
     info = task.info()
     sha = ""
     if rank == 0:
-        _append_log(output, t.steps, learning_rate(cfg, max(0, t.steps - 1)), training["final_loss"], {}, metrics, elapsed)
         if output is not None:
             sha = save_checkpoint(output, model, cfg, info, metrics, training, force=force or resume)
             if snap.exists():
                 snap.unlink()
+        # logged only once the checkpoint exists: a failed save leaves no new file behind
+        _append_log(output, t.steps, learning_rate(cfg, max(0, t.steps - 1)), training["final_loss"], {}, metrics, elapsed)
     if world > 1:
         dist.barrier()
         if created_group:
