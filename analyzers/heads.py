@@ -81,15 +81,15 @@ def _affine(x: np.ndarray, op: dict, params: dict[str, np.ndarray], axis: int) -
 
 def read_head(trace) -> Head:
     """The head stored in an open trace."""
-    if "head" not in trace.file:
+    if not trace.has("head"):
         raise TraceError(f"{trace.path}: trace has no exported head (its head is not made of supported layers)")
-    group = trace.file["head"]
     try:
+        group = trace.file["head"]
         spec = json.loads(group.attrs["ops"])
         params = {name: np.asarray(group[name][()]) for name in group}
         return Head(spec["ops"], params, int(spec["feature_axis"]))
-    except (KeyError, ValueError, OSError) as err:
-        raise TraceError(f"{trace.path}: malformed head group ({err})") from None
+    except (KeyError, ValueError, OSError, RuntimeError, TypeError) as err:
+        raise TraceError(f"{trace.path}: malformed head group ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
 
 
 def write_head(file, spec: dict[str, Any], params: dict[str, np.ndarray]) -> None:

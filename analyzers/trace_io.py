@@ -19,6 +19,7 @@ This module never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -261,6 +262,23 @@ def _h5_error(path: Path, err: Exception) -> TraceError:
     return TraceError(f"{path}: cannot read trace ({text.splitlines()[0] if text else type(err).__name__})")
 
 
+H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError)
+
+
+@contextlib.contextmanager
+def _guard(path: Path) -> Iterator[None]:
+    """HDF5 reports damage from any call (opening objects, links, attributes, data) with a handful of
+    exception types; every one becomes a one-line TraceError naming the file."""
+    try:
+        yield
+    except TraceError:
+        raise
+    except UsageError:
+        raise
+    except H5_ERRORS as err:
+        raise _h5_error(path, err) from None
+
+
 class Trace:
     """A validated, complete trace opened for reading. Use as a context manager."""
 
@@ -282,9 +300,11 @@ class Trace:
         except (OSError, RuntimeError, ValueError) as err:
             raise _h5_error(self.path, err) from None
         try:
-            self._validate(allow_incomplete)
+            with _guard(self.path):
+                self._validate(allow_incomplete)
         except Exception:
-            self.file.close()
+            with contextlib.suppress(Exception):
+                self.file.close()
             raise
 
     def _validate(self, allow_incomplete: bool) -> None:
@@ -335,6 +355,10 @@ class Trace:
 
     @property
     def attrs(self) -> dict[str, Any]:
+        with _guard(self.path):
+            return self._attrs()
+
+    def _attrs(self) -> dict[str, Any]:
         out = {}
         for key, value in self.file.attrs.items():
             if isinstance(value, np.ndarray):
@@ -345,7 +369,8 @@ class Trace:
         return out
 
     def json_attr(self, key: str, default: Any = None) -> Any:
-        raw = self.file.attrs.get(key)
+        with _guard(self.path):
+            raw = self.file.attrs.get(key)
         if raw is None:
             return default
         try:
@@ -362,16 +387,15 @@ class Trace:
         return self.json_attr("task", {}) or {}
 
     def has(self, name: str) -> bool:
-        return name in self.file
+        with _guard(self.path):
+            return name in self.file
 
     def read(self, name: str, rows: slice | None = None) -> np.ndarray:
         """A whole dataset (or a row range), checksum-verified."""
-        if name not in self.file:
-            raise TraceError(f"{self.path}: trace has no dataset {name!r}" + (" (trace with --states)" if name == "states" else ""))
-        try:
+        with _guard(self.path):
+            if name not in self.file:
+                raise TraceError(f"{self.path}: trace has no dataset {name!r}" + (" (trace with --states)" if name == "states" else ""))
             return self.file[name][rows if rows is not None else slice(None)]
-        except (OSError, RuntimeError, ValueError) as err:
-            raise _h5_error(self.path, err) from None
 
     def errors(self, name: str) -> np.ndarray:
         """Per-sample errors ``(n, D)``."""
@@ -381,7 +405,7 @@ class Trace:
 
     def iter_rows(self, name: str, rows: int = 65536) -> Iterator[np.ndarray]:
         """Read a dataset in blocks of ``rows`` samples (bounded memory)."""
-        if name not in self.file:
+        if not self.has(name):
             raise TraceError(f"{self.path}: trace has no dataset {name!r}")
         for start in range(0, self.n, rows):
             yield self.read(name, slice(start, min(self.n, start + rows)))
