@@ -8,7 +8,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from analyzers.compare import CompareResult, Run, compare
 from analyzers.errors import UsageError

@@ -22,22 +22,27 @@ def batch_loss(pred: Tensor, target: Tensor, kind: str) -> Tensor:
 
 
 @torch.no_grad()
-def per_sample_errors(pred: Tensor, target: Tensor, kind: str) -> dict[str, Tensor]:
-    """Per-sample errors of one depth's prediction, each of shape ``(B,)``, float32."""
+def per_sample_errors(pred: Tensor, target: Tensor, kind: str, extras: bool = False) -> dict[str, Tensor]:
+    """Per-sample errors of one depth's prediction, each of shape ``(B,)``, float32.
+
+    With ``extras``: for classification and LMs also the softmax's largest probability and entropy
+    (for early exit), and for LMs the per-token ``ce_token`` / ``correct_token`` ``(B, T)``.
+    """
     if kind == "regression":
         return {"se": (pred.float() - target.float()).pow(2).reshape(pred.shape[0], -1).mean(dim=1)}
-    if kind == "classification":
-        logits = pred.float()
-        return {
-            "ce": F.cross_entropy(logits, target, reduction="none"),
-            "correct": (logits.argmax(dim=-1) == target).float(),
-        }
-    logits = pred.float()  # (B, T, V)
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
-    return {
-        "ce": ce.reshape(target.shape).mean(dim=1),
-        "correct": (logits.argmax(dim=-1) == target).float().mean(dim=1),
-    }
+    logp = F.log_softmax(pred.float(), dim=-1)
+    ce = -logp.gather(-1, target[..., None]).squeeze(-1)  # (B,) or (B, T)
+    correct = (logp.argmax(dim=-1) == target).float()
+    out = {"ce": ce, "correct": correct}
+    if kind == "lm":
+        out = {"ce": ce.mean(dim=1), "correct": correct.mean(dim=1)}
+        if extras:
+            out |= {"ce_token": ce, "correct_token": correct}
+    if extras:
+        prob = logp.exp()
+        out["max_prob"] = prob.max(dim=-1).values
+        out["entropy"] = -(prob * logp).sum(dim=-1)
+    return out
 
 
 ERROR_NAMES = {"regression": ("se",), "classification": ("ce", "correct"), "lm": ("ce", "correct")}

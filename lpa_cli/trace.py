@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from analyzers.depths import parse_depths
@@ -29,7 +28,7 @@ from analyzers.trace_io import TraceSpec, TraceWriter
 from lpa_cli import __version__
 from lpa_cli.config import TaskConfig
 from lpa_cli.evaluate import target_variance
-from lpa_cli.losses import ERROR_NAMES
+from lpa_cli.losses import ERROR_NAMES, per_sample_errors
 from lpa_cli.models.protocol import ResidualModel, export_head
 
 MAX_PREDICTION_BYTES = 4 << 30
@@ -96,11 +95,10 @@ class _Writer(threading.Thread):
 
 @torch.no_grad()
 def _batch_arrays(model: ResidualModel, x: Tensor, y: Tensor, kind: str, depths: list[int], keep_preds: bool, keep_states: bool, dtype: np.dtype) -> dict[str, np.ndarray]:
+    """Everything one batch contributes to the trace, keyed by dataset name."""
     wanted = set(depths)
     preds, states = [], []
-    errors: dict[str, list[Tensor]] = {name: [] for name in ERROR_NAMES[kind]}
-    tokens: dict[str, list[Tensor]] = {"ce": [], "correct": []}
-    max_prob, entropy = [], []
+    columns: dict[str, list[Tensor]] = {}
     for k, h in enumerate(model.states(x, upto=max(depths))):
         if k not in wanted:
             continue
@@ -109,39 +107,16 @@ def _batch_arrays(model: ResidualModel, x: Tensor, y: Tensor, kind: str, depths:
             states.append(h)
         if keep_preds:
             preds.append(p)
-        if kind == "regression":
-            errors["se"].append((p.float() - y.float()).pow(2).reshape(p.shape[0], -1).mean(dim=1))
-            continue
-        logits = p.float()
-        logp = F.log_softmax(logits, dim=-1)
-        if kind == "classification":
-            ce = -logp.gather(-1, y[:, None]).squeeze(-1)  # (B,)
-            correct = (logits.argmax(-1) == y).float()
-            errors["ce"].append(ce)
-            errors["correct"].append(correct)
-        else:
-            ce = -logp.gather(-1, y[..., None]).squeeze(-1)  # (B, T)
-            correct = (logits.argmax(-1) == y).float()
-            tokens["ce"].append(ce)
-            tokens["correct"].append(correct)
-            errors["ce"].append(ce.mean(dim=1))
-            errors["correct"].append(correct.mean(dim=1))
-        prob = logp.exp()
-        max_prob.append(prob.max(dim=-1).values)
-        entropy.append(-(prob * logp).sum(dim=-1))
+        for name, values in per_sample_errors(p, y, kind, extras=True).items():
+            columns.setdefault(name, []).append(values)
     out: dict[str, np.ndarray] = {"targets": y.cpu().numpy()}
     if keep_preds:
         out["predictions"] = torch.stack(preds, dim=1).cpu().numpy().astype(dtype, copy=False)
     if keep_states:
         out["states"] = torch.stack(states, dim=1).cpu().numpy().astype(dtype, copy=False)
-    for name, values in errors.items():
-        out[f"errors/{name}"] = torch.stack(values, dim=1).cpu().numpy().astype(np.float32, copy=False)
-    if kind == "lm":
-        for name, values in tokens.items():
-            out[f"errors/{name}_token"] = torch.stack(values, dim=1).cpu().numpy().astype(np.float32, copy=False)
-    if kind != "regression":
-        out["confidence/max_prob"] = torch.stack(max_prob, dim=1).cpu().numpy()
-        out["confidence/entropy"] = torch.stack(entropy, dim=1).cpu().numpy()
+    for name, values in columns.items():
+        group = "confidence" if name in ("max_prob", "entropy") else "errors"
+        out[f"{group}/{name}"] = torch.stack(values, dim=1).cpu().numpy().astype(np.float32, copy=False)
     return out
 
 

@@ -2,7 +2,6 @@
 no traceback, and no output file created or changed (unless the row says otherwise)."""
 
 import json
-import os
 import pickle
 import random
 import signal
@@ -13,15 +12,14 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 import plotly
 import pytest
 import torch
 
 from analyzers import atomic
-from lpa_cli.checkpoint import load_checkpoint, read_info, save_checkpoint
+from lpa_cli.checkpoint import load_checkpoint, save_checkpoint
 from lpa_cli.trace import trace_checkpoint
-from tests.cli_helpers import TINY_TRAIN, assert_clean_error, assert_self_contained, run, run_json
+from tests.cli_helpers import TINY_TRAIN, assert_clean_error, assert_self_contained, run
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
 GOOD = SAMPLES / "mlp-stripe-lpa.safetensors"

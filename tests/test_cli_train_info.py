@@ -132,7 +132,7 @@ def test_info_on_bad_files_exits_2(tmp_path):
 def test_every_command_has_complete_help():
     top = run("--help")
     assert top.exit_code == 0
-    for command in ("train", "info"):
+    for command in ("train", "info", "trace", "monotonicity", "probe", "compare", "export", "audit"):
         assert command in top.stdout
         result = run(command, "--help")
         assert result.exit_code == 0 and "Usage" in result.stdout

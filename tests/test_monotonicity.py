@@ -1,7 +1,6 @@
 """The monotonicity statistics, checked against independent references and synthetic truths."""
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from analyzers.errors import TraceError, UsageError
+from analyzers.errors import TraceError
 from analyzers.trace_io import FORMAT_VERSION, open_trace, partial_path
 from lpa_cli.checkpoint import load_checkpoint
 from lpa_cli.tasks import load_task
