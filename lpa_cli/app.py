@@ -70,6 +70,7 @@ def _register() -> None:
     from lpa_cli.commands.info import info_command
     from lpa_cli.commands.monotonicity import monotonicity_command
     from lpa_cli.commands.probe import probe_command
+    from lpa_cli.commands.reproduce import reproduce_command
     from lpa_cli.commands.trace import trace_command
     from lpa_cli.commands.train import train_command
 
@@ -81,6 +82,7 @@ def _register() -> None:
     app.command("compare")(guarded(compare_command))
     app.command("export")(guarded(export_command))
     app.command("audit")(guarded(audit_command))
+    app.command("reproduce")(guarded(reproduce_command))
 
 
 _register()

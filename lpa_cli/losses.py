@@ -21,6 +21,19 @@ def batch_loss(pred: Tensor, target: Tensor, kind: str) -> Tensor:
     return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1))
 
 
+def per_depth_loss(pred: Tensor, target: Tensor, kind: str, n_depths: int) -> Tensor:
+    """Mean loss of each depth from predictions of D depths stacked on the batch axis: ``(D,)``.
+
+    Equal to ``batch_loss`` of each depth's slice (batch-mean MSE or cross-entropy).
+    """
+    if kind == "regression":
+        pred = pred.reshape(n_depths, -1)
+        return (pred - target.reshape(1, -1)).pow(2).mean(dim=1)
+    reps = [n_depths] + [1] * (target.dim() - 1)
+    ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.repeat(*reps).reshape(-1), reduction="none")
+    return ce.reshape(n_depths, -1).mean(dim=1)
+
+
 @torch.no_grad()
 def per_sample_errors(pred: Tensor, target: Tensor, kind: str, extras: bool = False) -> dict[str, Tensor]:
     """Per-sample errors of one depth's prediction, each of shape ``(B,)``, float32.

@@ -23,7 +23,7 @@ from torch import Tensor
 from analyzers.depths import parse_depths
 from analyzers.errors import UsageError
 from lpa_cli.config import ObjectiveConfig
-from lpa_cli.losses import batch_loss
+from lpa_cli.losses import batch_loss, per_depth_loss
 from lpa_cli.models.protocol import ResidualModel
 
 
@@ -88,14 +88,17 @@ class Objective:
     def __call__(self, model: ResidualModel, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> LossOutput:
         depths, weights = self._choose(generator)
         if depths == [self.last] and not self.detach_inputs:
-            preds = [model(x)]
-        else:
-            preds = model.predictions(x, depths, detach_inputs=self.detach_inputs)
-        losses = [batch_loss(p, y, self.kind) for p in preds]
-        total = losses[0] * weights[0]
-        for w, term in zip(weights[1:], losses[1:]):
-            total = total + w * term
-        return LossOutput(total, {k: v.detach() for k, v in zip(depths, losses)})
+            loss = batch_loss(model(x), y, self.kind)
+            return LossOutput(loss, {self.last: loss.detach()})
+        # All selected depths go through the shared head in one call (stacked on the batch axis) and
+        # one vectorised loss: the same terms as a loop over depths, without D head calls and D losses.
+        wanted = set(depths)
+        states = [h for k, h in enumerate(model.states(x, upto=max(depths), detach_inputs=self.detach_inputs)) if k in wanted]
+        preds = model.head(torch.cat(states, dim=0))  # (D*B, ...)
+        losses = per_depth_loss(preds, y, self.kind, len(depths))  # (D,)
+        total = (losses * torch.tensor(weights, dtype=losses.dtype, device=losses.device)).sum()
+        detached = losses.detach()
+        return LossOutput(total, {k: detached[j] for j, k in enumerate(depths)})
 
 
 def make_objective(cfg: ObjectiveConfig, num_blocks: int, kind: str) -> Objective:

@@ -1,0 +1,84 @@
+"""What LPA costs per optimisation step, compared with E2E on the same model and batch.
+
+Steps of both objectives are interleaved (one e2e step, one lpa step, ...) and the median of many
+steps is compared, for three heads: a residual MLP (scalar head), a byte-level LM (vocabulary 256)
+and an LM with a 4096-token head, the last with every depth and with depth sampling
+(`--sample-depths 3`: two random depths plus depth N each step).
+Targets: <= 1.05x (MLP), <= 1.15x (byte LM, all depths), <= 1.25x (4096 head, sampled depths).
+
+    python bench/train_overhead.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+from common import setup, summary
+
+from lpa_cli.config import ModelConfig, ObjectiveConfig
+from lpa_cli.models import build_model
+from lpa_cli.objectives import Objective
+
+
+def case(name: str, quick: bool):
+    g = torch.Generator().manual_seed(0)
+    if name == "mlp":
+        model = build_model(ModelConfig(arch="mlp", depth=8, width=64), (2,), 1)
+        x = torch.rand(512, 2, generator=g) * 2 - 1
+        return model, x, torch.sin(10 * x[:, :1]), "regression"
+    vocab = 256 if name == "lm256" else 4096
+    model = build_model(ModelConfig(arch="gpt", depth=4 if quick else 6, width=128, options={"heads": 4}), (64,), vocab, "tokens")
+    x = torch.randint(0, vocab, (16, 64), generator=g)
+    return model, x, torch.roll(x, -1, dims=1), "lm"
+
+
+def step_time(model, objective, opt, x, y) -> float:
+    t = time.perf_counter()
+    out = objective(model, x, y)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    opt.step()
+    return time.perf_counter() - t
+
+
+def measure(name: str, sample_depths: int, steps: int, quick: bool) -> float:
+    base, x, y, kind = case(name, quick)
+    models = {"e2e": base, "lpa": copy.deepcopy(base)}
+    objectives = {
+        "e2e": Objective(ObjectiveConfig(name="e2e"), base.num_blocks, kind),
+        "lpa": Objective(ObjectiveConfig(name="lpa", sample_depths=sample_depths), base.num_blocks, kind),
+    }
+    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
+    times = {"e2e": [], "lpa": []}
+    for i in range(steps + 5):
+        for k in ("e2e", "lpa"):
+            t = step_time(models[k], objectives[k], opts[k], x, y)
+            if i >= 5:  # warm-up
+                times[k].append(t)
+    e2e, lpa = statistics.median(times["e2e"]), statistics.median(times["lpa"])
+    print(f"{name} (sample_depths={sample_depths}): e2e {e2e * 1000:.2f} ms/step, lpa {lpa * 1000:.2f} ms/step")
+    return lpa / e2e
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    setup()
+    steps = 20 if args.quick else 100
+    r = measure("mlp", 0, steps * 3, args.quick)
+    summary("train_overhead.mlp", r, "target <= 1.05", r <= 1.05)
+    r = measure("lm256", 0, steps, args.quick)
+    summary("train_overhead.byte_lm", r, "target <= 1.15", r <= 1.15)
+    r = measure("lm4096", 0, steps, args.quick)
+    summary("train_overhead.lm4096_all_depths", r, "for reference: every depth through a 4096-way head", None)
+    r = measure("lm4096", 3, steps, args.quick)
+    summary("train_overhead.lm4096_sampled", r, "target <= 1.25 with --sample-depths 3", r <= 1.25)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""`lpa reproduce`: the paper's experiments and the referee's questions, one command each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markdown import Markdown
+
+from lpa_cli.commands.options import Json, Quiet
+from lpa_cli.render import consoles, print_json
+from lpa_cli.reproduce import reproduce
+
+
+def reproduce_command(
+    experiment: Annotated[str, typer.Argument(help="surface, digits, lm, ablation, counterexample or all.")],
+    seeds: Annotated[int, typer.Option("--seeds", help="Seeds per group.")] = 3,
+    quick: Annotated[bool, typer.Option("--quick", help="Small budgets (all experiments in minutes, targets not expected).")] = False,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints, reports and summaries.")] = Path("results"),
+    json_: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train LPA and E2E on the same budget and seeds, compare, and print a summary with targets.
+
+    Existing checkpoints with the same configuration are reused, so an interrupted run continues.
+    """
+    out, err = consoles(quiet or json_)
+    text, outcomes = reproduce(experiment, seeds, quick, output, progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
+    if json_:
+        print_json([{"experiment": o["experiment"], "study": o["study"], "report": o["report"], "metrics": o["metrics"],
+                     "targets": [{"target": t, "met": ok, "value": v} for t, ok, v in o["targets"]]} for o in outcomes])
+        return
+    out.print(Markdown(text))
+    out.print(f"summary: [bold]{Path(output) / f'summary-{experiment}.md'}[/bold]")

@@ -1,0 +1,217 @@
+"""`lpa reproduce`: the paper's experiments and its referee's questions, one command each.
+
+Each experiment trains LPA and E2E (or variants) with the same architecture, data, budget and seeds,
+compares them (which traces and tests monotonicity), writes the compare report and a Markdown
+summary, and checks the experiment's targets. Existing checkpoints with the same configuration are
+reused, so an interrupted `lpa reproduce` continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from analyzers.errors import UsageError
+from lpa_cli import __version__
+from lpa_cli.checkpoint import read_info
+from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
+from lpa_cli.train import Callbacks, train
+
+
+@dataclass
+class Target:
+    text: str
+    check: Callable[[dict[str, list[dict[str, list[float]]]], Any], tuple[bool, str]]
+
+
+@dataclass
+class Study:
+    """One comparison inside an experiment: groups of seeded runs and the targets they should meet."""
+
+    name: str
+    groups: dict[str, list[RunConfig]]
+    targets: list[Target] = field(default_factory=list)
+    metric: str | None = None
+
+
+def _surface(name: str, objective: str, seed: int, quick: bool, **obj) -> RunConfig:
+    steps = 600 if quick else 2000
+    return RunConfig(ModelConfig(arch="mlp", depth=8, width=64), TaskConfig(name=f"surface:{name}"),
+                     ObjectiveConfig(name=objective, **obj), TrainConfig(steps=steps, batch_size=512, lr=2e-3, seed=seed, threads=2))
+
+
+def _digits(arch: str, objective: str, seed: int, quick: bool, **extra) -> RunConfig:
+    width = 32 if arch == "resnet" else 64
+    train_extra = {k: v for k, v in extra.items() if k in ("weight_decay", "optimizer")}
+    model_extra = {k: v for k, v in extra.items() if k in ("dropout",)}
+    obj_extra = {k: v for k, v in extra.items() if k in ("lpa_lambda", "weights")}
+    return RunConfig(ModelConfig(arch=arch, depth=6, width=width, options=model_extra), TaskConfig(name="digits"),
+                     ObjectiveConfig(name=objective, **obj_extra),
+                     TrainConfig(steps=120 if quick else 300, batch_size=128, lr=2e-3, seed=seed, threads=2, **train_extra))
+
+
+def _lm(objective: str, seed: int, quick: bool) -> RunConfig:
+    return RunConfig(ModelConfig(arch="gpt", depth=4, width=64), TaskConfig(name="text"), ObjectiveConfig(name=objective),
+                     TrainConfig(steps=100 if quick else 300, batch_size=32, lr=2e-3, seed=seed, threads=2))
+
+
+def _mean_at(metrics: list[dict[str, list[float]]], metric: str, depth: int) -> float:
+    return statistics.mean(m[metric][depth] for m in metrics)
+
+
+def surface_studies(seeds: int, quick: bool) -> list[Study]:
+    s = range(seeds)
+    stripe = Study("stripe", {"LPA": [_surface("stripe", "lpa", i, quick) for i in s], "E2E": [_surface("stripe", "e2e", i, quick) for i in s]}, [
+        Target("LPA test R^2 >= 0.99 at depth 3", lambda m, c: (_mean_at(m["LPA"], "r2", 3) >= 0.99, f"{_mean_at(m['LPA'], 'r2', 3):.4f}")),
+        Target("E2E R^2 at depth 3 far lower (< 0.5)", lambda m, c: (_mean_at(m["E2E"], "r2", 3) < 0.5, f"{_mean_at(m['E2E'], 'r2', 3):.4f}")),
+        Target("LPA final-depth MSE <= 1.25x E2E's", lambda m, c: (_mean_at(m["LPA"], "mse", -1) <= 1.25 * _mean_at(m["E2E"], "mse", -1),
+                                                                  f"{_mean_at(m['LPA'], 'mse', -1) / _mean_at(m['E2E'], 'mse', -1):.2f}x")),
+    ])
+    others = [Study(name, {"LPA": [_surface(name, "lpa", 0, quick)], "E2E": [_surface(name, "e2e", 0, quick)]}) for name in ("ripple", "saddle", "franke")]
+    return [stripe, *others]
+
+
+def digits_studies(seeds: int, quick: bool) -> list[Study]:
+    out = []
+    for arch in ("resnet", "vit"):
+        out.append(Study(arch, {"LPA": [_digits(arch, "lpa", i, quick) for i in range(seeds)], "E2E": [_digits(arch, "e2e", i, quick) for i in range(seeds)]}, [
+            Target("LPA final accuracy within 1 point of E2E", lambda m, c: (_mean_at(m["LPA"], "acc", -1) >= _mean_at(m["E2E"], "acc", -1) - 0.01,
+                                                                          f"{_mean_at(m['LPA'], 'acc', -1):.4f} vs {_mean_at(m['E2E'], 'acc', -1):.4f}")),
+            Target("LPA monotone (every seed)", lambda m, c: (all(r["monotone"] for r in c.runs if r["group"] == "LPA"),
+                                                              f"{sum(r['monotone'] for r in c.runs if r['group'] == 'LPA')}/{sum(r['group'] == 'LPA' for r in c.runs)}")),
+        ], metric="err"))
+    return out
+
+
+def lm_studies(seeds: int, quick: bool) -> list[Study]:
+    return [Study("gpt", {"LPA": [_lm("lpa", i, quick) for i in range(seeds)], "E2E": [_lm("e2e", i, quick) for i in range(seeds)]}, metric="ce")]
+
+
+def ablation_studies(seeds: int, quick: bool) -> list[Study]:
+    s = range(max(1, seeds if not quick else 1))
+    groups = {"E2E": [_surface("stripe", "e2e", i, quick) for i in s]}
+    for lam in (0.01, 0.05, 0.1, 0.5, 1.0):
+        groups[f"lambda {lam:g}"] = [_surface("stripe", "lpa", i, quick, lpa_lambda=lam) for i in s]
+    for w in ("uniform", "linear", "sqrt", "inv"):
+        groups[f"weights {w}"] = [_surface("stripe", "lpa", i, quick, weights=w) for i in s]
+    groups["lpa-local"] = [_surface("stripe", "lpa-local", i, quick) for i in s]
+    groups["sampled 3 depths"] = [_surface("stripe", "lpa", i, quick, sample_depths=3) for i in s]
+    vit = {"E2E": [_digits("vit", "e2e", i, quick) for i in s], "LPA": [_digits("vit", "lpa", i, quick) for i in s]}
+    for lam in (0.1, 0.5):
+        vit[f"LPA lambda {lam:g}"] = [_digits("vit", "lpa", i, quick, lpa_lambda=lam) for i in s]
+    vit["LPA weights linear"] = [_digits("vit", "lpa", i, quick, weights="linear") for i in s]
+    vit["LPA wd 0.05"] = [_digits("vit", "lpa", i, quick, weight_decay=0.05, optimizer="adamw") for i in s]
+    vit["LPA dropout 0.1"] = [_digits("vit", "lpa", i, quick, dropout=0.1) for i in s]
+    return [Study("stripe-weights", groups), Study("vit-digits", vit, metric="err")]
+
+
+def counterexample_studies(seeds: int, quick: bool) -> list[Study]:
+    def small(objective: str) -> RunConfig:
+        return RunConfig(ModelConfig(arch="mlp", depth=4, width=32), TaskConfig(name="surface:stripe", n_train=1024, n_test=1024),
+                         ObjectiveConfig(name=objective), TrainConfig(steps=300 if quick else 800, batch_size=256, lr=5e-3, threads=2))
+
+    return [Study("small-mlp", {"LPA": [small("lpa")], "E2E": [small("e2e")]}, [
+        Target("the E2E model is not monotone", lambda m, c: (not any(r["monotone"] for r in c.runs if r["group"] == "E2E"), next(r["verdict"] for r in c.runs if r["group"] == "E2E"))),
+        Target("the LPA model is monotone", lambda m, c: (all(r["monotone"] for r in c.runs if r["group"] == "LPA"), next(r["verdict"] for r in c.runs if r["group"] == "LPA"))),
+    ])]
+
+
+EXPERIMENTS: dict[str, Callable[[int, bool], list[Study]]] = {
+    "surface": surface_studies,
+    "digits": digits_studies,
+    "lm": lm_studies,
+    "ablation": ablation_studies,
+    "counterexample": counterexample_studies,
+}
+
+
+def _checkpoint(cfg: RunConfig, path: Path, progress: Callable[[str], None]) -> Path:
+    """Train ``cfg`` into ``path`` unless a checkpoint with the same configuration is already there."""
+    if path.exists():
+        try:
+            if read_info(path).config == cfg:
+                return path
+        except Exception:  # noqa: BLE001 - an unreadable leftover is simply retrained
+            pass
+    progress(f"training {path.name}")
+    train(cfg, path, force=True, callbacks=Callbacks())
+    return path
+
+
+def run_study(experiment: str, study: Study, out: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    from analyzers.report.compare import compare_page
+    from lpa_cli.compare import compare_runs
+
+    folder = out / experiment / study.name
+    specs, metrics = [], {}
+    for label, configs in study.groups.items():
+        slug = label.lower().replace(" ", "-").replace(".", "p")
+        for cfg in configs:
+            path = _checkpoint(cfg, folder / f"{slug}-s{cfg.train.seed}.safetensors", progress)
+            specs.append(f"{label}={path}")
+            metrics.setdefault(label, []).append(read_info(path).metrics)
+    progress(f"comparing {experiment}/{study.name}")
+    result = compare_runs(specs, metric=study.metric)
+    report = compare_page(result, title=f"lpa reproduce {experiment}: {study.name}").save(folder / "report.html")
+    targets = [(t.text, *t.check(metrics, result)) for t in study.targets]
+    return {"experiment": experiment, "study": study.name, "metrics": metrics, "compare": result, "report": str(report), "targets": targets}
+
+
+def markdown(outcome: dict[str, Any]) -> str:
+    metrics, result = outcome["metrics"], outcome["compare"]
+    first = next(iter(metrics.values()))[0]
+    main = "r2" if "r2" in first else ("acc" if "acc" in first and "ppl" not in first else "ppl")
+    err = "mse" if "mse" in first else "ce"
+    lines = [f"### {outcome['experiment']} / {outcome['study']}", "",
+             f"| group | seeds | {main} depth 1 | {main} depth 3 | {main} final | {err} final | monotone runs | deploy depth |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, runs in metrics.items():
+        def cell(metric: str, depth: int) -> str:
+            values = [r[metric][depth] for r in runs if len(r[metric]) > abs(depth)]
+            if not values:
+                return "-"
+            sd = f" ± {statistics.stdev(values):.2g}" if len(values) > 1 else ""
+            return f"{statistics.mean(values):.4g}{sd}"
+
+        verdicts = [r for r in result.runs if r["group"] == label]
+        lines.append(f"| {label} | {len(runs)} | {cell(main, 1)} | {cell(main, 3)} | {cell(main, -1)} | {cell(err, -1)} | "
+                     f"{sum(v['monotone'] for v in verdicts)}/{len(verdicts)} | {', '.join(str(v['deploy_depth']) for v in verdicts)} |")
+    lines.append("")
+    for f in result.final:
+        lines.append(f"- {f['statement']} ({f['test']}).")
+    for text, ok, value in outcome["targets"]:
+        lines.append(f"- target: {text} — {'**met**' if ok else '**not met**'} ({value})")
+    lines.append(f"- report: `{outcome['report']}`")
+    return "\n".join(lines) + "\n"
+
+
+def environment() -> str:
+    return (f"lpa {__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
+            f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} torch threads")
+
+
+def reproduce(experiment: str, seeds: int = 3, quick: bool = False, output: str | Path = "results",
+              progress: Callable[[str], None] = lambda msg: None) -> tuple[str, list[dict[str, Any]]]:
+    names = list(EXPERIMENTS) if experiment == "all" else [experiment]
+    if any(n not in EXPERIMENTS for n in names):
+        raise UsageError(f"unknown experiment {experiment!r}; expected one of {', '.join(EXPERIMENTS)}, all")
+    if seeds < 1:
+        raise UsageError("--seeds must be at least 1")
+    out = Path(output)
+    outcomes = []
+    for name in names:
+        for study in EXPERIMENTS[name](seeds, quick):
+            outcomes.append(run_study(name, study, out, progress))
+    text = f"# lpa reproduce {experiment}{' --quick' if quick else ''} --seeds {seeds}\n\n{environment()}\n\n"
+    text += "\n".join(markdown(o) for o in outcomes)
+    from analyzers.atomic import write_text
+
+    write_text(out / f"summary-{experiment}.md", text, force=True)
+    return text, outcomes
+
