@@ -24,8 +24,6 @@ METRICS = {
     "classification": ("ce", "acc", "err"),
     "lm": ("ce", "ppl", "acc"),
 }
-# The metric each kind is judged by by default (lower is better for all of these).
-DEFAULT_METRIC = {"regression": "mse", "classification": "ce", "lm": "ce"}
 HIGHER_IS_BETTER = {"r2", "acc"}
 
 

@@ -126,9 +126,9 @@ def load_hf(directory: str | Path, device: str | torch.device = "cpu") -> tuple[
         raise CheckpointError(f"{directory}: model_type {model_type!r} is not supported; supported: {', '.join(FAMILIES)}")
     transformers = _transformers()
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(directory), local_files_only=True, use_safetensors=True, trust_remote_code=False, attn_implementation="sdpa"
-        )
+        # local files only, safetensors only, never code from the directory
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True,
+                                                                  use_safetensors=True, trust_remote_code=False, attn_implementation="sdpa")
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise CheckpointError(f"{directory}: cannot load model ({str(err).splitlines()[0]})") from None
     model.to(device).eval()

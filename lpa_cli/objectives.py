@@ -99,7 +99,3 @@ class Objective:
         total = (losses * torch.tensor(weights, dtype=losses.dtype, device=losses.device)).sum()
         detached = losses.detach()
         return LossOutput(total, {k: detached[j] for j, k in enumerate(depths)})
-
-
-def make_objective(cfg: ObjectiveConfig, num_blocks: int, kind: str) -> Objective:
-    return Objective(cfg, num_blocks, kind)

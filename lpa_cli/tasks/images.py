@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
@@ -83,7 +82,3 @@ def load_shapes_task(cfg: TaskConfig) -> Task:
         description=f"generated shapes: {size}x{size} grey images, {len(SHAPE_CLASSES)} classes, noise {noise}",
         meta={"image_shape": [1, size, size], "classes": list(SHAPE_CLASSES)},
     )
-
-
-def grid_side(n: int) -> int:
-    return round(math.sqrt(n))
