@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from analyzers.monotonicity import METRIC_BASE, MonotonicityResult
+from analyzers.monotonicity import METRIC_BASE, MonotonicityResult, finite
 
 
 @dataclass
@@ -56,19 +56,7 @@ class CompareResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return _finite(asdict(self))
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, np.generic):
-        return _finite(value.item())
-    return value
+        return finite(asdict(self))
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -130,17 +130,19 @@ class MonotonicityResult:
         out = asdict(self)
         out["verdict"] = self.verdict
         out["violations"] = [{"from": s.frm, "to": s.to, "delta": s.delta, "p_holm": s.p_holm} for s in self.violations]
-        return _finite(out)
+        return finite(out)
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/Infinity: write them as null."""
+def finite(value: Any) -> Any:
+    """JSON has no NaN/Infinity: write them as null (also unwraps numpy scalars)."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
     return value
 
 

@@ -9,14 +9,13 @@ and prints median step times and the speed-up.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-from common import summary
+from common import quick_args, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = """
@@ -49,10 +48,8 @@ def run(case: str, tuned: bool, steps: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    repeats, steps = (2, 100) if args.quick else (4, 400)
+    quick = quick_args(__doc__)
+    repeats, steps = (2, 100) if quick else (4, 400)
     for case in CASES:
         times = {True: [], False: []}
         for _ in range(repeats):

@@ -10,14 +10,13 @@ of that at 100k (chunked reads).
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import interleaved, summary
+from common import interleaved, quick_args, summary
 
 from analyzers.monotonicity import from_trace
 from analyzers.trace_io import TraceSpec, TraceWriter, open_trace
@@ -62,10 +61,7 @@ def peak_rss(path: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="100k and 10k samples instead of 1M and 100k")
-    args = parser.parse_args()
-    large, small = (100_000, 10_000) if args.quick else (1_000_000, 100_000)
+    large, small = (100_000, 10_000) if quick_args(__doc__) else (1_000_000, 100_000)
     with tempfile.TemporaryDirectory(prefix="lpa-bench-") as d:
         big, little = Path(d) / "big.h5", Path(d) / "small.h5"
         build(big, large)

@@ -21,6 +21,15 @@ def setup(threads: int = 2) -> None:
     torch.manual_seed(0)
 
 
+def quick_args(doc: str | None) -> bool:
+    """The benchmarks' shared command line: ``--quick`` for small sizes."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test that the script runs)")
+    return parser.parse_args().quick
+
+
 def interleaved(variants: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
     """Median wall time of each variant, run round-robin so machine noise hits all of them alike."""
     for fn in variants.values():  # warm-up

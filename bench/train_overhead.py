@@ -11,13 +11,12 @@ Targets: <= 1.05x (MLP), <= 1.15x (byte LM, all depths), <= 1.25x (4096 head, sa
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import time
 
 import torch
-from common import setup, summary
+from common import quick_args, setup, summary
 
 from lpa_cli.config import ModelConfig, ObjectiveConfig
 from lpa_cli.models import build_model
@@ -65,18 +64,16 @@ def measure(name: str, sample_depths: int, steps: int, quick: bool) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    quick = quick_args(__doc__)
     setup()
-    steps = 20 if args.quick else 100
-    r = measure("mlp", 0, steps * 3, args.quick)
+    steps = 20 if quick else 100
+    r = measure("mlp", 0, steps * 3, quick)
     summary("train_overhead.mlp", r, "target <= 1.05", r <= 1.05)
-    r = measure("lm256", 0, steps, args.quick)
+    r = measure("lm256", 0, steps, quick)
     summary("train_overhead.byte_lm", r, "target <= 1.15", r <= 1.15)
-    r = measure("lm4096", 0, steps, args.quick)
+    r = measure("lm4096", 0, steps, quick)
     summary("train_overhead.lm4096_all_depths", r, "for reference: every depth through a 4096-way head", None)
-    r = measure("lm4096", 3, steps, args.quick)
+    r = measure("lm4096", 3, steps, quick)
     summary("train_overhead.lm4096_sampled", r, "target <= 1.25 with --sample-depths 3", r <= 1.25)
 
 

@@ -6,11 +6,10 @@ objective on the same batches: samples per second, side by side. Target: >= 0.9x
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
-from common import setup, summary
+from common import quick_args, setup, summary
 
 from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
 from lpa_cli.models import build_model
@@ -37,11 +36,9 @@ def hand_written(cfg: RunConfig, task) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    quick = quick_args(__doc__)
     setup()
-    steps = 200 if args.quick else 1500
+    steps = 200 if quick else 1500
     cfg = RunConfig(ModelConfig(depth=8, width=64), TaskConfig(), ObjectiveConfig(name="lpa"), TrainConfig(steps=steps, batch_size=512, threads=2))
     task = load_task(cfg.task)
     rates = {"lpa": [], "hand": []}
