@@ -47,7 +47,7 @@ METRICS_FOR_KIND = {
     "lm": ("ce", "ppl", "err", "acc"),
 }
 DEFAULT_METRIC = {"regression": "mse", "classification": "err", "lm": "ce"}
-MAX_BLOCKS = 5000
+MAX_BLOCKS = 2000  # bootstrap resampling units; above this many samples, contiguous blocks of samples
 
 
 def check_metric(metric: str | None, kind: str) -> str:
@@ -170,6 +170,20 @@ def _t_test_greater(mean: float, var: float, n: int, mu: float) -> tuple[float, 
     return t, float(stats.t.sf(t, df=n - 1))
 
 
+def _first_true_counts(mask: np.ndarray) -> np.ndarray:
+    """For a depth-major boolean (D, rows) mask: how many columns are first True at each depth,
+    plus (last slot) how many are never True. A loop over the short axis: ``argmax(axis=0)`` would
+    copy the array into row-major order first, which costs ten times as much."""
+    D, rows = mask.shape
+    counts = np.zeros(D + 1, dtype=np.int64)
+    found = np.zeros(rows, dtype=bool)
+    for k in range(D):
+        counts[k] = np.count_nonzero(mask[k] > found)  # True now, not before
+        found |= mask[k]
+    counts[D] = rows - np.count_nonzero(found)
+    return counts
+
+
 ChunkSource = Callable[[], Iterator[tuple[np.ndarray, np.ndarray | None]]]
 
 
@@ -229,7 +243,9 @@ def test_monotonicity(
         if e.ndim != 2 or e.shape[1] != D:
             raise UsageError(f"per-sample errors have shape {e.shape}, expected (rows, {D})")
         # Depth-major (D, rows): numpy is slow at reducing a short axis of 17, fast along long rows.
-        eT = np.ascontiguousarray(e.T, dtype=np.float64)
+        # Element-wise work stays in the errors' own precision (float32 in traces: half the memory
+        # traffic); every sum accumulates in float64.
+        eT = np.ascontiguousarray(e.T, dtype=np.result_type(e.dtype, np.float32))
         if not np.isfinite(eT).all():
             raise UsageError(f"{source}: per-sample errors contain NaN or infinite values")
         rows = eT.shape[1]
@@ -237,21 +253,17 @@ def test_monotonicity(
         b0 = int(np.searchsorted(edges, seen, side="right")) - 1
         b1 = int(np.searchsorted(edges, seen + rows - 1, side="right")) - 1
         starts = np.maximum(edges[b0 : b1 + 1] - seen, 0)
-        block_sums[b0 : b1 + 1] += np.add.reduceat(eT, starts, axis=1).T
-        sums += eT.sum(axis=1)
-        d = eT[1:] - eT[:-1]  # (D-1, rows)
+        block_sums[b0 : b1 + 1] += np.add.reduceat(eT, starts, axis=1, dtype=np.float64).T
+        sums += eT.sum(axis=1, dtype=np.float64)
+        d = (eT[1:] - eT[:-1]).astype(np.float64, copy=False)  # (D-1, rows); float64 for the squares
         d_sum += d.sum(axis=1)
         d_sq += np.einsum("ij,ij->i", d, d)
         own_tol = tolerance * (eT[0] - eT.min(axis=0))  # each sample against its own descent
         monotone_samples += int((d <= own_tol).all(axis=0).sum())
-        near = eT <= eT[-1] + own_tol  # row D-1 is always True, so argmax finds a depth
-        first_within += np.bincount(near.argmax(axis=0), minlength=D)
+        first_within += _first_true_counts(eT <= eT[-1] + own_tol)[:D]  # depth N always counts
         if is_classification and correct is not None:
             c = np.ascontiguousarray(np.asarray(correct).T) > 0.5  # (D, rows)
-            first_c = np.full(rows, D)
-            for k in range(D - 1, -1, -1):
-                first_c[c[k]] = k
-            first_correct += np.bincount(first_c, minlength=D + 1)
+            first_correct += _first_true_counts(c)
             right_before = c[:-1].any(axis=0)
             overthinking += int((right_before & ~c[-1]).sum())
             wasteful += int((right_before & c[-1]).sum())
@@ -272,9 +284,10 @@ def test_monotonicity(
     counts = np.diff(edges).astype(np.float64)
     rng = np.random.default_rng(seed)
     if bootstrap:
+        # weights[b, j]: how often replicate b drew block j (one bincount over all replicates at once)
         pick = rng.integers(0, blocks, size=(bootstrap, blocks))
-        flat = (pick + blocks * np.arange(bootstrap)[:, None]).ravel()
-        weights = np.bincount(flat, minlength=bootstrap * blocks).reshape(bootstrap, blocks).astype(np.float64)
+        pick += blocks * np.arange(bootstrap)[:, None]
+        weights = np.bincount(pick.ravel(), minlength=bootstrap * blocks).reshape(bootstrap, blocks).astype(np.float64)
         boot = (weights @ block_sums) / (weights @ counts)[:, None]  # (B, D) resampled means
         lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=0)
         step_boot = np.diff(boot, axis=1)

@@ -124,6 +124,7 @@ class TraceWriter:
         self.start = 0
         self._buffers: dict[str, list[np.ndarray]] = {}
         self._written: dict[str, int] = {}
+        self._handles: dict[str, tuple[h5py.Dataset, int]] = {}
         try:
             self.output.parent.mkdir(parents=True, exist_ok=True)
             if resume and self.partial.exists() and self._try_resume():
@@ -193,8 +194,15 @@ class TraceWriter:
         for name, values in arrays.items():
             buf = self._buffers.setdefault(name, [])
             buf.append(values)
-            if sum(len(v) for v in buf) >= self.file[name].chunks[0]:
+            if sum(len(v) for v in buf) >= self._dataset(name)[1]:
                 self._drain(name)
+
+    def _dataset(self, name: str) -> tuple[h5py.Dataset, int]:
+        """The open dataset and its chunk's row count (looked up once: h5py lookups are not free)."""
+        if name not in self._handles:
+            dataset = self.file[name]
+            self._handles[name] = (dataset, dataset.chunks[0])
+        return self._handles[name]
 
     def _drain(self, name: str) -> None:
         buf = self._buffers.pop(name, [])
@@ -202,7 +210,7 @@ class TraceWriter:
             return
         values = np.concatenate(buf) if len(buf) > 1 else buf[0]
         start = self._written[name]
-        self.file[name][start : start + len(values)] = values
+        self._dataset(name)[0][start : start + len(values)] = values
         self._written[name] = start + len(values)
 
     def flush(self) -> int:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CODE = """
 import sys, time
 sys.path.insert(0, {root!r})
-from lpa_cli.runtime import tune_allocator
+from lpa_cli.allocator import tune_allocator
 tuned = tune_allocator()
 from lpa_cli.config import resolve
 from lpa_cli.train import train

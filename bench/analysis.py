@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import interleaved, quick_args, summary
+from common import interleaved, quick_args, summary, tune_allocator
 
 from analyzers.monotonicity import from_trace
 from analyzers.trace_io import TraceSpec, TraceWriter, open_trace
@@ -52,7 +52,8 @@ def peak_rss(path: Path) -> float:
     """Peak RSS (MB) of a fresh process that runs the analysis."""
     code = (
         "import sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n"
-        "from analysis import monotonicity; from pathlib import Path\n"
+        "from analysis import monotonicity, tune_allocator; from pathlib import Path\n"
+        "assert 'torch' not in sys.modules; tune_allocator()\n"
         "monotonicity(Path(%r))\n"
         "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])\n"
     ) % (str(Path(__file__).parent), str(Path(__file__).parents[1]), str(path))
@@ -61,6 +62,7 @@ def peak_rss(path: Path) -> float:
 
 
 def main() -> None:
+    tune_allocator()  # as `lpa monotonicity` does at start-up
     large, small = (100_000, 10_000) if quick_args(__doc__) else (1_000_000, 100_000)
     with tempfile.TemporaryDirectory(prefix="lpa-bench-") as d:
         big, little = Path(d) / "big.h5", Path(d) / "small.h5"

@@ -10,12 +10,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
-from lpa_cli.runtime import tune_allocator  # noqa: E402
+from lpa_cli.allocator import tune_allocator  # noqa: E402
 
 
 def setup(threads: int = 2) -> None:
+    """The process set-up every lpa command does (allocator tuning), plus torch threads and seed."""
+    import torch  # here, not at the top: the analysis benchmark must run without torch
+
     tune_allocator()
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -89,7 +89,7 @@ _register()
 
 
 def main() -> None:
-    from lpa_cli.runtime import tune_allocator
+    from lpa_cli.allocator import tune_allocator
 
     tune_allocator()
     app(prog_name="lpa")

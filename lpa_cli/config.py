@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from analyzers.errors import ConfigError, UsageError
 
@@ -59,6 +60,8 @@ class ObjectiveConfig:
     lpa_lambda: float | None = None  # set: loss_N + lambda * (sum of the other selected depths)
     depths: str = ":"  # depths that get a loss term (numpy-slice string over 0..N)
     sample_depths: int = 0  # >0: each step uses this many of the selected depths (always including N)
+    sample_fraction: float = 1.0  # <1: shallower depths' terms use this fraction of each batch (N uses all)
+    loss_power: float = 1.0  # each depth's term is L_k ** p (log L_k at 0): p < 1 balances shallow and deep depths
 
     def __post_init__(self) -> None:
         if self.name not in OBJECTIVES:
@@ -69,6 +72,10 @@ class ObjectiveConfig:
             raise UsageError(f"--lpa-lambda must be >= 0, got {self.lpa_lambda}")
         if self.sample_depths < 0:
             raise UsageError("--sample-depths must be >= 0")
+        if not 0 < self.sample_fraction <= 1:
+            raise UsageError(f"--sample-fraction must be in (0, 1], got {self.sample_fraction}")
+        if not 0 <= self.loss_power <= 1:
+            raise UsageError(f"--loss-power must be between 0 and 1, got {self.loss_power}")
 
 
 @dataclass(frozen=True)

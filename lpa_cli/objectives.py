@@ -10,6 +10,15 @@
 Depth weights (normalised to sum to 1): ``uniform``; ``linear`` (k + 1); ``sqrt`` (sqrt(k + 1));
 ``inv`` (1 / (k + 1)); or, with ``lpa_lambda``, the "task + lambda * alignment" form: weight 1 on
 depth N and ``lambda`` on every other selected depth.
+
+Sample fraction ``f`` (``sample_fraction``, default 1): the terms of every depth but the deepest are
+computed on the first ``ceil(f * B)`` samples of the batch, which cuts the head's cost (large for LMs
+with big vocabularies); with ``sample_depths`` it is the depth-sampling option for such heads.
+
+Loss power ``p`` (``loss_power``, default 1): each depth's term is ``L_k ** p`` (``log L_k`` at p = 0)
+instead of ``L_k``, so its gradient is scaled by ``L_k ** (p - 1)``. Shallow depths' losses are
+orders of magnitude above the final depth's and, at p = 1, dominate the shared parameters' gradient;
+p = 0.5 (the sum of per-depth RMSEs, for squared error) balances them.
 """
 
 from __future__ import annotations
@@ -68,6 +77,7 @@ class Objective:
                 self.depths.append(num_blocks)  # the lambda form is anchored on the task loss at depth N
         self.weights = depth_weights(self.depths, cfg.weights, cfg.lpa_lambda if cfg.name != "e2e" else None, num_blocks)
         self.detach_inputs = cfg.name == "lpa-local"
+        self._weight_cache: dict[tuple, Tensor] = {}
 
     @property
     def name(self) -> str:
@@ -94,8 +104,31 @@ class Objective:
         # one vectorised loss: the same terms as a loop over depths, without D head calls and D losses.
         wanted = set(depths)
         states = [h for k, h in enumerate(model.states(x, upto=max(depths), detach_inputs=self.detach_inputs)) if k in wanted]
-        preds = model.head(torch.cat(states, dim=0))  # (D*B, ...)
-        losses = per_depth_loss(preds, y, self.kind, len(depths))  # (D,)
-        total = (losses * torch.tensor(weights, dtype=losses.dtype, device=losses.device)).sum()
+        part = math.ceil(self.cfg.sample_fraction * x.shape[0])
+        if part < x.shape[0] and len(states) > 1:
+            # Shallower depths' terms on the first `part` samples of the (already random) batch: an
+            # unbiased estimate of their mean loss at a fraction of the head's cost; the deepest
+            # depth keeps the whole batch.
+            shallow = per_depth_loss(model.head(torch.cat([h[:part] for h in states[:-1]], dim=0)), y[:part], self.kind, len(states) - 1)
+            losses = torch.cat([shallow, batch_loss(model.head(states[-1]), y, self.kind)[None]])
+        else:
+            preds = model.head(torch.cat(states, dim=0))  # (D*B, ...)
+            losses = per_depth_loss(preds, y, self.kind, len(depths))  # (D,)
+        w = self._weight_tensor(weights, losses)
         detached = losses.detach()
-        return LossOutput(total, {k: detached[j] for j, k in enumerate(depths)})
+        total = losses @ w
+        power = self.cfg.loss_power
+        if power != 1.0:
+            # The gradient of sum w_k L_k^p, through detached per-term scales L_k^(p-1); the common
+            # factor keeps the scalar's value (what is logged) equal to the plain weighted sum, and
+            # Adam is indifferent to it.
+            floor = detached.clamp_min(1e-12)
+            total = (losses * w * floor ** (power - 1)).sum() * (total.detach() / (w * floor**power).sum())
+        return LossOutput(total, dict(zip(depths, detached.unbind())))
+
+    def _weight_tensor(self, weights: list[float], like: Tensor) -> Tensor:
+        """The weights as a tensor, made once per depth subset (steps are short enough to notice)."""
+        key = (tuple(weights), like.dtype, like.device)
+        if key not in self._weight_cache:
+            self._weight_cache[key] = torch.tensor(weights, dtype=like.dtype, device=like.device)
+        return self._weight_cache[key]

@@ -1,13 +1,16 @@
 """Tracing: run a residual model over a data set and stream per-depth results into an HDF5 trace.
 
 The format itself lives in `analyzers.trace_io` (the contract); this module only computes arrays.
-A writer thread fed by a bounded queue overlaps HDF5 writes with the next batch's forward pass.
+Large batches are written by a thread that overlaps with the next forward pass when a core is free
+(see `_writer_for`); otherwise each batch is written as soon as it is computed.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
+import os
 import queue
 import threading
 import time
@@ -55,6 +58,29 @@ class TraceResult:
         }
 
 
+THREAD_BATCH_BYTES = 4 << 20  # batches at least this large are written from a background thread
+
+
+class _SyncWriter:
+    """Writes each batch in the calling thread (see `_writer_for`)."""
+
+    def __init__(self, writer: TraceWriter, flush_every: float = 0.5) -> None:
+        self.writer = writer
+        self.flush_every = flush_every
+        self.last = time.monotonic()
+
+    def put(self, arrays: dict[str, np.ndarray]) -> None:
+        self.writer.append(arrays)
+        if time.monotonic() - self.last > self.flush_every:
+            self.writer.flush()
+            self.last = time.monotonic()
+
+    def close(self) -> None:
+        pass
+
+    abort = close
+
+
 class _Writer(threading.Thread):
     """Background HDF5 writer; errors surface in the main thread at the next put() or join()."""
 
@@ -92,31 +118,53 @@ class _Writer(threading.Thread):
         if self.error is not None:
             raise self.error
 
+    def abort(self) -> None:
+        self.queue.put(None)
+
+
+def _spare_cores() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return cores - torch.get_num_threads()
+
+
+def _writer_for(writer: TraceWriter, batch_bytes: int) -> _SyncWriter | _Writer:
+    """Write from a background thread only when it can overlap with the forward pass: large batches
+    (block states) and a core that torch's threads leave free. Otherwise the thread costs more than
+    it saves: h5py holds the GIL while it writes and every hand-off stalls torch's parallel regions
+    (on 2 cores with 2 torch threads it made tracing slower in every case we measured;
+    bench/trace_overhead.py). The kernel writes dirty pages back in the background either way."""
+    if batch_bytes >= THREAD_BATCH_BYTES and _spare_cores() > 0:
+        thread = _Writer(writer)
+        thread.start()
+        return thread
+    return _SyncWriter(writer)
+
 
 @torch.no_grad()
 def _batch_arrays(model: ResidualModel, x: Tensor, y: Tensor, kind: str, depths: list[int], keep_preds: bool, keep_states: bool, dtype: np.dtype) -> dict[str, np.ndarray]:
     """Everything one batch contributes to the trace, keyed by dataset name."""
     wanted = set(depths)
     preds, states = [], []
-    columns: dict[str, list[Tensor]] = {}
     for k, h in enumerate(model.states(x, upto=max(depths))):
-        if k not in wanted:
-            continue
-        p = model.head(h)
-        if keep_states:
-            states.append(h)
-        if keep_preds:
-            preds.append(p)
-        for name, values in per_sample_errors(p, y, kind, extras=True).items():
-            columns.setdefault(name, []).append(values)
+        if k in wanted:
+            preds.append(model.head(h))
+            if keep_states:
+                states.append(h)
+    # Errors of all depths in one vectorised call on the (B * D, ...) stack rather than D small ones.
+    stacked = torch.stack(preds, dim=1)  # (B, D, *pred_shape)
+    B, D = stacked.shape[:2]
+    errors = per_sample_errors(stacked.flatten(0, 1), y.repeat_interleave(D, dim=0), kind, extras=True)
     out: dict[str, np.ndarray] = {"targets": y.cpu().numpy()}
     if keep_preds:
-        out["predictions"] = torch.stack(preds, dim=1).cpu().numpy().astype(dtype, copy=False)
+        out["predictions"] = stacked.cpu().numpy().astype(dtype, copy=False)
     if keep_states:
         out["states"] = torch.stack(states, dim=1).cpu().numpy().astype(dtype, copy=False)
-    for name, values in columns.items():
+    for name, values in errors.items():
         group = "confidence" if name in ("max_prob", "entropy") else "errors"
-        out[f"{group}/{name}"] = torch.stack(values, dim=1).cpu().numpy().astype(np.float32, copy=False)
+        out[f"{group}/{name}"] = values.reshape(B, D, *values.shape[1:]).cpu().numpy().astype(np.float32, copy=False)
     return out
 
 
@@ -194,8 +242,8 @@ def trace_model(
     if exported is not None and "head" not in writer.file:
         head_spec, head_params = exported
         write_head(writer.file, head_spec, {k: v.float().cpu().numpy() for k, v in head_params.items()})
-    thread = _Writer(writer)
-    thread.start()
+    per_sample = sum(math.prod(shape[1:]) * np.dtype(dt).itemsize for shape, dt in spec.datasets().values())
+    thread = _writer_for(writer, per_sample * min(batch_size, n))
     began = time.perf_counter()
     ok = False
     sums = {name: np.zeros(len(chosen), dtype=np.float64) for name in ERROR_NAMES[kind]}  # for the summary
@@ -212,7 +260,7 @@ def trace_model(
         ok = True
     finally:
         if not ok:
-            thread.queue.put(None)
+            thread.abort()
             writer.close()
     path = writer.finish()
     seconds = time.perf_counter() - began

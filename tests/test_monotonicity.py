@@ -47,6 +47,25 @@ def test_bootstrap_cis_match_scipy_bootstrap():
     assert abs(r.steps[0].ci_low - ref.confidence_interval.low) < 0.1 * (ref.confidence_interval.high - ref.confidence_interval.low)
 
 
+def test_block_bootstrap_above_max_blocks_matches_the_normal_interval():
+    """Above MAX_BLOCKS samples, blocks are resampled; at n = 60,000 the percentile interval of the mean
+    must agree with the textbook normal interval mean +- z * sd / sqrt(n) (an independent reference)."""
+    from analyzers.monotonicity import MAX_BLOCKS
+
+    n = 60_000
+    assert n > 10 * MAX_BLOCKS
+    e = _curve([1.0, 0.6, 0.5], n=n, noise=0.8, seed=4)
+    r = from_arrays(e, bootstrap=2000, seed=1)
+    z = stats.norm.ppf(0.975)
+    for k in range(3):
+        half = z * e[:, k].std(ddof=1) / np.sqrt(n)
+        assert r.ci_low[k] == pytest.approx(e[:, k].mean() - half, abs=0.1 * half)
+        assert r.ci_high[k] == pytest.approx(e[:, k].mean() + half, abs=0.1 * half)
+    d = e[:, 1] - e[:, 0]
+    half = z * d.std(ddof=1) / np.sqrt(n)
+    assert r.steps[0].ci_low == pytest.approx(d.mean() - half, abs=0.1 * half)
+
+
 def test_bootstrap_is_seeded():
     e = _curve([1.0, 0.5, 0.4])
     assert from_arrays(e, seed=5).ci_low == from_arrays(e, seed=5).ci_low

@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
-from lpa_cli.config import ObjectiveConfig
+from lpa_cli.config import ModelConfig, ObjectiveConfig
 from lpa_cli.losses import batch_loss
+from lpa_cli.models import build_model
 from lpa_cli.objectives import Objective, depth_weights
 from tests.conftest import tiny_model
 
@@ -128,3 +129,46 @@ def test_depth_sampling_keeps_depth_n_and_is_seeded():
     assert len({tuple(d) for d, _ in picks}) > 1
     again = [obj._choose(torch.Generator().manual_seed(s)) for s in range(20)]
     assert picks == again
+
+
+@pytest.mark.parametrize("power", [0.0, 0.5, 0.25])
+def test_loss_power_has_the_gradient_of_the_powered_sum(power):
+    """Reference: autograd through sum_k w_k L_k^p (sum_k w_k log L_k at p = 0), written out directly."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="mlp", depth=3, width=8, zero_init=False), (2,), 1)
+    x = torch.randn(32, 2)
+    with torch.no_grad():  # a target close to depth N's output: the per-depth losses differ a lot
+        y = model(x) + 0.01 * torch.randn(32, 1)
+    obj = Objective(ObjectiveConfig(name="lpa", weights="linear", loss_power=power), 3, "regression")
+    out = obj(model, x, y)
+    got = torch.autograd.grad(out.loss, list(model.parameters()))
+    losses = torch.stack([((p - y) ** 2).mean() for p in model.predictions(x)])
+    w = torch.tensor(obj.weights)
+    plain = (w * losses).sum()
+    assert out.loss.item() == pytest.approx(plain.item(), rel=1e-6)  # the logged value stays the plain weighted loss
+    reference = (w * (losses.log() if power == 0 else losses**power / power)).sum()
+    ref = torch.autograd.grad(reference, list(model.parameters()), retain_graph=True)
+    # equal up to one positive factor common to all parameters (Adam is indifferent to it)
+    flat_got, flat_ref = torch.cat([g.ravel() for g in got]), torch.cat([g.ravel() for g in ref])
+    scale = (flat_got @ flat_ref) / (flat_ref @ flat_ref)
+    assert scale > 0
+    assert torch.allclose(flat_got, scale * flat_ref, rtol=1e-4, atol=1e-7)
+    flat_plain = torch.cat([g.ravel() for g in torch.autograd.grad(plain, list(model.parameters()))])
+    cosine = (flat_got @ flat_plain) / (flat_got.norm() * flat_plain.norm())
+    assert cosine < 0.999  # a different direction from the plain sum's, not just a rescaled one
+
+
+def test_sample_fraction_uses_part_of_the_batch_for_shallower_depths_only(arch):
+    model, x, out_dim = tiny_model(arch)
+    kind, y = _kind_and_target(arch, model, x, out_dim)
+    obj = Objective(ObjectiveConfig(name="lpa", sample_fraction=0.5), model.num_blocks, kind)
+    out = obj(model, x, y)
+    part = math.ceil(0.5 * x.shape[0])
+    assert part < x.shape[0]
+    with torch.no_grad():
+        preds = model.predictions(x)
+        for k in range(model.num_blocks):  # reference: each depth's own loss on the first half
+            assert out.per_depth[k].item() == pytest.approx(batch_loss(preds[k][:part], y[:part], kind).item(), rel=1e-5)
+        assert out.per_depth[model.num_blocks].item() == pytest.approx(batch_loss(preds[-1], y, kind).item(), rel=1e-5)
+    grads = _grads(model, out.loss)
+    assert all(g is not None for g in grads.values())

@@ -20,6 +20,27 @@ from tests.cli_helpers import assert_clean_error, lpa_executable, run, run_json
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
 
 
+@pytest.mark.parametrize("threaded", [False, True])
+def test_both_writers_write_the_same_trace(threaded, tmp_path, monkeypatch):
+    """The background writer (large batches, a spare core) and the in-thread one give equal traces."""
+    import lpa_cli.trace as tr
+
+    monkeypatch.setattr(tr, "THREAD_BATCH_BYTES", 0 if threaded else 1 << 60)
+    monkeypatch.setattr(tr, "_spare_cores", lambda: 1)
+    chosen = []
+    real = tr._writer_for
+    monkeypatch.setattr(tr, "_writer_for", lambda w, b: chosen.append(r := real(w, b)) or r)
+    ckpt = SAMPLES / "mlp-stripe-lpa.safetensors"
+    trace_checkpoint(ckpt, tmp_path / "t.h5", states=True, limit=300, batch_size=32)
+    assert isinstance(chosen[0], tr._Writer if threaded else tr._SyncWriter)
+    reference = tmp_path / "ref.h5"
+    monkeypatch.setattr(tr, "THREAD_BATCH_BYTES", 1 << 60 if threaded else 0)
+    trace_checkpoint(ckpt, reference, states=True, limit=300, batch_size=32)
+    with open_trace(tmp_path / "t.h5") as a, open_trace(reference) as b:
+        for name in ("predictions", "states", "targets", "errors/se"):
+            np.testing.assert_array_equal(a.read(name), b.read(name))
+
+
 def _log_softmax(z):
     z = z - z.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))

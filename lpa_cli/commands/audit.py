@@ -55,7 +55,7 @@ def audit(inputs: list[Path], config: Path | None = None, verify: bool = True) -
 
 def audit_command(
     inputs: Annotated[list[Path], typer.Argument(help="Checkpoints (.safetensors) or traces (.h5) to check.")],
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with a [tool.lpa.audit] table (default: ./pyproject.toml).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with a \\[tool.lpa.audit] table (default: ./pyproject.toml).")] = None,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write JUnit XML here (one test case per rule x input).")] = None,
     verify: Verify = True,
     exit_zero: ExitZero = False,

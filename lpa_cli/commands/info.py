@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from lpa_cli.commands.options import Json
 from analyzers.trace_io import is_trace
+from lpa_cli.commands.options import Json
 from lpa_cli.inspect import describe, describe_trace
 from lpa_cli.render import consoles, depth_table, fmt, print_json
 
@@ -24,7 +24,10 @@ def _settings_table(d: dict) -> Table:
     objective = obj["name"]
     if obj["name"] != "e2e":
         objective += f" (weights={obj['weights']}" + (f", lambda={obj['lpa_lambda']}" if obj["lpa_lambda"] is not None else "")
-        objective += f", depths={obj['depths']!r}" + (f", sample_depths={obj['sample_depths']}" if obj["sample_depths"] else "") + ")"
+        objective += f", depths={obj['depths']!r}" + (f", sample_depths={obj['sample_depths']}" if obj["sample_depths"] else "")
+        for key in ("sample_fraction", "loss_power"):
+            objective += f", {key}={obj[key]:g}" if obj.get(key, 1.0) != 1.0 else ""
+        objective += ")"
     t = d["train"]
     rows = [
         ("architecture", f"{d['architecture']}  ({model_opts}, zero_init={d['model']['zero_init']})"),

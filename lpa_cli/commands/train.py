@@ -73,9 +73,15 @@ def train_command(
     lpa_lambda: Annotated[
         Optional[float], typer.Option("--lpa-lambda", help="LPA as loss_N + lambda * (sum of other depths).")
     ] = None,
+    loss_power: Annotated[
+        Optional[float], typer.Option("--loss-power", help="Each depth's term is L_k^p (log at 0); 0.5 balances shallow and deep depths.")
+    ] = None,
     depths: Depths = None,
     sample_depths: Annotated[
         Optional[int], typer.Option("--sample-depths", help="Use this many of the selected depths per step (0: all).")
+    ] = None,
+    sample_fraction: Annotated[
+        Optional[float], typer.Option("--sample-fraction", help="Shallower depths' losses on this fraction of each batch (depth N: all).")
     ] = None,
     eval_every: Annotated[
         Optional[int], typer.Option("--eval-every", help="Evaluate every N steps (table + JSON Lines log).")
@@ -85,7 +91,7 @@ def train_command(
         Optional[int], typer.Option("--threads", help="CPU threads (fix it for byte-identical runs).", envvar="LPA_THREADS")
     ] = None,
     device: Device = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file with [model] [task] [objective] [train].")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file with \\[model], \\[task], \\[objective] and \\[train] tables.")] = None,
     set_: Annotated[
         Optional[list[str]], typer.Option("--set", help="Override any setting: section.key=value (repeatable).")
     ] = None,
@@ -108,7 +114,8 @@ def train_command(
             "options.y_key": y_key,
             "options.target_column": target_column,
         },
-        "objective": {"name": objective, "weights": weights, "lpa_lambda": lpa_lambda, "depths": depths, "sample_depths": sample_depths},
+        "objective": {"name": objective, "weights": weights, "lpa_lambda": lpa_lambda, "depths": depths, "sample_depths": sample_depths,
+                      "sample_fraction": sample_fraction, "loss_power": loss_power},
         "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "eval_every": eval_every, "seed": seed, "threads": threads, "device": device},
     }
     cfg = resolve(config, flags, set_ or [])
