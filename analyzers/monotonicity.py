@@ -230,7 +230,6 @@ def test_monotonicity(
     edges = np.linspace(0, n, blocks + 1).round().astype(np.int64)  # nearly equal contiguous blocks
     block_sums = np.zeros((blocks, D))
     sums = np.zeros(D)
-    d_sum = np.zeros(D - 1)
     d_sq = np.zeros(D - 1)
     monotone_samples = 0
     first_within = np.zeros(D, dtype=np.int64)
@@ -253,11 +252,12 @@ def test_monotonicity(
         b0 = int(np.searchsorted(edges, seen, side="right")) - 1
         b1 = int(np.searchsorted(edges, seen + rows - 1, side="right")) - 1
         starts = np.maximum(edges[b0 : b1 + 1] - seen, 0)
-        block_sums[b0 : b1 + 1] += np.add.reduceat(eT, starts, axis=1, dtype=np.float64).T
-        sums += eT.sum(axis=1, dtype=np.float64)
-        d = (eT[1:] - eT[:-1]).astype(np.float64, copy=False)  # (D-1, rows); float64 for the squares
-        d_sum += d.sum(axis=1)
-        d_sq += np.einsum("ij,ij->i", d, d)
+        pieces = np.add.reduceat(eT, starts, axis=1, dtype=np.float64)  # (D, blocks in this chunk)
+        block_sums[b0 : b1 + 1] += pieces.T
+        sums += pieces.sum(axis=1)  # the steps' sums of d are differences of these (no pass needed)
+        d = eT[1:] - eT[:-1]  # (D-1, rows)
+        d64 = d.astype(np.float64, copy=False)  # squares are summed in float64
+        d_sq += np.einsum("ij,ij->i", d64, d64)
         own_tol = tolerance * (eT[0] - eT.min(axis=0))  # each sample against its own descent
         monotone_samples += int((d <= own_tol).all(axis=0).sum())
         first_within += _first_true_counts(eT <= eT[-1] + own_tol)[:D]  # depth N always counts
@@ -271,7 +271,7 @@ def test_monotonicity(
     if seen != n:
         raise UsageError(f"{source}: expected {n} samples, read {seen}")
     mean = sums / n
-    d_mean = d_sum / n
+    d_mean = np.diff(sums) / n
     d_var = np.maximum(0.0, (d_sq - n * d_mean**2) / max(1, n - 1))
     descent = float(mean[0] - mean.min())
     notes = []

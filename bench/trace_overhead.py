@@ -94,6 +94,7 @@ def run(quick: bool) -> None:
             "a bare": lambda: bare(model, x, batch),
             "b trace": lambda: trace_model(model, x, y, kind, fresh("b")),
             "c trace --states": lambda: trace_model(model, x, y, kind, fresh("c"), states=True),
+            "c' no fsync": lambda: without_fsync(lambda: trace_model(model, x, y, kind, fresh("n"), states=True)),
         }
         t = interleaved(variants, repeats=3 if quick else 7)
         ref = interleaved({"d": lambda: reference(model, x, batch)}, repeats=1)["d"]
@@ -105,8 +106,21 @@ def run(quick: bool) -> None:
               f"so c/a cannot go below {floor / t['a bare']:.2f} here")
         b_a, c_a, d_c = t["b trace"] / t["a bare"], t["c trace --states"] / t["a bare"], ref / t["c trace --states"]
         summary(f"trace_overhead.{name}.b/a", b_a, "target <= 1.2", b_a <= 1.2)
-        summary(f"trace_overhead.{name}.c/a", c_a, "target <= 2.0", c_a <= 2.0)
+        summary(f"trace_overhead.{name}.c/a", c_a, f"target <= 2.0; the disk alone allows >= {floor / t['a bare']:.2f}", c_a <= 2.0)
+        nosync = t["c' no fsync"] / t["a bare"]
+        summary(f"trace_overhead.{name}.c'/a", nosync, "the same without fsync (what the prototype measured): target <= 2.0", nosync <= 2.0)
         summary(f"trace_overhead.{name}.d/c", d_c, f"target >= 5 vs {ref_name}", d_c >= 5 if reference is torchlens_capture else None)
+
+
+def without_fsync(fn) -> None:
+    """Run fn with every fsync skipped: tracing's own cost apart from the disk's (a bench-only
+    variant; `lpa trace` always fsyncs before it renames)."""
+    saved = os.fsync
+    os.fsync = lambda fd: None
+    try:
+        fn()
+    finally:
+        os.fsync = saved
 
 
 def disk_rate(folder: Path, megabytes: int) -> float:

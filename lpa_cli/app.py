@@ -1,20 +1,25 @@
 """The `lpa` command line: one Typer app, one error boundary.
 
 Exit codes: 0 success, 1 a check failed, 2 bad usage or input (one line on stderr, no traceback),
-130 interrupted.
+3 an internal error (a bug in lpa; one line too, LPA_DEBUG=1 shows the traceback), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 
 import typer
+from typer.exceptions import TyperException
 
 from analyzers.errors import LpaError
 from lpa_cli import __version__
+
+
+INTERNAL_ERROR = 3
 
 
 def _one_line(text: str) -> str:
@@ -22,7 +27,8 @@ def _one_line(text: str) -> str:
 
 
 def guarded(fn: Callable) -> Callable:
-    """Turn an `LpaError` into ``error: <message>`` on stderr and its exit code (2); Ctrl-C into 130."""
+    """Turn an `LpaError` into ``error: <message>`` on stderr and its exit code (2); Ctrl-C into 130;
+    any other exception (a bug) into one line and exit code 3."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -34,6 +40,14 @@ def guarded(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, TyperException):
+            raise
+        except Exception as err:  # a bug in lpa, not the user's input: say so in one line
+            if os.environ.get("LPA_DEBUG"):
+                raise
+            typer.echo(f"error: internal error ({type(err).__name__}: {_one_line(str(err))[:300]}); this is a bug in lpa, "
+                       "please report it (LPA_DEBUG=1 shows the traceback)", err=True)
+            raise typer.Exit(INTERNAL_ERROR) from None
 
     return wrapper
 

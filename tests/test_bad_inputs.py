@@ -288,3 +288,19 @@ def test_row17_existing_output_read_only_dir_and_full_disk(tmp_path, monkeypatch
 
 
 # 18: tests/test_data.py::test_bad_data_files_exit_2_and_write_nothing and test_cli_train_info.py::test_bad_toml_exits_2
+
+
+def test_a_bug_is_one_line_and_exit_3_not_a_traceback(monkeypatch):
+    import lpa_cli.commands.info as info
+
+    def broken(*args, **kwargs):
+        raise ValueError("boom\nsecond line")
+
+    monkeypatch.setattr(info, "describe", broken)
+    result = run("info", GOOD)
+    assert result.exit_code == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "internal error" in lines[0] and "ValueError: boom second line" in lines[0]
+    assert "Traceback" not in result.output
+    debug = run("info", GOOD, env={"LPA_DEBUG": "1"})
+    assert isinstance(debug.exception, ValueError)  # the traceback is there for whoever asks

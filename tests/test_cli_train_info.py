@@ -84,6 +84,7 @@ def test_same_command_twice_gives_byte_identical_checkpoints(tmp_path):
         (["--set", "nonsense"], "bad --set"),
         (["--lpa-lambda", "-0.5"], "--lpa-lambda"),
         (["--loss-power", "1.5"], "--loss-power"),
+        (["--sample-fraction", "0"], "--sample-fraction"),
     ],
 )
 def test_bad_flag_values_exit_2_with_one_line(tmp_path, args, needle):

@@ -63,6 +63,16 @@ def test_compare_surface_has_heatmaps_and_training_curves(tmp_path):
     assert "Predictions by depth" in html and "Training curves" in html
 
 
+def test_compare_with_many_groups_renders(tmp_path):
+    """15 groups (the reproduce ablation's count) once made plotly refuse the heatmap grid's spacing."""
+    runs = []
+    for i in range(15):
+        runs += ["--run", f"G{i}={SAMPLES / ('mlp-stripe-lpa.safetensors' if i % 2 else 'mlp-stripe-e2e.safetensors')}"]
+    report = tmp_path / "many.html"
+    data = run_json("compare", *runs, "-o", report)
+    assert len(data["heatmaps"]["groups"]) == 15 and report.read_text().count("G14") >= 1
+
+
 def test_run_names_are_escaped_everywhere(digit_traces, tmp_path):
     report = tmp_path / "evil.html"
     result = run("compare", "--run", f"{EVIL}={digit_traces['resnet-digits-lpa']}", "--run", f"E2E={digit_traces['resnet-digits-e2e']}",

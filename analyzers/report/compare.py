@@ -94,7 +94,9 @@ def heatmap_figure(r: CompareResult) -> go.Figure:
     titles = []
     for g in groups:
         titles += ["target"] + [f"{_name(g)} depth {k}" for k in h["depths"][g]] + [""] * (cols - 1 - len(h["depths"][g]))
-    fig = make_subplots(rows=len(groups), cols=cols, subplot_titles=titles, horizontal_spacing=0.01, vertical_spacing=0.08)
+    height = 180 * len(groups) + 80
+    # about 40 px between rows whatever their number (plotly's spacing is a fraction of the height)
+    fig = make_subplots(rows=len(groups), cols=cols, subplot_titles=titles, horizontal_spacing=0.01, vertical_spacing=40 / height)
     for row, g in enumerate(groups, start=1):
         maps = ([h["target"]] if h["target"] else [None]) + h["groups"][g]
         for col, z in enumerate(maps, start=1):
@@ -103,7 +105,7 @@ def heatmap_figure(r: CompareResult) -> go.Figure:
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
     fig.update_layout(title="prediction at each depth (the paper's surface figure)", coloraxis={"colorscale": "RdBu_r"},
-                      height=180 * len(groups) + 80)
+                      height=height)
     return fig
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.markdown import Markdown
+from rich.markup import escape
 
 from lpa_cli.commands.options import Json, Quiet
 from lpa_cli.render import consoles, print_json
@@ -23,10 +24,10 @@ def reproduce_command(
 ) -> None:
     """Train LPA and E2E on the same budget and seeds, compare, and print a summary with targets.
 
-    Existing checkpoints with the same configuration are reused, so an interrupted run continues.
+    A configuration already trained under the output folder is reused, so an interrupted run continues.
     """
     out, err = consoles(quiet or json_)
-    text, outcomes = reproduce(experiment, seeds, quick, output, progress=lambda msg: err.print(f"[dim]{msg}[/dim]"))
+    text, outcomes = reproduce(experiment, seeds, quick, output, progress=lambda msg: err.print(f"[dim]{escape(msg)}[/dim]"))
     if json_:
         print_json([{"experiment": o["experiment"], "study": o["study"], "report": o["report"], "metrics": o["metrics"],
                      "targets": [{"target": t, "met": ok, "value": v} for t, ok, v in o["targets"]]} for o in outcomes])
