@@ -3,10 +3,11 @@
 (a) a bare forward pass computing per-depth predictions and discarding them,
 (b) `trace_model` with predictions (what `lpa trace` does),
 (c) the same with --states,
+(c') c with every fsync skipped (bench only: the cost apart from the disk's),
 (d) torchlens capturing every operation in memory (when installed), else forward hooks keeping
     block outputs in memory.
-Prints b/a, c/a and d/c for a residual MLP (stripe-sized, 100k samples) and a digits-size CNN
-(20k samples). Targets: b/a <= 1.2, c/a <= 2.0, d/c >= 5 (against torchlens).
+Prints b/a, c/a, c'/a and d/c for a residual MLP (stripe-sized, 100k samples) and a digits-size
+CNN (20k samples). Targets: b/a <= 1.2, c/a <= 2.0, d/c >= 5 (against torchlens).
 
     python bench/trace_overhead.py [--quick]
     python bench/trace_overhead.py --rss N   # peak RSS of tracing N samples with states (one process)
