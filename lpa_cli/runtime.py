@@ -1,18 +1,14 @@
-"""Process set-up shared by every command: allocator, threads, seeds, device."""
+"""Process set-up shared by the torch side: threads, seeds, device (the allocator: `lpa_cli.allocator`)."""
 
 from __future__ import annotations
 
-import logging
-import os
 import random
 
 import numpy as np
 import torch
 
 from analyzers.errors import UsageError
-from lpa_cli.allocator import tune_allocator  # noqa: F401 - part of the process set-up
 
-log = logging.getLogger(__name__)
 
 def set_threads(threads: int) -> None:
     if threads > 0:
