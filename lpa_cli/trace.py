@@ -143,20 +143,39 @@ def _writer_for(writer: TraceWriter, batch_bytes: int) -> _SyncWriter | _Writer:
     return _SyncWriter(writer)
 
 
+VECTORISE_BYTES = 16 << 20  # per-depth errors in one call when all depths' predictions fit in this
+
+
 @torch.no_grad()
 def _batch_arrays(model: ResidualModel, x: Tensor, y: Tensor, kind: str, depths: list[int], keep_preds: bool, keep_states: bool, dtype: np.dtype) -> dict[str, np.ndarray]:
-    """Everything one batch contributes to the trace, keyed by dataset name."""
+    """Everything one batch contributes to the trace, keyed by dataset name.
+
+    Small heads get the errors of all depths in one vectorised call (D small calls cost more than the
+    arithmetic); big ones (LM vocabularies) one depth at a time, so the softmax's temporaries stay
+    one depth's size and, without --predictions, no depth's logits outlive its errors.
+    """
     wanted = set(depths)
-    preds, states = [], []
+    D = len(depths)
+    preds, states, columns = [], [], []
+    vectorise = None
     for k, h in enumerate(model.states(x, upto=max(depths))):
-        if k in wanted:
-            preds.append(model.head(h))
-            if keep_states:
-                states.append(h)
-    # Errors of all depths in one vectorised call on the (B * D, ...) stack rather than D small ones.
-    stacked = torch.stack(preds, dim=1)  # (B, D, *pred_shape)
-    B, D = stacked.shape[:2]
-    errors = per_sample_errors(stacked.flatten(0, 1), y.repeat_interleave(D, dim=0), kind, extras=True)
+        if k not in wanted:
+            continue
+        p = model.head(h)
+        if vectorise is None:
+            vectorise = p.numel() * p.element_size() * D <= VECTORISE_BYTES
+        if keep_states:
+            states.append(h)
+        if keep_preds or vectorise:
+            preds.append(p)
+        if not vectorise:
+            columns.append(per_sample_errors(p, y, kind, extras=True))
+    stacked = torch.stack(preds, dim=1) if preds else None  # (B, D, *pred_shape)
+    if vectorise:
+        flat = per_sample_errors(stacked.flatten(0, 1), y.repeat_interleave(D, dim=0), kind, extras=True)
+        errors = {name: v.reshape(x.shape[0], D, *v.shape[1:]) for name, v in flat.items()}
+    else:
+        errors = {name: torch.stack([c[name] for c in columns], dim=1) for name in columns[0]}
     out: dict[str, np.ndarray] = {"targets": y.cpu().numpy()}
     if keep_preds:
         out["predictions"] = stacked.cpu().numpy().astype(dtype, copy=False)
@@ -164,7 +183,7 @@ def _batch_arrays(model: ResidualModel, x: Tensor, y: Tensor, kind: str, depths:
         out["states"] = torch.stack(states, dim=1).cpu().numpy().astype(dtype, copy=False)
     for name, values in errors.items():
         group = "confidence" if name in ("max_prob", "entropy") else "errors"
-        out[f"{group}/{name}"] = values.reshape(B, D, *values.shape[1:]).cpu().numpy().astype(np.float32, copy=False)
+        out[f"{group}/{name}"] = values.cpu().numpy().astype(np.float32, copy=False)
     return out
 
 

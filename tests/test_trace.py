@@ -41,6 +41,20 @@ def test_both_writers_write_the_same_trace(threaded, tmp_path, monkeypatch):
             np.testing.assert_array_equal(a.read(name), b.read(name))
 
 
+def test_errors_one_depth_at_a_time_equal_the_vectorised_ones(tmp_path, monkeypatch):
+    """Big heads take the per-depth path (bounded memory); it must give the same trace."""
+    import lpa_cli.trace as tr
+
+    ckpt = SAMPLES / "gpt-text-lpa.safetensors"
+    trace_checkpoint(ckpt, tmp_path / "vec.h5", limit=24, batch_size=8)
+    monkeypatch.setattr(tr, "VECTORISE_BYTES", 0)
+    trace_checkpoint(ckpt, tmp_path / "loop.h5", limit=24, batch_size=8, predictions=False)
+    with open_trace(tmp_path / "vec.h5") as a, open_trace(tmp_path / "loop.h5") as b:
+        assert not b.has("predictions")
+        for name in ("errors/ce", "errors/correct", "errors/ce_token", "confidence/max_prob", "confidence/entropy"):
+            np.testing.assert_allclose(a.read(name), b.read(name), rtol=1e-6, atol=1e-6)
+
+
 def _log_softmax(z):
     z = z - z.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
