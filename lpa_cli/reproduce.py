@@ -23,13 +23,7 @@ from analyzers.atomic import atomic_path
 from analyzers.errors import UsageError
 from lpa_cli import __version__
 from lpa_cli.checkpoint import read_info
-from lpa_cli.config import (
-    ModelConfig,
-    ObjectiveConfig,
-    RunConfig,
-    TaskConfig,
-    TrainConfig,
-)
+from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
 from lpa_cli.train import Callbacks, train
 
 
@@ -75,7 +69,8 @@ def _mean_at(metrics: list[dict[str, list[float]]], metric: str, depth: int) -> 
     return statistics.mean(m[metric][depth] for m in metrics)
 
 
-BALANCED = 0.5  # --loss-power of the "LPA balanced" runs (see lpa_cli.objectives)
+BALANCED = 0.5  # --loss-power of the BALANCED_LABEL runs (see lpa_cli.objectives)
+BALANCED_LABEL = "LPA balanced"
 
 
 def surface_studies(seeds: int, quick: bool) -> list[Study]:
@@ -85,18 +80,17 @@ def surface_studies(seeds: int, quick: bool) -> list[Study]:
         return {  # the first group is what the others are compared with
             "E2E": [_surface(name, "e2e", i, quick) for i in seeds],
             "LPA": [_surface(name, "lpa", i, quick) for i in seeds],  # the paper's form: the plain sum over depths
-            "LPA balanced": [_surface(name, "lpa", i, quick, loss_power=BALANCED) for i in seeds],
+            BALANCED_LABEL: [_surface(name, "lpa", i, quick, loss_power=BALANCED) for i in seeds],
         }
 
     def ratio(m: dict, group: str) -> float:
         return _mean_at(m[group], "mse", -1) / _mean_at(m["E2E"], "mse", -1)
 
-    balanced = "LPA balanced"
     stripe = Study("stripe", groups("stripe", s), [
-        Target("LPA test R^2 >= 0.99 at depth 3 (both forms)", lambda m, c: (min(_mean_at(m[g], "r2", 3) for g in ("LPA", balanced)) >= 0.99,
-                                                                              f"{_mean_at(m['LPA'], 'r2', 3):.4f} and {_mean_at(m[balanced], 'r2', 3):.4f}")),
+        Target("LPA test R^2 >= 0.99 at depth 3 (both forms)", lambda m, c: (min(_mean_at(m[g], "r2", 3) for g in ("LPA", BALANCED_LABEL)) >= 0.99,
+                                                                              f"{_mean_at(m['LPA'], 'r2', 3):.4f} and {_mean_at(m[BALANCED_LABEL], 'r2', 3):.4f}")),
         Target("E2E R^2 at depth 3 far lower (< 0.5)", lambda m, c: (_mean_at(m["E2E"], "r2", 3) < 0.5, f"{_mean_at(m['E2E'], 'r2', 3):.4f}")),
-        Target(f"{balanced} final-depth MSE <= 1.25x E2E's", lambda m, c: (ratio(m, balanced) <= 1.25, f"{ratio(m, balanced):.2f}x")),
+        Target(f"{BALANCED_LABEL} final-depth MSE <= 1.25x E2E's", lambda m, c: (ratio(m, BALANCED_LABEL) <= 1.25, f"{ratio(m, BALANCED_LABEL):.2f}x")),
         Target("LPA (the plain sum) final-depth MSE <= 1.25x E2E's", lambda m, c: (ratio(m, "LPA") <= 1.25, f"{ratio(m, 'LPA'):.2f}x")),
     ])
     others = [Study(name, groups(name, range(1))) for name in ("ripple", "saddle", "franke")]
@@ -134,7 +128,7 @@ def ablation_studies(seeds: int, quick: bool) -> list[Study]:
     for lam in (0.1, 0.5):
         vit[f"LPA lambda {lam:g}"] = [_digits("vit", "lpa", i, quick, lpa_lambda=lam) for i in s]
     vit["LPA weights linear"] = [_digits("vit", "lpa", i, quick, weights="linear") for i in s]
-    vit["LPA balanced"] = [_digits("vit", "lpa", i, quick, loss_power=BALANCED) for i in s]
+    vit[BALANCED_LABEL] = [_digits("vit", "lpa", i, quick, loss_power=BALANCED) for i in s]
     vit["LPA wd 0.05"] = [_digits("vit", "lpa", i, quick, weight_decay=0.05, optimizer="adamw") for i in s]
     vit["LPA dropout 0.1"] = [_digits("vit", "lpa", i, quick, dropout=0.1) for i in s]
     # The prototype's ViT gap (LPA 0.962 vs E2E 0.982) came from runs three times longer than the
@@ -142,7 +136,7 @@ def ablation_studies(seeds: int, quick: bool) -> list[Study]:
     long = 400 if quick else 1000
     vit_long = {"E2E": [_digits("vit", "e2e", i, quick, steps=long) for i in s], "LPA": [_digits("vit", "lpa", i, quick, steps=long) for i in s],
                 "LPA lambda 0.1": [_digits("vit", "lpa", i, quick, steps=long, lpa_lambda=0.1) for i in s],
-                "LPA balanced": [_digits("vit", "lpa", i, quick, steps=long, loss_power=BALANCED) for i in s],
+                BALANCED_LABEL: [_digits("vit", "lpa", i, quick, steps=long, loss_power=BALANCED) for i in s],
                 "LPA wd 0.05": [_digits("vit", "lpa", i, quick, steps=long, weight_decay=0.05, optimizer="adamw") for i in s]}
     # What depth and batch sampling (the options that make LPA cheap for big LM heads) cost in error.
     lm = {"E2E": [_lm("e2e", i, quick) for i in s], "LPA": [_lm("lpa", i, quick) for i in s],
