@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,56 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+class _Syncer(threading.Thread):
+    """Flushes a file's written pages to disk in the background (os.fsync releases the GIL, and the
+    disk, not the CPU, does the work), so the fsync before the final rename has little left to wait
+    for. `durable` is the largest requested count whose fsync has finished."""
+
+    def __init__(self, path: Path, durable: int) -> None:
+        super().__init__(daemon=True)
+        self.fd = os.open(path, os.O_RDONLY)
+        self.durable = durable
+        self._count: int | None = None
+        self._wanted = False
+        self._wake = threading.Condition()
+        self._stopping = False
+        self.start()
+
+    def request(self, count: int | None = None) -> None:
+        """Ask for an fsync; ``count``: the samples it covers (all already handed to the OS)."""
+        with self._wake:
+            self._wanted = True
+            if count is not None:
+                self._count = count
+            self._wake.notify()
+
+    def run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._wanted and not self._stopping:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                count, self._count, self._wanted = self._count, None, False
+            try:
+                os.fsync(self.fd)
+            except OSError:
+                return  # the final fsync_path reports disk errors in the main thread
+            if count is not None:
+                self.durable = max(self.durable, count)
+
+    def stop(self) -> None:
+        """Stop syncing (idempotent); pending requests are dropped, the final fsync comes later."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self.is_alive():
+            self.join()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class TraceWriter:
     """Writes a trace under ``<output>.partial``; `finish` marks it complete and renames it.
 
@@ -127,12 +178,13 @@ class TraceWriter:
         self._handles: dict[str, tuple[h5py.Dataset, int]] = {}
         try:
             self.output.parent.mkdir(parents=True, exist_ok=True)
-            if resume and self.partial.exists() and self._try_resume():
-                return
-            self.file = h5py.File(self.partial, "w", rdcc_nbytes=RDCC_BYTES)
-            self._create()
+            if not (resume and self.partial.exists() and self._try_resume()):
+                self.file = h5py.File(self.partial, "w", rdcc_nbytes=RDCC_BYTES)
+                self._create()
+            self._syncer = _Syncer(self.partial, self.start)
         except OSError as err:
             raise OutputError(f"{self.partial}: cannot write trace ({err})") from None
+        self._recorded = self.start  # the n_written the file holds
 
     def _try_resume(self) -> bool:
         try:
@@ -214,20 +266,22 @@ class TraceWriter:
         self._written[name] = start + len(values)
 
     def flush(self) -> int:
-        """Data first, then the counter: a crash between the two only costs recomputation.
+        """Hand every buffered row to the OS and advance ``n_written`` to what is already on disk.
 
-        Returns the number of samples every dataset holds (recorded as ``n_written``). Partly
-        filled chunks are written too; at one flush every fraction of a second that costs little.
+        ``n_written`` only ever counts samples a finished fsync has covered, so even after a power
+        loss the samples it claims are intact. The fsync itself runs in the `_Syncer` thread, so the
+        disk works while the next batches are computed. Partly filled chunks are written too; at one
+        flush every fraction of a second that costs little. Returns the samples handed to the OS.
         """
         for name in list(self._buffers):
             self._drain(name)
         done = min(self._written.values())
+        durable = self._syncer.durable
+        if durable > self._recorded:
+            self.file.attrs["n_written"] = durable
+            self._recorded = durable
         self.file.flush()
-        self.file.attrs["n_written"] = done
-        self.file.flush()
-        # Push written pages to disk now, from the writer's thread, so the fsync before the final
-        # rename has little left to wait for.
-        os.fsync(self.file.id.get_vfd_handle())
+        self._syncer.request(done)
         return done
 
     def finish(self) -> Path:
@@ -239,6 +293,7 @@ class TraceWriter:
         self.file.attrs["complete"] = True  # written last
         self.file.flush()
         self.file.close()
+        self._syncer.stop()
         try:
             fsync_path(self.partial)
             if self.output.exists() and not self.force:
@@ -250,6 +305,7 @@ class TraceWriter:
 
     def close(self) -> None:
         """Close without completing (the partial file stays, for --resume)."""
+        self._syncer.stop()
         try:
             self.file.close()
         except Exception:  # noqa: BLE001 - closing after an error must not hide the error

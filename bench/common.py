@@ -31,13 +31,18 @@ def quick_args(doc: str | None) -> bool:
     return parser.parse_args().quick
 
 
-def interleaved(variants: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Median wall time of each variant, run round-robin so machine noise hits all of them alike."""
+def interleaved(variants: dict[str, Callable[[], None]], repeats: int, before: Callable[[], None] | None = None) -> dict[str, float]:
+    """Median wall time of each variant, run round-robin so machine noise hits all of them alike.
+    ``before`` runs untimed ahead of every call (e.g. removing the last call's output)."""
     for fn in variants.values():  # warm-up
+        if before:
+            before()
         fn()
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
+            if before:
+                before()
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)

@@ -133,9 +133,10 @@ def _spare_cores() -> int:
 def _writer_for(writer: TraceWriter, batch_bytes: int) -> _SyncWriter | _Writer:
     """Write from a background thread only when it can overlap with the forward pass: large batches
     (block states) and a core that torch's threads leave free. Otherwise the thread costs more than
-    it saves: h5py holds the GIL while it writes and every hand-off stalls torch's parallel regions
-    (on 2 cores with 2 torch threads it made tracing slower in every case we measured;
-    bench/trace_overhead.py). The kernel writes dirty pages back in the background either way."""
+    it saves: its copying and checksumming can only take time from torch's threads, and every
+    hand-off stalls torch's parallel regions (on 2 cores with 2 torch threads it made tracing slower
+    in every case we measured; bench/trace_overhead.py). The disk's part overlaps either way: the
+    writer fsyncs from a thread of its own (`analyzers.trace_io._Syncer`)."""
     if batch_bytes >= THREAD_BATCH_BYTES and _spare_cores() > 0:
         thread = _Writer(writer)
         thread.start()

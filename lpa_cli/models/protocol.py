@@ -11,6 +11,7 @@ tracer and the exporter use only this class, never an architecture's own code.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -55,7 +56,7 @@ class ResidualModel(nn.Module):
         upto = self.num_blocks if upto is None else upto
         h = self.embed(x)
         yield h
-        for block in self.blocks[:upto]:
+        for block in itertools.islice(self.blocks, upto):  # slicing a ModuleList builds a new module
             h = block(h.detach() if detach_inputs else h)
             yield h
 
