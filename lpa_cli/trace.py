@@ -258,16 +258,17 @@ def trace_model(
     )
     writer = TraceWriter(output, spec, force=force, resume=resume)
     start_at = writer.start
-    exported = export_head(model.head)
-    if exported is not None and "head" not in writer.file:
-        head_spec, head_params = exported
-        write_head(writer.file, head_spec, {k: v.float().cpu().numpy() for k, v in head_params.items()})
-    per_sample = sum(math.prod(shape[1:]) * np.dtype(dt).itemsize for shape, dt in spec.datasets().values())
-    thread = _writer_for(writer, per_sample * min(batch_size, n))
-    began = time.perf_counter()
-    ok = False
     sums = {name: np.zeros(len(chosen), dtype=np.float64) for name in ERROR_NAMES[kind]}  # for the summary
+    thread: _SyncWriter | _Writer | None = None
+    ok = False
     try:
+        exported = export_head(model.head)
+        if exported is not None and "head" not in writer.file:
+            head_spec, head_params = exported
+            write_head(writer.file, head_spec, {k: v.float().cpu().numpy() for k, v in head_params.items()})
+        per_sample = sum(math.prod(shape[1:]) * np.dtype(dt).itemsize for shape, dt in spec.datasets().values())
+        thread = _writer_for(writer, per_sample * min(batch_size, n))
+        began = time.perf_counter()
         for start in range(start_at, n, batch_size):
             stop = min(n, start + batch_size)
             arrays = _batch_arrays(model, x[start:stop].to(device), y[start:stop].to(device), kind, chosen, predictions, states, np_dtype)
@@ -280,7 +281,8 @@ def trace_model(
         ok = True
     finally:
         if not ok:
-            thread.abort()
+            if thread is not None:
+                thread.abort()
             writer.close()
     path = writer.finish()
     seconds = time.perf_counter() - began

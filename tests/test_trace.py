@@ -124,6 +124,33 @@ def test_python_api_traces_any_module_list(tmp_path):
             np.testing.assert_allclose(t.read("predictions")[:, 1], head(h1).numpy(), rtol=1e-6)
 
 
+class _FailsOnSecondBatch(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, h):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("boom")
+        return h
+
+
+def test_a_failing_trace_leaves_a_resumable_partial_and_no_threads(tmp_path):
+    import threading
+
+    from analyzers.trace_io import _Syncer
+
+    x, y = torch.randn(20, 3), torch.randn(20, 1)
+    with pytest.raises(RuntimeError, match="boom"):
+        trace_modules(torch.nn.Linear(3, 4), [_FailsOnSecondBatch()], torch.nn.Linear(4, 1), x, y, "regression", tmp_path / "t.h5", batch_size=10)
+    assert not any(isinstance(t, _Syncer) for t in threading.enumerate())
+    assert partial_path(tmp_path / "t.h5").exists() and not (tmp_path / "t.h5").exists()
+    torch.manual_seed(0)
+    result = trace_modules(torch.nn.Linear(3, 4), [torch.nn.Identity()], torch.nn.Linear(4, 1), x, y, "regression", tmp_path / "t.h5", batch_size=10, resume=True)
+    assert result.n == 20
+
+
 def _tiny_hf(tmp_path, family):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
