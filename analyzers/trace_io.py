@@ -119,34 +119,30 @@ class _Syncer(threading.Thread):
         super().__init__(daemon=True)
         self.fd = os.open(path, os.O_RDONLY)
         self.durable = durable
-        self._count: int | None = None
-        self._wanted = False
+        self._count: int | None = None  # the latest request not yet picked up
         self._wake = threading.Condition()
         self._stopping = False
         self.start()
 
-    def request(self, count: int | None = None) -> None:
-        """Ask for an fsync; ``count``: the samples it covers (all already handed to the OS)."""
+    def request(self, count: int) -> None:
+        """Ask for an fsync covering the first ``count`` samples (all already handed to the OS)."""
         with self._wake:
-            self._wanted = True
-            if count is not None:
-                self._count = count
+            self._count = count
             self._wake.notify()
 
     def run(self) -> None:
         while True:
             with self._wake:
-                while not self._wanted and not self._stopping:
+                while self._count is None and not self._stopping:
                     self._wake.wait()
                 if self._stopping:
                     return
-                count, self._count, self._wanted = self._count, None, False
+                count, self._count = self._count, None
             try:
                 os.fsync(self.fd)
             except OSError:
                 return  # the final fsync_path reports disk errors in the main thread
-            if count is not None:
-                self.durable = max(self.durable, count)
+            self.durable = max(self.durable, count)
 
     def stop(self) -> None:
         """Stop syncing (idempotent); pending requests are dropped, the final fsync comes later."""
