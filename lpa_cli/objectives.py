@@ -59,7 +59,13 @@ def depth_weights(depths: list[int], scheme: str, lpa_lambda: float | None, last
 @dataclass
 class LossOutput:
     loss: Tensor  # the scalar to backpropagate
-    per_depth: dict[int, Tensor]  # unweighted, detached loss of every depth that had a term this step
+    depths: list[int]  # the depths that had a term this step
+    losses: Tensor  # (len(depths),) their unweighted losses, detached
+
+    @property
+    def per_depth(self) -> dict[int, Tensor]:
+        """Depth -> its loss (built on demand: only logging reads it)."""
+        return dict(zip(self.depths, self.losses.unbind()))
 
 
 class Objective:
@@ -99,7 +105,7 @@ class Objective:
         depths, weights = self._choose(generator)
         if depths == [self.last] and not self.detach_inputs:
             loss = batch_loss(model(x), y, self.kind)
-            return LossOutput(loss, {self.last: loss.detach()})
+            return LossOutput(loss, depths, loss.detach()[None])
         # All selected depths go through the shared head in one call (stacked on the batch axis) and
         # one vectorised loss: the same terms as a loop over depths, without D head calls and D losses.
         wanted = set(depths)
@@ -124,7 +130,7 @@ class Objective:
             # Adam is indifferent to it.
             floor = detached.clamp_min(1e-12)
             total = (losses * w * floor ** (power - 1)).sum() * (total.detach() / (w * floor**power).sum())
-        return LossOutput(total, dict(zip(depths, detached.unbind())))
+        return LossOutput(total, depths, detached)
 
     def _weight_tensor(self, weights: list[float], like: Tensor) -> Tensor:
         """The weights as a tensor, made once per depth subset (steps are short enough to notice)."""

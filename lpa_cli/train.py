@@ -32,7 +32,7 @@ from lpa_cli.checkpoint import save_checkpoint, save_file
 from lpa_cli.config import RunConfig
 from lpa_cli.evaluate import depth_metrics
 from lpa_cli.models import ResidualModel, build_model, count_parameters
-from lpa_cli.objectives import Objective
+from lpa_cli.objectives import LossOutput, Objective
 from lpa_cli.runtime import resolve_device, seed_everything, set_threads
 from lpa_cli.tasks import Task, load_task
 
@@ -102,9 +102,8 @@ class _LossModule(nn.Module):
         self.model = model
         self.objective = objective
 
-    def forward(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> tuple[Tensor, dict[int, Tensor]]:
-        out = self.objective(self.model, x, y, generator)
-        return out.loss, out.per_depth
+    def forward(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> LossOutput:
+        return self.objective(self.model, x, y, generator)
 
 
 # --- snapshots -------------------------------------------------------------------------------
@@ -274,7 +273,8 @@ def train(
         lr = learning_rate(cfg, step)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss, per_depth = step_module(xb.to(device), yb.to(device), depth_gen)
+        out = step_module(xb.to(device), yb.to(device), depth_gen)
+        loss = out.loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip > 0:
@@ -286,7 +286,7 @@ def train(
         callbacks.on_step(done, float(last_loss) if report else None)
         if rank == 0 and t.eval_every and done % t.eval_every == 0 and done < t.steps:
             metrics = depth_metrics(model, task.x_test, task.y_test, task.kind)
-            _append_log(output, done, lr, float(last_loss), per_depth, metrics, time.perf_counter() - began)
+            _append_log(output, done, lr, float(last_loss), out.per_depth, metrics, time.perf_counter() - began)
             callbacks.on_eval(done, metrics)
         if snap is not None and rank == 0 and snapshot_every and done % snapshot_every == 0 and done < t.steps:
             _save_snapshot(snap, cfg, done, model, opt, depth_gen)
