@@ -15,7 +15,9 @@ from lpa_cli.render import consoles, depth_table, print_json
 
 class SpeedColumn(ProgressColumn):
     def render(self, task) -> Text:
-        return Text(f"{task.speed or 0:,.0f} samples/s")
+        # rich's windowed speed needs several updates; short traces fall back to the overall rate
+        speed = task.speed or (task.completed / task.elapsed if task.elapsed else 0)
+        return Text(f"{speed:,.0f} samples/s")
 
 
 def progress_bar(console) -> Progress:
