@@ -236,14 +236,24 @@ class TraceWriter:
     def append(self, arrays: dict[str, np.ndarray]) -> None:
         """Append the next rows of each named dataset, in order from `start`.
 
-        Rows are buffered per dataset and written a whole chunk at a time: writing part of a
-        checksummed chunk means re-reading, re-checksumming and rewriting all of it.
+        Only whole chunks are written; the rows after the last chunk boundary wait in a buffer for
+        the next batch. Writing part of a checksummed chunk would mean re-reading, re-checksumming
+        and rewriting all of it when the rest arrives.
         """
         for name, values in arrays.items():
+            rows = self._dataset(name)[1]
             buf = self._buffers.setdefault(name, [])
             buf.append(values)
-            if sum(len(v) for v in buf) >= self._dataset(name)[1]:
-                self._drain(name)
+            written = self._written[name]
+            end = written + sum(len(v) for v in buf)
+            boundary = end - end % rows
+            if boundary <= written:
+                continue
+            # Complete the open chunk (a copy of at most one chunk), then write the remaining whole
+            # chunks straight from the batch, without copying it.
+            self._write(name, min(boundary, written - written % rows + rows) - written)
+            if boundary > self._written[name]:
+                self._write(name, boundary - self._written[name])
 
     def _dataset(self, name: str) -> tuple[h5py.Dataset, int]:
         """The open dataset and its chunk's row count (looked up once: h5py lookups are not free)."""
@@ -252,14 +262,28 @@ class TraceWriter:
             self._handles[name] = (dataset, dataset.chunks[0])
         return self._handles[name]
 
-    def _drain(self, name: str) -> None:
-        buf = self._buffers.pop(name, [])
-        if not buf:
-            return
-        values = np.concatenate(buf) if len(buf) > 1 else buf[0]
+    def _write(self, name: str, count: int) -> None:
+        """Write the first ``count`` buffered rows of ``name`` at its write position."""
+        buf = self._buffers[name]
+        pieces, need = [], count
+        while need:
+            if len(buf[0]) <= need:
+                pieces.append(buf.pop(0))
+                need -= len(pieces[-1])
+            else:
+                pieces.append(buf[0][:need])
+                buf[0] = buf[0][need:]
+                need = 0
+        values = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
         start = self._written[name]
-        self._dataset(name)[0][start : start + len(values)] = values
-        self._written[name] = start + len(values)
+        self._dataset(name)[0][start : start + count] = values
+        self._written[name] = start + count
+
+    def _drain(self, name: str) -> None:
+        """Write every buffered row of ``name``, the last chunk possibly partly."""
+        held = sum(len(v) for v in self._buffers.get(name, []))
+        if held:
+            self._write(name, held)
 
     def flush(self) -> int:
         """Hand every buffered row to the OS and advance ``n_written`` to what is already on disk.

@@ -72,3 +72,31 @@ def test_resume_starts_from_the_durable_count(tmp_path):
     resumed.finish()
     with open_trace(out) as t:
         np.testing.assert_array_equal(t.read("errors/se")[:, 1], 2 * np.arange(100))
+
+
+def test_appends_write_whole_chunks_and_keep_every_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(trace_io, "CHUNK_BYTES", 64)  # 8 rows per chunk of predictions, 16 of targets
+    writes: list[tuple[str, int, int]] = []
+    real_write = TraceWriter._write
+
+    def spy(self, name, count):
+        writes.append((name, self._written[name], count))
+        real_write(self, name, count)
+
+    monkeypatch.setattr(TraceWriter, "_write", spy)
+    out = tmp_path / "t.h5"
+    writer = TraceWriter(out, _spec(200))
+    rng = np.random.default_rng(0)
+    done = 0
+    while done < 200:
+        size = min(200 - done, int(rng.integers(1, 30)))
+        writer.append(_rows(done, done + size))
+        done += size
+    rows = {name: writer._dataset(name)[1] for name in ("targets", "predictions", "errors/se")}
+    assert rows == {"targets": 16, "predictions": 8, "errors/se": 8}
+    for name, start, count in writes:
+        assert start % rows[name] == 0 and (start + count) % rows[name] == 0, (name, start, count)
+    writer.finish()
+    with open_trace(out) as t:
+        np.testing.assert_array_equal(t.read("predictions")[:, 1, 0], np.arange(200) + 1)
+        np.testing.assert_array_equal(t.read("targets")[:, 0], np.arange(200))
