@@ -43,6 +43,7 @@ FORMAT_VERSION = 1
 COMPRESSIONS = ("none", "gzip", "lzf")
 CHUNK_BYTES = 1 << 20
 RDCC_BYTES = 16 << 20  # raw-data chunk cache per dataset while writing
+SYNC_BYTES = 32 << 20  # between flushes, start an fsync after this many bytes (the disk starts early)
 
 
 def partial_path(output: str | Path) -> Path:
@@ -127,7 +128,7 @@ class _Syncer(threading.Thread):
     def request(self, count: int) -> None:
         """Ask for an fsync covering the first ``count`` samples (all already handed to the OS)."""
         with self._wake:
-            self._count = count
+            self._count = count if self._count is None else max(self._count, count)
             self._wake.notify()
 
     def run(self) -> None:
@@ -181,6 +182,7 @@ class TraceWriter:
         except OSError as err:
             raise OutputError(f"{self.partial}: cannot write trace ({err})") from None
         self._recorded = self.start  # the n_written the file holds
+        self._unsynced = 0  # bytes written since the last fsync request
 
     def _try_resume(self) -> bool:
         try:
@@ -278,6 +280,11 @@ class TraceWriter:
         start = self._written[name]
         self._dataset(name)[0][start : start + count] = values
         self._written[name] = start + count
+        self._unsynced += values.nbytes
+        if self._unsynced >= SYNC_BYTES:
+            # start the disk on what is written so far; it claims no new samples (see flush)
+            self._syncer.request(self._syncer.durable)
+            self._unsynced = 0
 
     def _drain(self, name: str) -> None:
         """Write every buffered row of ``name``, the last chunk possibly partly."""
@@ -302,6 +309,7 @@ class TraceWriter:
             self._recorded = durable
         self.file.flush()
         self._syncer.request(done)
+        self._unsynced = 0
         return done
 
     def finish(self) -> Path:

@@ -100,3 +100,16 @@ def test_appends_write_whole_chunks_and_keep_every_row(tmp_path, monkeypatch):
     with open_trace(out) as t:
         np.testing.assert_array_equal(t.read("predictions")[:, 1, 0], np.arange(200) + 1)
         np.testing.assert_array_equal(t.read("targets")[:, 0], np.arange(200))
+
+
+def test_large_appends_start_the_disk_before_a_flush_but_claim_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(trace_io, "SYNC_BYTES", 1)
+    synced = []
+    real_fsync = trace_io.os.fsync
+    monkeypatch.setattr(trace_io.os, "fsync", lambda fd: (real_fsync(fd), synced.append(fd)))
+    monkeypatch.setattr(trace_io, "CHUNK_BYTES", 64)
+    writer = TraceWriter(tmp_path / "t.h5", _spec(100))
+    writer.append(_rows(0, 50))  # whole chunks are written, so fsyncs are requested; no flush yet
+    _wait(lambda: len(synced) > 0)
+    assert writer._syncer.durable == 0
+    writer.close()
