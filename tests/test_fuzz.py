@@ -1,7 +1,8 @@
 """Property-based fuzzing: mutated checkpoints, traces, TOML configs and data files may be refused,
 but only with the toolkit's own error types (`LpaError`), never a crash or another exception.
 
-The default suite runs a few cases per loader; `pytest -m fuzz` (or `make fuzz`) runs 1,000 each.
+The default suite runs the same 50 cases per loader every time; `pytest -m fuzz` (or `make fuzz`)
+runs 1,000 new random ones each.
 Inputs that once failed are kept in tests/fuzz_corpus/ and replayed on every run.
 """
 
@@ -121,11 +122,11 @@ CHECKS = {"checkpoint": (".safetensors", _check_checkpoint), "trace": (".h5", _c
           "audit": (".toml", _check_audit), "npz": (".npz", _check_data), "csv": (".csv", _check_data)}
 
 
-def _fuzz(kind: str, examples: int, seeds, tmp_path_factory):
+def _fuzz(kind: str, examples: int, seeds, tmp_path_factory, derandomize: bool = False):
     suffix, check = CHECKS[kind]
     directory = tmp_path_factory.mktemp(f"fuzz-{kind}")
 
-    @settings(max_examples=examples, **SETTINGS)
+    @settings(max_examples=examples, derandomize=derandomize, **SETTINGS)
     @given(st.data())
     def run(data):
         mutated = mutate(seeds[kind], data.draw)
@@ -149,7 +150,8 @@ def _fuzz(kind: str, examples: int, seeds, tmp_path_factory):
 
 @pytest.mark.parametrize("kind", sorted(CHECKS))
 def test_fuzz_quick(kind, seeds, tmp_path_factory):
-    _fuzz(kind, QUICK, seeds, tmp_path_factory)
+    # the same cases on every run, so the default suite is reproducible; `make fuzz` explores
+    _fuzz(kind, QUICK, seeds, tmp_path_factory, derandomize=True)
 
 
 @pytest.mark.fuzz

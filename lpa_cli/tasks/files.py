@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +41,16 @@ def _load_npz(path: Path, opts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]
             if missing:
                 raise DataError(f"{path}: missing array(s) {', '.join(missing)} (has {', '.join(names) or 'none'})")
             return np.asarray(data[xk]), np.asarray(data[yk])
+    except DataError:
+        raise
     except ValueError as err:
         if "allow_pickle" in str(err) or "Object arrays" in str(err):
             raise DataError(f"{path}: contains object arrays, which would need unpickling; refusing") from None
         raise DataError(f"{path}: not a valid .npz file ({err})") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise DataError(f"{path}: not a valid .npz file ({err})") from None
+    except Exception as err:  # noqa: BLE001 - zipfile and its codecs report damage with many types
+        # (BadZipFile, NotImplementedError for unsupported flags or methods, RuntimeError for
+        # "encrypted", zlib.error, lzma.LZMAError, EOFError, ...): each means the file is not usable
+        raise DataError(f"{path}: not a valid .npz file ({type(err).__name__}: {err})") from None
 
 
 def _load_csv(path: Path, opts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
