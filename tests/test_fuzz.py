@@ -12,6 +12,7 @@ import io
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -53,7 +54,9 @@ def seeds(tmp_path_factory):
     trace = _tiny_trace(d)
     npz = io.BytesIO()
     np.savez(npz, x=np.zeros((10, 3), np.float32), y=np.arange(10) % 2)
-    return {"checkpoint": ckpt, "trace": trace, "npz": npz.getvalue(),
+    with h5py.File(d / "data.h5", "w") as f:
+        f["x"], f["y"] = np.arange(30, dtype=np.float32).reshape(10, 3), np.arange(10) % 2
+    return {"checkpoint": ckpt, "trace": trace, "npz": npz.getvalue(), "h5": (d / "data.h5").read_bytes(),
             "csv": b"a,b,c\n" + b"\n".join(b"%d,%d,%d" % (i, i * 2, i % 2) for i in range(12)),
             "toml": b'[model]\narch = "mlp"\ndepth = 2\nwidth = 8\n[objective]\nname = "lpa"\nweights = "sqrt"\n[train]\nsteps = 3\nlr = 0.01\n',
             "audit": b'[tool.lpa.audit]\nmonotone = true\nmax_error = { "1" = 0.5 }\n[tool.lpa.audit.overrides."*x*"]\nmax_deploy_depth = 2\n'}
@@ -119,7 +122,7 @@ def _check_data(path: Path) -> None:
 
 
 CHECKS = {"checkpoint": (".safetensors", _check_checkpoint), "trace": (".h5", _check_trace), "toml": (".toml", _check_toml),
-          "audit": (".toml", _check_audit), "npz": (".npz", _check_data), "csv": (".csv", _check_data)}
+          "audit": (".toml", _check_audit), "npz": (".npz", _check_data), "csv": (".csv", _check_data), "h5": (".h5", _check_data)}
 
 
 def _fuzz(kind: str, examples: int, seeds, tmp_path_factory, derandomize: bool = False):
