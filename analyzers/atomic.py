@@ -19,12 +19,15 @@ TMP_MARK = ".tmp-"
 
 
 def check_writable(target: str | Path, force: bool = False) -> Path:
-    """Fail early (before any work) when `target` exists without `force` or its folder is unusable."""
+    """Fail early (before any work) when `target` exists without `force`, is not a regular file (a
+    directory, a device, a pipe: never replaced, even with `force`) or its folder is unusable."""
     target = Path(target)
-    if target.exists() and not force:
-        raise OutputExistsError(f"{target}: already exists (use --force to overwrite)")
     if target.is_dir():
         raise OutputError(f"{target}: is a directory")
+    if target.exists() and not target.is_file():
+        raise OutputError(f"{target}: is not a regular file (a device, pipe or socket); lpa writes only regular files")
+    if target.exists() and not force:
+        raise OutputExistsError(f"{target}: already exists (use --force to overwrite)")
     parent = target.parent if str(target.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"{target}: {parent} is not a directory")
@@ -106,6 +109,36 @@ def atomic_path(target: str | Path, force: bool = False) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def output_lock(target: str | Path) -> Iterator[None]:
+    """Hold ``<target>.lock`` for the duration: a second process writing the same output stops at
+    once instead of interleaving its files with the first's. The lock dies with its process."""
+    import fcntl
+
+    target = Path(target)
+    lock = target.with_name(target.name + ".lock")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise _os_error(lock, err) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            raise OutputError(f"{target}: another lpa process (pid {holder}) is writing it; wait for it to finish") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+    finally:
+        os.close(fd)
 
 
 def write_bytes(target: str | Path, data: bytes, force: bool = False) -> Path:

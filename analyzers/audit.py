@@ -18,13 +18,15 @@ settings for inputs whose path matches GLOB. Unknown names are an error, never i
 from __future__ import annotations
 
 import fnmatch
-import tomllib
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from analyzers.errors import ConfigError
-from analyzers.monotonicity import MonotonicityResult
+from analyzers.errors import ConfigError, UsageError
+from analyzers.tomlfile import TOMLDecodeError, toml_loads
+from analyzers.metrics import format_p
+from analyzers.monotonicity import MonotonicityResult, check_settings
 
 RULES = ("monotone", "max_error", "min_accuracy", "max_final_error_ratio", "max_deploy_depth")
 SETTINGS = ("metric", "alpha", "tolerance", "within", "bootstrap", "seed", "reference")
@@ -76,13 +78,24 @@ def _check_table(table: Any, where: str) -> dict[str, Any]:
     if "monotone" in table and not isinstance(table["monotone"], bool):
         raise ConfigError(f"{where}.monotone must be true or false")
     for key in ("max_final_error_ratio", "alpha", "tolerance", "within"):
-        if key in table and (isinstance(table[key], bool) or not isinstance(table[key], (int, float)) or table[key] < 0):
-            raise ConfigError(f"{where}.{key} must be a non-negative number")
+        if key in table and (isinstance(table[key], bool) or not isinstance(table[key], (int, float)) or not math.isfinite(table[key])
+                             or table[key] < 0):
+            raise ConfigError(f"{where}.{key} must be a finite number >= 0")
     for key in ("max_deploy_depth", "bootstrap", "seed"):
-        if key in table and (isinstance(table[key], bool) or not isinstance(table[key], int)):
-            raise ConfigError(f"{where}.{key} must be an integer")
-    if "max_final_error_ratio" in table and "reference" not in table:
-        pass  # may come from the base table; checked per input
+        if key in table and (isinstance(table[key], bool) or not isinstance(table[key], int) or table[key] < 0):
+            raise ConfigError(f"{where}.{key} must be an integer >= 0")
+    for key in ("max_error", "min_accuracy"):
+        for depth, limit in (table.get(key) or {}).items():
+            if not math.isfinite(limit):
+                raise ConfigError(f"{where}.{key}.{depth}: limit must be finite")
+    if "reference" in table and not isinstance(table["reference"], str):
+        raise ConfigError(f"{where}.reference must be a path (a string)")
+    if "metric" in table and not isinstance(table["metric"], str):
+        raise ConfigError(f"{where}.metric must be a string")
+    try:
+        check_settings(**{k: table[k] for k in ("tolerance", "alpha", "within", "bootstrap", "seed") if k in table})
+    except UsageError as err:
+        raise ConfigError(f"{where}: {err}") from None
     return table
 
 
@@ -90,12 +103,12 @@ def load_config(path: str | Path | None) -> AuditConfig:
     """The ``[tool.lpa.audit]`` table of ``path`` (default: ./pyproject.toml)."""
     path = Path(path) if path else Path("pyproject.toml")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = toml_loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found (give rules with --config FILE or a [tool.lpa.audit] table in ./pyproject.toml)") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read ({err})") from None
-    except tomllib.TOMLDecodeError as err:
+    except TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML ({err})") from None
     table = data.get("tool", {}).get("lpa", {}).get("audit") if isinstance(data.get("tool"), dict) else None
     if table is None:
@@ -132,7 +145,7 @@ def check(path: str, rules: dict[str, Any], result: MonotonicityResult, accuracy
     cases: list[Case] = []
     if "monotone" in rules:
         want = rules["monotone"]
-        worst = ", ".join(f"{s.frm}→{s.to} rises {s.delta:.3g} (p {s.p_holm:.2g})" for s in result.violations) or "no significant rise"
+        worst = ", ".join(f"{s.frm}→{s.to} rises {s.delta:.3g} ({format_p(s.p_holm)})" for s in result.violations) or "no significant rise"
         ok = result.monotone or not want
         cases.append(Case(path, "monotone", ok, result.verdict, "monotone" if want else "any",
                           f"{result.verdict} at alpha {result.alpha:g}, tolerance {result.tolerance_rel:g} of the descent: {worst}"))

@@ -14,7 +14,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from analyzers.monotonicity import METRIC_BASE, MonotonicityResult, finite
+from analyzers.bootstrap import add_block_sums, n_blocks, replicate_weights
+from analyzers.metrics import format_p
+from analyzers.metrics import finite
+from analyzers.monotonicity import METRIC_BASE, MonotonicityResult
 
 
 @dataclass
@@ -39,20 +42,136 @@ class Run:
 
 
 @dataclass
+class Difference:
+    """A config key whose values differ between groups."""
+
+    key: str
+    values: dict[str, list[Any]]  # group -> the distinct values its runs have
+
+
+@dataclass
+class GroupCurve:
+    """Per-depth error of one group, its seeds averaged.
+
+    ``depths``, ``mean``, ``low``, ``high``: (D,). ``per_seed``: (seeds, D), each seed's own curve.
+    ``band`` says how ``low``/``high`` were made: a bootstrap over seeds and the shared test samples
+    (percentiles of the resampled group mean; never outside the range an error can take), or for
+    one seed that run's bootstrap over test samples.
+    """
+
+    depths: list[int]
+    mean: list[float]
+    low: list[float]
+    high: list[float]
+    seeds: int
+    band: str
+    per_seed: list[list[float]]
+
+    def __post_init__(self) -> None:
+        D = len(self.depths)
+        if not len(self.mean) == len(self.low) == len(self.high) == D or any(len(c) != D for c in self.per_seed):
+            raise ValueError("every per-depth list of a group curve has one entry per depth")
+
+
+@dataclass
+class Gap:
+    """Per-sample error of ``group`` minus ``vs`` at one depth, with its 95% interval."""
+
+    group: str
+    vs: str
+    depth: int
+    gap: float
+    low: float
+    high: float
+
+
+@dataclass
+class FinalComparison:
+    """The final depth of ``group`` against ``vs``'s, stated plainly with the test used."""
+
+    group: str
+    vs: str
+    depth: int
+    vs_depth: int
+    metric: str
+    value: float
+    vs_value: float
+    error_ratio: float
+    p: float
+    t: float
+    test: str
+    statement: str
+
+
+@dataclass
+class Violation:
+    frm: int
+    to: int
+    delta: float
+    p_holm: float
+
+
+@dataclass
+class RunVerdict:
+    """One run's monotonicity verdict. ``curve``: (D,)."""
+
+    group: str
+    path: str
+    verdict: str
+    monotone: bool
+    monotone_strict: bool
+    curve: list[float]
+    deploy_depth: int
+    violations: list[Violation]
+
+
+@dataclass
+class Cost:
+    """What every depth of a group costs. ``depths``, ``error``, ``flops``, ``latency_ms``: (D,)."""
+
+    depths: list[int]
+    error: list[float]
+    flops: list[float] | None
+    latency_ms: list[float] | None
+    pareto: list[int] = field(default_factory=list)  # depths on the Pareto front of (FLOPs, error)
+
+
+@dataclass
+class ExitSweep:
+    """An early-exit rule swept over thresholds; every list has one entry per threshold."""
+
+    threshold: list[float]
+    accuracy: list[float]
+    depth: list[float]  # average exit depth
+    flops: list[float] | None  # average FLOPs per sample, when costs are known
+
+
+@dataclass
+class Heatmaps:
+    """2-D surfaces: the target and each group's prediction at every depth on the test grid."""
+
+    grid: list[int]  # (rows, columns)
+    target: list[list[float]] | None  # (rows, columns)
+    groups: dict[str, list[list[list[float]]]]  # group -> (D, rows, columns)
+    depths: dict[str, list[int]]
+
+
+@dataclass
 class CompareResult:
     metric: str
     kind: str
     groups: dict[str, list[str]]  # group -> run paths
-    diff: list[dict[str, Any]]  # config keys that differ: {"key", "values": {group: [values]}}
-    shared: dict[str, Any]
-    curves: dict[str, dict[str, Any]]  # group -> {"depths", "mean", "low", "high", "seeds"}
-    gaps: list[dict[str, Any]]  # vs the first group, per common depth
-    final: list[dict[str, Any]]  # the final-depth comparisons, stated plainly
-    runs: list[dict[str, Any]]  # per run: path, group, monotonicity verdict and curve
-    cost: dict[str, dict[str, Any]]  # group -> {"flops", "latency_ms", "error", "pareto"}
-    early_exit: dict[str, dict[str, Any]]  # group -> rule -> sweep
-    heatmaps: dict[str, Any] | None
-    training: dict[str, list[dict[str, Any]]]  # run path -> log records
+    diff: list[Difference]  # config keys that differ between groups
+    shared: dict[str, Any]  # config keys every run has the same value for
+    curves: dict[str, GroupCurve]
+    gaps: list[Gap]  # vs the first group, per common depth
+    final: list[FinalComparison]
+    runs: list[RunVerdict]
+    cost: dict[str, Cost]
+    early_exit: dict[str, dict[str, ExitSweep]]  # group -> rule -> sweep
+    heatmaps: Heatmaps | None
+    training: dict[str, list[dict[str, Any]]]  # run path -> its log records
+    first_correct: dict[str, list[float]] = field(default_factory=dict)  # classification: share of samples first right at each depth
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,7 +189,7 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_diff(runs: list[Run]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def config_diff(runs: list[Run]) -> tuple[list[Difference], dict[str, Any]]:
     """Keys whose values differ between groups (seeds within a group may differ in train.seed only)."""
     flat = [(r.group, flatten(r.config)) for r in runs]
     keys = sorted(set().union(*(f.keys() for _, f in flat)))
@@ -86,7 +205,7 @@ def config_diff(runs: list[Run]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         if len(distinct) == 1:
             shared[key] = next(iter(values.values()))[0]
         else:
-            diff.append({"key": key, "values": values})
+            diff.append(Difference(key, values))
     return diff, shared
 
 
@@ -100,19 +219,52 @@ def _t_interval(values: np.ndarray, alpha: float = 0.05) -> tuple[float, float, 
     return m, m - half, m + half
 
 
-def group_curves(runs: list[Run], groups: dict[str, list[Run]], alpha: float) -> dict[str, dict[str, Any]]:
+def seed_sample_band(members: list[Run], metric: str, alpha: float, replicates: int = 1000, seed: int = 0, paired: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) per depth of the group mean, by a bootstrap over seeds and test samples.
+
+    Each replicate draws the seeds with replacement and the test samples with replacement (the same
+    samples for every seed when they share a test set), and takes the group's mean curve of the
+    reported metric. Percentiles of resampled means of errors stay where errors live: a positive
+    error never gets a negative bound, as a t-interval across two seeds does.
+    """
+    _, transform = METRIC_BASE[metric]
+    rng = np.random.default_rng(seed)
+    S = len(members)
+    picks = rng.integers(0, S, size=(replicates, S))  # seeds drawn by each replicate
+    means = np.empty((replicates, S, members[0].errors.shape[1]))
+    shared = None
+    for s, run in enumerate(members):
+        n = run.errors.shape[0]
+        blocks = n_blocks(n)
+        sums, counts = np.zeros((blocks, run.errors.shape[1])), np.zeros(blocks, dtype=np.int64)
+        add_block_sums(sums, counts, np.ascontiguousarray(run.errors.T, dtype=np.float64), 0, n, seed)
+        if paired and shared is not None and shared.shape[1] == blocks:
+            weights = shared
+        else:
+            weights = replicate_weights(rng, replicates, blocks)
+            shared = weights
+        means[:, s] = (weights @ sums) / np.maximum(weights @ counts, 1.0)[:, None]
+    reported = transform(means)  # (B, S, D): each seed's reported metric
+    group = np.take_along_axis(reported, picks[:, :, None], axis=1).mean(axis=1)  # (B, D)
+    low, high = np.quantile(group, [alpha / 2, 1 - alpha / 2], axis=0)
+    if metric == "acc":
+        low, high = np.minimum(low, high), np.maximum(low, high)
+    return low, high
+
+
+def group_curves(groups: dict[str, list[Run]], metric: str, alpha: float, paired: bool = True, seed: int = 0) -> dict[str, GroupCurve]:
     out = {}
     for g, members in groups.items():
         curves = np.array([r.monotonicity.curve for r in members])  # (seeds, D)
         if len(members) >= 2:
-            rows = [_t_interval(curves[:, j], alpha) for j in range(curves.shape[1])]
-            mean, low, high = ([r[i] for r in rows] for i in range(3))
-            band = "t-interval across seeds"
+            low, high = seed_sample_band(members, metric, alpha, seed=seed, paired=paired)
+            band = "95% bootstrap over seeds and test samples"
+            mean = curves.mean(axis=0)
         else:
             r = members[0].monotonicity
-            mean, low, high, band = r.curve, r.ci_low, r.ci_high, "bootstrap over test samples (one seed)"
-        out[g] = {"depths": members[0].depths, "mean": list(mean), "low": list(low), "high": list(high),
-                  "seeds": len(members), "band": band, "per_seed": curves.tolist()}
+            mean, low, high, band = np.asarray(r.curve), np.asarray(r.ci_low), np.asarray(r.ci_high), "95% bootstrap over test samples (one seed)"
+        out[g] = GroupCurve(list(members[0].depths), [float(v) for v in mean], [float(v) for v in low], [float(v) for v in high],
+                            len(members), band, curves.tolist())
     return out
 
 
@@ -126,7 +278,7 @@ def _welch(a: np.ndarray, b: np.ndarray, alpha: float) -> tuple[float, float, fl
     return m, m - half, m + half
 
 
-def paired_gaps(groups: dict[str, list[Run]], metric: str, alpha: float, paired: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def paired_gaps(groups: dict[str, list[Run]], metric: str, alpha: float, paired: bool = True) -> tuple[list[Gap], list[FinalComparison]]:
     """Per common depth, group minus the first group on seed-averaged per-sample errors.
 
     Paired over the shared test samples; unpaired (Welch) when the runs saw different data.
@@ -143,7 +295,7 @@ def paired_gaps(groups: dict[str, list[Run]], metric: str, alpha: float, paired:
         for k in common:
             a_k, b_k = avg[base][:, depths[base].index(k)], avg[g][:, depths[g].index(k)]
             m, lo, hi = _t_interval(b_k - a_k, alpha) if paired else _welch(a_k, b_k, alpha)
-            gaps.append({"group": g, "vs": base, "depth": k, "gap": m, "low": lo, "high": hi})
+            gaps.append(Gap(g, base, k, m, lo, hi))
         a, b = avg[base][:, -1], avg[g][:, -1]
         test = stats.ttest_rel(a, b) if paired else stats.ttest_ind(a, b, equal_var=False)
         test_name = (f"paired t-test over {len(a)} shared test samples (per-sample errors averaged over seeds)" if paired
@@ -154,12 +306,10 @@ def paired_gaps(groups: dict[str, list[Run]], metric: str, alpha: float, paired:
             verdict = f"{base} is {'worse' if a.mean() > b.mean() else 'better'} than {g} at the final depth"
         else:
             verdict = f"no significant difference between {base} and {g} at the final depth"
-        finals.append({
-            "group": base, "vs": g, "depth": depths[base][-1], "vs_depth": depths[g][-1], "metric": metric,
-            "value": fa, "vs_value": fb, "error_ratio": ratio, "p": float(test.pvalue), "t": float(test.statistic),
-            "test": test_name,
-            "statement": f"{verdict}: {metric} {fa:.4g} vs {fb:.4g} (error ratio {ratio:.3g}, p = {test.pvalue:.3g})",
-        })
+        finals.append(FinalComparison(
+            base, g, depths[base][-1], depths[g][-1], metric, fa, fb, ratio, float(test.pvalue), float(test.statistic), test_name,
+            f"{verdict}: {metric} {fa:.4g} vs {fb:.4g} (error ratio {ratio:.3g}, {format_p(float(test.pvalue))})",
+        ))
     return gaps, finals
 
 
@@ -172,7 +322,7 @@ def pareto(cost: list[float], error: list[float]) -> list[int]:
     return front
 
 
-def early_exit(run: Run, thresholds: int = 21) -> dict[str, Any]:
+def early_exit(run: Run, thresholds: int = 21) -> dict[str, ExitSweep]:
     """Accuracy (mean correctness) vs average exit depth when each sample (or token) exits at the first
     depth whose confidence passes a threshold; the last depth otherwise."""
     if run.correct is None or run.max_prob is None:
@@ -197,50 +347,63 @@ def early_exit(run: Run, thresholds: int = 21) -> dict[str, Any]:
         ("entropy", np.linspace(0.0, float(ent.max()) + 1e-9, thresholds), lambda t: ent <= t),
     ):
         points = [sweep(passes(t)) for t in values]
-        out[rule] = {"threshold": values.tolist(), "accuracy": [p[0] for p in points], "depth": [p[1] for p in points], "flops": [p[2] for p in points]}
+        out[rule] = ExitSweep(values.tolist(), [p[0] for p in points], [p[1] for p in points], None if cum is None else [p[2] for p in points])
     if run.argmax is not None and D > 1:
         same = np.zeros_like(run.argmax, dtype=np.int64)  # consecutive depths with an unchanged prediction
         for k in range(1, D):
             same[:, k] = np.where(run.argmax[:, k] == run.argmax[:, k - 1], same[:, k - 1] + 1, 0)
         points = [sweep(same >= p) for p in range(1, D)]
-        out["patience"] = {"threshold": list(range(1, D)), "accuracy": [p[0] for p in points], "depth": [p[1] for p in points], "flops": [p[2] for p in points]}
+        out["patience"] = ExitSweep([float(p) for p in range(1, D)], [p[0] for p in points], [p[1] for p in points],
+                                    None if cum is None else [p[2] for p in points])
     return out
 
 
+def _mean_sweep(sweeps: list[ExitSweep]) -> ExitSweep:
+    """Seeds' sweeps of one rule, averaged point by point (the thresholds are the same)."""
+    avg = lambda key: np.mean([getattr(sw, key) for sw in sweeps], axis=0).tolist()  # noqa: E731
+    return ExitSweep(sweeps[0].threshold, avg("accuracy"), avg("depth"), avg("flops") if all(sw.flops for sw in sweeps) else None)
+
+
 def compare(groups: dict[str, list[Run]], metric: str, kind: str, alpha: float = 0.05, grid: list[int] | None = None,
-            paired: bool = True) -> CompareResult:
+            paired: bool = True, seed: int = 0) -> CompareResult:
     runs = [r for members in groups.values() for r in members]
     if len({r.errors.shape[0] for r in runs}) > 1:
         paired = False
     diff, shared = config_diff(runs)
-    curves = group_curves(runs, groups, alpha)
+    curves = group_curves(groups, metric, alpha, paired, seed)
     gaps, finals = paired_gaps(groups, metric, alpha, paired)
     cost = {}
     for g, members in groups.items():
         flops = members[0].flops
         lat = np.mean([r.latency_ms for r in members if r.latency_ms], axis=0).tolist() if any(r.latency_ms for r in members) else None
-        err = curves[g]["mean"]
-        entry: dict[str, Any] = {"depths": curves[g]["depths"], "error": err, "flops": flops, "latency_ms": lat}
+        err = curves[g].mean
+        entry = Cost(curves[g].depths, err, flops, lat)
         if flops:
-            entry["pareto"] = [curves[g]["depths"][i] for i in pareto(flops, err if metric != "acc" else [-v for v in err])]
+            entry.pareto = [curves[g].depths[i] for i in pareto(flops, err if metric != "acc" else [-v for v in err])]
         cost[g] = entry
-    exits = {}
+    exits: dict[str, dict[str, ExitSweep]] = {}
     if kind in ("classification", "lm"):
         for g, members in groups.items():
             sweeps = [early_exit(r) for r in members]
             if sweeps and sweeps[0]:
-                exits[g] = {rule: {key: (np.mean([s[rule][key] for s in sweeps], axis=0).tolist() if None not in sweeps[0][rule][key] else sweeps[0][rule][key])
-                                   for key in sweeps[0][rule]} for rule in sweeps[0]}
+                exits[g] = {rule: _mean_sweep([sw[rule] for sw in sweeps]) for rule in sweeps[0]}
     heatmaps = None
     if grid and kind == "regression" and all(m[0].predictions is not None for m in groups.values()):
         side_y, side_x = grid
         target = groups[next(iter(groups))][0].targets
-        heatmaps = {"grid": grid, "target": target[:, 0].reshape(side_y, side_x).tolist() if target is not None else None, "groups": {g: [m[0].predictions[:, j, 0].reshape(side_y, side_x).tolist() for j in range(len(m[0].depths))]
-                                             for g, m in groups.items()}, "depths": {g: m[0].depths for g, m in groups.items()}}
-    per_run = [{"group": r.group, "path": r.path, "verdict": r.monotonicity.verdict, "monotone": r.monotonicity.monotone,
-                "monotone_strict": r.monotonicity.monotone_strict, "curve": r.monotonicity.curve, "deploy_depth": r.monotonicity.deploy_depth,
-                "violations": [{"from": s.frm, "to": s.to, "delta": s.delta, "p_holm": s.p_holm} for s in r.monotonicity.violations]}
+        heatmaps = Heatmaps(list(grid), target[:, 0].reshape(side_y, side_x).tolist() if target is not None else None,
+                            {g: [m[0].predictions[:, j, 0].reshape(side_y, side_x).tolist() for j in range(len(m[0].depths))] for g, m in groups.items()},
+                            {g: list(m[0].depths) for g, m in groups.items()})
+    per_run = [RunVerdict(r.group, r.path, r.monotonicity.verdict, r.monotonicity.monotone, r.monotonicity.monotone_strict, r.monotonicity.curve,
+                          r.monotonicity.deploy_depth, [Violation(s.frm, s.to, s.delta, s.p_holm) for s in r.monotonicity.violations])
                for r in runs]
+    first_correct = {}
+    if kind == "classification":
+        for g, members in groups.items():
+            counts = [r.monotonicity.first_correct for r in members if r.monotonicity.first_correct is not None]
+            if counts:
+                total = np.mean([np.asarray(c) / members[0].monotonicity.n for c in counts], axis=0)
+                first_correct[g] = total.tolist()
     training = {r.path: r.log for r in runs if r.log}
     return CompareResult(metric, kind, {g: [r.path for r in m] for g, m in groups.items()}, diff, shared, curves, gaps, finals,
-                         per_run, cost, exits, heatmaps, training)
+                         per_run, cost, exits, heatmaps, training, first_correct)

@@ -1,7 +1,7 @@
 """A model's shared head as numpy operations, so probes can read states without torch.
 
 The torch side exports the head (`lpa_cli.models.protocol.export_head`) into the trace's ``/head``
-group: the attribute ``ops`` lists the operations, datasets hold their parameters. Supported ops:
+group (`TraceWriter.write_head`): the attribute ``ops`` lists the operations, datasets hold their parameters. Supported ops:
 ``linear`` (last axis), ``layernorm`` and ``rmsnorm`` (last axis), ``groupnorm`` (channels on axis 1),
 ``relu``, ``mean`` (over axes), ``take`` (one index of an axis). The last op is always the read-out
 ``linear``; everything before it maps a state to the read-out's features.
@@ -9,7 +9,6 @@ group: the attribute ``ops`` lists the operations, datasets hold their parameter
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,20 +79,9 @@ def _affine(x: np.ndarray, op: dict, params: dict[str, np.ndarray], axis: int) -
 
 
 def read_head(trace) -> Head:
-    """The head stored in an open trace."""
-    if not trace.has("head"):
-        raise TraceError(f"{trace.path}: trace has no exported head (its head is not made of supported layers)")
+    """The head stored in an open trace (`analyzers.trace.Trace`)."""
+    spec, params = trace.head()
     try:
-        group = trace.file["head"]
-        spec = json.loads(group.attrs["ops"])
-        params = {name: np.asarray(group[name][()]) for name in group}
-        return Head(spec["ops"], params, int(spec["feature_axis"]))
-    except (KeyError, ValueError, OSError, RuntimeError, TypeError) as err:
-        raise TraceError(f"{trace.path}: malformed head group ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
-
-
-def write_head(file, spec: dict[str, Any], params: dict[str, np.ndarray]) -> None:
-    group = file.create_group("head")
-    group.attrs["ops"] = json.dumps(spec)
-    for name, value in params.items():
-        group.create_dataset(name, data=value, fletcher32=True, chunks=value.shape or None)
+        return Head(list(spec["ops"]), params, int(spec["feature_axis"]))
+    except (KeyError, ValueError, TypeError) as err:
+        raise TraceError(f"{trace.path}: malformed head group ({err})") from None

@@ -13,6 +13,7 @@ Summary metrics (one value per depth): ``mse``, ``rmse``, ``r2`` (regression); `
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -58,3 +59,25 @@ def summarize(errors: dict[str, np.ndarray], kind: str, target_var: float | None
         out["ppl"] = [math.exp(min(v, 700.0)) for v in ce.tolist()]
         out["acc"] = acc.tolist()
     return out
+
+
+def format_p(p: float) -> str:
+    """A p-value as text: ``p = 0.012``, or ``p < 1e-300`` where it underflows (never ``p = 0``)."""
+    if p != p:  # NaN
+        return "p = nan"
+    if p < 1e-300:
+        return "p < 1e-300"
+    return f"p = {p:.3g}"
+
+
+def finite(value: Any) -> Any:
+    """JSON has no NaN/Infinity: write them as null (also unwraps numpy scalars)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value

@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 from scipy import optimize, stats
 
+from analyzers.bootstrap import add_block_sums, n_blocks, replicate_weights
 from analyzers.errors import UsageError
+from analyzers.metrics import finite
 
 # metric -> (per-sample error it is tested on, function from mean error to the reported value)
 METRIC_BASE: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
@@ -47,7 +49,26 @@ METRICS_FOR_KIND = {
     "lm": ("ce", "ppl", "err", "acc"),
 }
 DEFAULT_METRIC = {"regression": "mse", "classification": "err", "lm": "ce"}
-MAX_BLOCKS = 2000  # bootstrap resampling units; above this many samples, contiguous blocks of samples
+
+
+MAX_BOOTSTRAP = 100_000
+
+
+def check_settings(tolerance: float = 0.01, alpha: float = 0.05, within: float = 0.05, bootstrap: int = 1000, seed: int = 0) -> None:
+    """The test's settings, checked: NaN or an infinite tolerance would pass any curve (a gate bypass)."""
+    def number(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not (number(tolerance) and tolerance >= 0):
+        raise UsageError(f"--tolerance must be a finite number >= 0, got {tolerance!r}")
+    if not (number(alpha) and 0 < alpha < 1):
+        raise UsageError(f"--alpha must be between 0 and 1, got {alpha!r}")
+    if not (number(within) and within >= 0):
+        raise UsageError(f"--within must be a finite number >= 0, got {within!r}")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or not 0 <= bootstrap <= MAX_BOOTSTRAP:
+        raise UsageError(f"--bootstrap must be an integer between 0 and {MAX_BOOTSTRAP}, got {bootstrap!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise UsageError(f"--seed must be an integer between 0 and 2**32 - 1, got {seed!r}")
 
 
 def check_metric(metric: str | None, kind: str) -> str:
@@ -133,19 +154,6 @@ class MonotonicityResult:
         return finite(out)
 
 
-def finite(value: Any) -> Any:
-    """JSON has no NaN/Infinity: write them as null (also unwraps numpy scalars)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
     p = np.asarray(pvalues, dtype=np.float64)
@@ -215,20 +223,15 @@ def test_monotonicity(
         raise UsageError("monotonicity needs at least two depths")
     if n < 2:
         raise UsageError("monotonicity needs at least two samples")
-    if not 0 < alpha < 1:
-        raise UsageError(f"--alpha must be between 0 and 1, got {alpha}")
-    if tolerance < 0 or within < 0:
-        raise UsageError("--tolerance and --within must be >= 0")
-    if bootstrap < 0:
-        raise UsageError("--bootstrap must be >= 0")
+    check_settings(tolerance=tolerance, alpha=alpha, within=within, bootstrap=bootstrap, seed=seed)
     _, transform = METRIC_BASE[metric]
 
     # One streaming pass: per-depth sums, per-step sums of d and d^2, block sums for the bootstrap,
     # and the per-sample statistics (each sample judged against its own descent, so nothing here
     # needs the curve first).
-    blocks = min(n, MAX_BLOCKS)
-    edges = np.linspace(0, n, blocks + 1).round().astype(np.int64)  # nearly equal contiguous blocks
+    blocks = n_blocks(n)
     block_sums = np.zeros((blocks, D))
+    block_counts = np.zeros(blocks, dtype=np.int64)
     sums = np.zeros(D)
     d_sq = np.zeros(D - 1)
     monotone_samples = 0
@@ -248,13 +251,8 @@ def test_monotonicity(
         if not np.isfinite(eT).all():
             raise UsageError(f"{source}: per-sample errors contain NaN or infinite values")
         rows = eT.shape[1]
-        # blocks overlapping rows seen..seen+rows, and where each starts within this chunk
-        b0 = int(np.searchsorted(edges, seen, side="right")) - 1
-        b1 = int(np.searchsorted(edges, seen + rows - 1, side="right")) - 1
-        starts = np.maximum(edges[b0 : b1 + 1] - seen, 0)
-        pieces = np.add.reduceat(eT, starts, axis=1, dtype=np.float64)  # (D, blocks in this chunk)
-        block_sums[b0 : b1 + 1] += pieces.T
-        sums += pieces.sum(axis=1)  # the steps' sums of d are differences of these (no pass needed)
+        add_block_sums(block_sums, block_counts, eT, seen, n, seed)
+        sums += eT.sum(axis=1, dtype=np.float64)  # the steps' sums of d are differences of these (no pass needed)
         d = eT[1:] - eT[:-1]  # (D-1, rows)
         d64 = d.astype(np.float64, copy=False)  # squares are summed in float64
         d_sq += np.einsum("ij,ij->i", d64, d64)
@@ -281,14 +279,11 @@ def test_monotonicity(
     tol_abs = tolerance * descent
 
     # Paired bootstrap over blocks: the same resampled blocks for every depth.
-    counts = np.diff(edges).astype(np.float64)
+    counts = block_counts.astype(np.float64)
     rng = np.random.default_rng(seed)
     if bootstrap:
-        # weights[b, j]: how often replicate b drew block j (one bincount over all replicates at once)
-        pick = rng.integers(0, blocks, size=(bootstrap, blocks))
-        pick += blocks * np.arange(bootstrap)[:, None]
-        weights = np.bincount(pick.ravel(), minlength=bootstrap * blocks).reshape(bootstrap, blocks).astype(np.float64)
-        boot = (weights @ block_sums) / (weights @ counts)[:, None]  # (B, D) resampled means
+        weights = replicate_weights(rng, bootstrap, blocks)  # weights[b, j]: how often replicate b drew block j
+        boot = (weights @ block_sums) / np.maximum(weights @ counts, 1.0)[:, None]  # (B, D) resampled means
         lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=0)
         step_boot = np.diff(boot, axis=1)
         s_lo, s_hi = np.quantile(step_boot, [alpha / 2, 1 - alpha / 2], axis=0)
@@ -354,7 +349,7 @@ def from_arrays(errors: np.ndarray, depths: Sequence[int] | None = None, kind: s
 
 
 def from_trace(trace, metric: str | None = None, depths: str | None = None, chunk_rows: int = 65536, lens=None, **kwargs: Any) -> MonotonicityResult:
-    """Run `test_monotonicity` on an open `analyzers.trace_io.Trace`, reading it in row chunks.
+    """Run `test_monotonicity` on an open `analyzers.trace.Trace`, reading it in row chunks.
 
     ``lens`` (an `analyzers.probes.Lens`) replaces the trace's own per-depth errors with those of
     the lens applied to the stored states.

@@ -17,7 +17,6 @@ as safetensors (numpy arrays, never pickles).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,15 +33,6 @@ from analyzers.metrics import summarize
 
 KINDS = ("logit", "tuned", "linear")
 FORMAT = "lpa-probes"
-
-
-def fingerprint(trace) -> dict[str, Any]:
-    """What identifies the data a trace covers: the model, the split and a hash of the targets."""
-    h = hashlib.sha256()
-    for block in trace.iter_rows("targets", rows=1 << 16):
-        h.update(np.ascontiguousarray(block).tobytes())
-    return {"checkpoint_sha256": str(trace.attrs.get("checkpoint_sha256", "")), "split": str(trace.attrs.get("split", "")),
-            "n": trace.n, "targets_sha256": h.hexdigest()}
 
 
 def _rows(x: np.ndarray, axis: int) -> np.ndarray:
@@ -88,7 +78,7 @@ class Lens:
         return self.head.features(h) @ w + b
 
     def check_eval(self, trace) -> None:
-        if self.fit and fingerprint(trace) == self.fit:
+        if self.fit and trace.fingerprint() == self.fit:
             raise UsageError(f"{trace.path}: refusing to evaluate a probe on the data it was fitted on; trace another split")
         sha = str(trace.attrs.get("checkpoint_sha256", ""))
         if self.fit.get("checkpoint_sha256") and sha != self.fit["checkpoint_sha256"]:
@@ -159,6 +149,8 @@ def fit(trace, kind: str, depths: str | None = None, ridge: float = 1e-3, max_it
     """Fit a lens of ``kind`` on a trace with stored states (a training split)."""
     if kind not in KINDS:
         raise UsageError(f"unknown probe kind {kind!r}; expected {', '.join(KINDS)}")
+    if not (isinstance(ridge, (int, float)) and np.isfinite(ridge) and ridge >= 0):
+        raise UsageError(f"--ridge must be a finite number >= 0, got {ridge!r}")
     head = read_head(trace)
     if kind == "logit":
         return Lens("logit", [], {}, head, trace.kind, {}, {})
@@ -201,7 +193,7 @@ def fit(trace, kind: str, depths: str | None = None, ridge: float = 1e-3, max_it
                 w, b = _softmax_regression(feats, y, w_head.T.astype(np.float64), b0.astype(np.float64), ridge, max_iter)
             params[f"W.{trace.depths[p]}"], params[f"c.{trace.depths[p]}"] = w, b
     covered = sorted({int(k.split(".")[1]) for k in params})
-    return Lens(kind, covered, params, head, trace.kind, fingerprint(trace), {"ridge": ridge, "max_iter": max_iter})
+    return Lens(kind, covered, params, head, trace.kind, trace.fingerprint(), {"ridge": ridge, "max_iter": max_iter})
 
 
 def load_lens(spec: str) -> Lens:
@@ -251,4 +243,4 @@ def evaluate(lens: Lens, trace, chunk_rows: int = 8192) -> dict[str, list[float]
     return summarize(errors, trace.kind, trace.attrs.get("target_var"))
 
 
-__all__ = ["KINDS", "Lens", "LpaError", "evaluate", "fit", "fingerprint", "load_lens"]
+__all__ = ["KINDS", "Lens", "LpaError", "evaluate", "fit", "load_lens"]

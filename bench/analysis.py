@@ -19,7 +19,7 @@ import numpy as np
 from common import interleaved, quick_args, summary, tune_allocator
 
 from analyzers.monotonicity import from_trace
-from analyzers.trace_io import TraceSpec, TraceWriter, open_trace
+from analyzers.trace import TraceSpec, TraceWriter, open_trace
 
 DEPTHS = 17
 

@@ -2,6 +2,8 @@
 
 Exit codes: 0 success, 1 a check failed, 2 bad usage or input (one line on stderr, no traceback),
 3 an internal error (a bug in lpa; one line too, LPA_DEBUG=1 shows the traceback), 130 interrupted.
+Command modules are torch-free at import time (their library calls import torch when they run), so
+`lpa --help`, `lpa --version` and the commands that only read traces never load it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typer.exceptions import TyperException
 
 from analyzers.errors import LpaError
 from lpa_cli import __version__
-
 
 INTERNAL_ERROR = 3
 
@@ -77,26 +78,28 @@ def _root(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _register() -> None:
-    from lpa_cli.commands.audit import audit_command
-    from lpa_cli.commands.compare import compare_command
-    from lpa_cli.commands.export import export_command
-    from lpa_cli.commands.info import info_command
-    from lpa_cli.commands.monotonicity import monotonicity_command
-    from lpa_cli.commands.probe import probe_command
-    from lpa_cli.commands.reproduce import reproduce_command
-    from lpa_cli.commands.trace import trace_command
-    from lpa_cli.commands.train import train_command
+COMMANDS = {  # name -> module:function (each module is torch-free at import time)
+    "train": "lpa_cli.commands.train:train_command",
+    "info": "lpa_cli.commands.info:info_command",
+    "trace": "lpa_cli.commands.trace:trace_command",
+    "monotonicity": "lpa_cli.commands.monotonicity:monotonicity_command",
+    "probe": "lpa_cli.commands.probe:probe_command",
+    "compare": "lpa_cli.commands.compare:compare_command",
+    "export": "lpa_cli.commands.export:export_command",
+    "audit": "lpa_cli.commands.audit:audit_command",
+    "reproduce": "lpa_cli.commands.reproduce:reproduce_command",
+}
 
-    app.command("train")(guarded(train_command))
-    app.command("info")(guarded(info_command))
-    app.command("trace")(guarded(trace_command))
-    app.command("monotonicity")(guarded(monotonicity_command))
-    app.command("probe")(guarded(probe_command))
-    app.command("compare")(guarded(compare_command))
-    app.command("export")(guarded(export_command))
-    app.command("audit")(guarded(audit_command))
-    app.command("reproduce")(guarded(reproduce_command))
+
+def _register() -> None:
+    from importlib import import_module
+
+    for name, target in COMMANDS.items():
+        module, _, attr = target.partition(":")
+        app.command(name)(guarded(getattr(import_module(module), attr)))
+    from lpa_cli.commands.data import data_app
+
+    app.add_typer(data_app, name="data")
 
 
 _register()

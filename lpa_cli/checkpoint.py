@@ -6,15 +6,19 @@ to rebuild and interpret the model (see docs/checkpoint-format.md):
 ``format`` = ``lpa-checkpoint``, ``format_version``, ``lpa_version``, ``config`` (the `RunConfig` as
 JSON), ``task`` (task info as JSON: kind, shapes, description), ``metrics`` (per-depth test metrics as
 JSON), ``training`` (steps, final loss ... as JSON), ``sha256`` (content hash of the tensors),
-optionally ``aliases`` (tied tensors) and ``parent`` (what an exported model was cut from).
+optionally ``aliases`` (tied tensors), ``parent`` (what an exported model was cut from),
+``tokenizer`` (token models: the tokenizer, so text can be encoded without its source) and ``hf``
+(models started from a Hugging Face directory: family and config, for ``export --format hf``).
 
-Files are never unpickled. The header is validated here before safetensors reads any tensor, and the
-content hash is checked on load unless ``verify=False``. No timestamps are stored, so the same seeded
-run writes a byte-identical file.
+Files are never unpickled. The header is validated here before safetensors reads any tensor; the
+config is checked against the tensors' shapes (the model is built on torch's ``meta`` device, which
+allocates nothing) before anything real is built; and the content hash is checked on load unless
+``verify=False``. No timestamps are stored, so the same seeded run writes a byte-identical file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -25,17 +29,19 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load
+from safetensors.torch import load_file as st_load_file
 
 from analyzers.atomic import atomic_path
 from analyzers.errors import CheckpointError, LpaError
 from lpa_cli import __version__
 from lpa_cli.config import RunConfig
-from lpa_cli.models import ResidualModel, build_model
+from lpa_cli.models import ResidualModel
 
 FORMAT = "lpa-checkpoint"
+CUSTOM = "custom"  # config.model.arch of a model built in Python and trained through train(model=...)
 FORMAT_VERSION = 1
-# lpa headers are a few KB; a large header is refused before it is read (safetensors allows 100 MB).
+# lpa headers are a few KB (a stored tokenizer adds a few MB); a larger header is refused before it is
+# read (safetensors itself allows 100 MB).
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 _DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
@@ -56,6 +62,7 @@ class Checkpoint:
     sha256: str
     parent: dict[str, Any] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    info: CheckpointInfo | None = None
 
     @property
     def kind(self) -> str:
@@ -131,10 +138,18 @@ def save_checkpoint(
     training: dict[str, Any] | None = None,
     parent: dict[str, Any] | None = None,
     force: bool = False,
+    *,
+    state: dict[str, torch.Tensor] | None = None,
+    tokenizer: Any = None,
+    extra: dict[str, str] | None = None,
 ) -> str:
-    """Write ``model`` and its description atomically; returns the content hash."""
+    """Write ``model`` and its description atomically; returns the content hash.
+
+    ``state`` replaces ``model.state_dict()`` (a state gathered from sharded ranks); ``tokenizer``
+    (an `lpa_cli.tokenizer.Tokenizer`) and ``extra`` metadata are stored beside the config.
+    """
     model = getattr(model, "module", model)  # save the raw module, never a DDP wrapper
-    tensors, aliases = _dedupe(model.state_dict())
+    tensors, aliases = _dedupe(state if state is not None else model.state_dict())
     digest = tensor_hash(tensors)
     metadata = {
         "format": FORMAT,
@@ -151,6 +166,9 @@ def save_checkpoint(
         metadata["aliases"] = json.dumps(aliases, sort_keys=True)
     if parent:
         metadata["parent"] = json.dumps(parent, sort_keys=True)
+    if tokenizer is not None:
+        metadata["tokenizer"] = json.dumps(tokenizer.to_dict(), sort_keys=True)
+    metadata |= extra or {}
     with atomic_path(path, force=force) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return digest
@@ -164,7 +182,7 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
     """Parse and validate a safetensors header without reading tensor data.
 
     Returns (header dict, byte offset of the data section). Rejects anything a well-formed file
-    cannot contain: a header longer than the file or than 100 MB, offsets out of bounds, overlapping
+    cannot contain: a header longer than the file or than 16 MiB, offsets out of bounds, overlapping
     or not matching the dtype and shape, unknown dtypes, trailing bytes.
     """
     path = Path(path)
@@ -291,9 +309,9 @@ def read_info(path: str | Path) -> CheckpointInfo:
         config = RunConfig.from_dict(raw_config)
     except LpaError as err:
         raise _fail(path, f"invalid config in metadata ({err})") from None
-    from lpa_cli.models import ARCHITECTURES
+    from lpa_cli.registry import ARCHITECTURES
 
-    if config.model.arch not in ARCHITECTURES:
+    if config.model.arch not in ARCHITECTURES and config.model.arch != CUSTOM and not config.model.factory:
         raise _fail(path, f"unknown architecture {config.model.arch!r} in metadata (this lpa knows {', '.join(ARCHITECTURES)})")
     task = _json_field(path, meta, "task")
     if not isinstance(task, dict) or not {"kind", "in_shape", "out_dim"} <= set(task):
@@ -314,13 +332,62 @@ def read_info(path: str | Path) -> CheckpointInfo:
     return CheckpointInfo(config, task, metrics, training, sha, aliases, parent, meta)
 
 
-def load_checkpoint(path: str | Path, verify: bool = True, device: str | torch.device = "cpu") -> Checkpoint:
-    """Rebuild the model from the file alone and load its weights (hash-checked unless ``verify=False``)."""
+def _build(path: Path, info: CheckpointInfo, device: str | torch.device | None = None) -> ResidualModel:
+    """The model the config describes (on ``device``; "meta" allocates nothing)."""
+    from lpa_cli.finetune import build_from_config
+
+    task = info.task
+    try:
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            return build_from_config(info.config, tuple(task["in_shape"]), int(task["out_dim"]), task.get("input_kind", "vector"), task["kind"])
+    except LpaError as err:
+        raise _fail(path, f"its config cannot build a model ({err})") from None
+    except (ValueError, RuntimeError, TypeError, OverflowError, MemoryError) as err:
+        raise _fail(path, f"its config cannot build a model ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+
+
+def check_consistency(path: str | Path, info: CheckpointInfo | None = None, model: ResidualModel | None = None) -> None:
+    """The config's model has exactly the file's tensors, names and shapes (from the header only).
+
+    The model is built on the meta device, so a config that claims a huge input or a negative width is
+    refused without allocating anything.
+    """
+    path = Path(path)
+    info = info or read_info(path)
+    header, _ = read_header(path)
+    stored = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    for alias, target in info.aliases.items():
+        if target not in stored:
+            raise _fail(path, f"alias {alias!r} points to missing tensor {target!r}")
+        stored[alias] = stored[target]
+    if model is None:
+        if info.config.model.arch == CUSTOM and not info.config.model.factory:
+            return  # a model built in Python: checked when the caller passes it
+        model = _build(path, info, "meta")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        raise _fail(path, f"config and tensors disagree: the config's {info.config.model.arch} model needs "
+                          f"{len(expected)} tensors (missing here: {missing[:3]}; not in it: {unexpected[:3]})")
+    for name, shape in expected.items():
+        if stored[name] != shape:
+            raise _fail(path, f"config and tensors disagree: tensor {name!r} has shape {stored[name]}, the config's model needs {shape}")
+
+
+def load_checkpoint(path: str | Path, verify: bool = True, device: str | torch.device = "cpu", model: ResidualModel | None = None) -> Checkpoint:
+    """Rebuild the model from the file alone and load its weights (hash-checked unless ``verify=False``).
+
+    ``model``: load the weights into this model instead (checkpoints of models built in Python).
+    """
     path = Path(path)
     info = read_info(path)
+    if model is None and info.config.model.arch == CUSTOM and not info.config.model.factory:
+        raise _fail(path, "it holds a model built in Python (no registered architecture or factory); load it with load_checkpoint(path, model=...)")
+    check_consistency(path, info, model)
     try:
-        tensors = st_load(path.read_bytes())
-    except (SafetensorError, ValueError, RuntimeError) as err:
+        tensors = st_load_file(str(path))
+    except (SafetensorError, ValueError, RuntimeError, OSError) as err:
         raise _fail(path, f"cannot read tensors ({err})") from None
     if verify:
         if not info.sha256:
@@ -328,23 +395,25 @@ def load_checkpoint(path: str | Path, verify: bool = True, device: str | torch.d
         actual = tensor_hash(tensors)
         if actual != info.sha256:
             raise _fail(path, "content hash mismatch: tensor data is corrupt or was modified (use --no-verify to load anyway)")
-    task = info.task
-    model = build_model(info.config.model, tuple(task["in_shape"]), int(task["out_dim"]), task.get("input_kind", "vector"))
+    model = model if model is not None else _build(path, info)
     for alias, target in info.aliases.items():
-        if target not in tensors:
-            raise _fail(path, f"alias {alias!r} points to missing tensor {target!r}")
         tensors[alias] = tensors[target]
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise _fail(path, f"weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    for name, t in tensors.items():
-        if tuple(t.shape) != tuple(expected[name].shape):
-            raise _fail(path, f"tensor {name!r} has shape {tuple(t.shape)}, config needs {tuple(expected[name].shape)}")
     model.load_state_dict(tensors, strict=True)
     model.to(device).eval()
-    return Checkpoint(path, model, info.config, task, info.metrics, info.training, info.sha256, info.parent, info.metadata)
+    return Checkpoint(path, model, info.config, info.task, info.metrics, info.training, info.sha256, info.parent, info.metadata, info)
+
+
+def read_tokenizer(info: CheckpointInfo):
+    """The tokenizer a token model was trained with (None for other models)."""
+    from lpa_cli.tokenizer import Tokenizer
+
+    raw = info.metadata.get("tokenizer")
+    if raw is None:
+        return None
+    try:
+        return Tokenizer.from_dict(json.loads(raw))
+    except (ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"malformed tokenizer in checkpoint metadata ({err})") from None
 
 
 def file_sha256(path: str | Path) -> str:

@@ -10,10 +10,9 @@ from typing import Any
 
 
 from analyzers.compare import CompareResult, Run, compare
-from analyzers.errors import UsageError
+from analyzers.errors import LpaError, UsageError
 from analyzers.monotonicity import METRIC_BASE, check_metric, from_trace
-from analyzers.probes import fingerprint
-from analyzers.trace_io import is_trace, open_trace
+from analyzers.trace import is_trace, open_trace
 from lpa_cli.inputs import as_trace
 
 
@@ -49,14 +48,29 @@ def parse_runs(specs: list[str]) -> "OrderedDict[str, list[Path]]":
     return groups
 
 
-def _checkpoint_for(path: Path, trace) -> Path | None:
+def _checkpoint_for(path: Path, trace, notes: list[str]) -> Path | None:
+    """The checkpoint a run's costs and log come from: the input itself, or the one a trace names,
+    when it is still there and still the same model (its content hash)."""
     if not is_trace(path):
         return path
-    ckpt = trace.attrs.get("checkpoint_path")
-    return Path(ckpt) if ckpt and Path(ckpt).is_file() and str(ckpt).endswith(".safetensors") else None
+    attrs = trace.attrs
+    ckpt = attrs.get("checkpoint_path")
+    if not ckpt or not Path(ckpt).is_file() or not str(ckpt).endswith(".safetensors"):
+        return None
+    from lpa_cli.checkpoint import read_info
+
+    try:
+        sha = read_info(ckpt).sha256
+    except LpaError:
+        sha = None
+    if sha != attrs.get("checkpoint_sha256"):
+        notes.append(f"{path}: the checkpoint it names ({ckpt}) is not the model that was traced (its content hash differs); "
+                     "its costs and training log are not shown")
+        return None
+    return Path(ckpt)
 
 
-def _costs(ckpt: Path | None, cache: dict[str, Any], notes: list[str]) -> dict[str, list[float]] | None:
+def _costs(ckpt: Path | None, cache: dict[str, Any]) -> dict[str, list[float]] | None:
     if ckpt is None:
         return None
     from lpa_cli.checkpoint import load_checkpoint
@@ -66,8 +80,8 @@ def _costs(ckpt: Path | None, cache: dict[str, Any], notes: list[str]) -> dict[s
     c = load_checkpoint(ckpt)
     key = c.config.model.__repr__() + json.dumps(c.task, sort_keys=True)
     if key not in cache:
-        x, _ = load_task(c.config.task).split("test")
-        cache[key] = depth_costs(c.model, x[: 64 if c.kind == "lm" else 256])
+        test = load_task(c.config.task).test
+        cache[key] = depth_costs(c.model, test.rows(0, min(len(test), 64 if c.kind == "lm" else 256)))
     return cache[key]
 
 
@@ -102,14 +116,14 @@ def load_run(group: str, path: Path, metric: str | None, cost_cache: dict, notes
                 argmax = t.read("predictions").argmax(axis=-1)
         elif t.has("predictions"):
             preds, targets = t.read("predictions"), t.read("targets")
-        ckpt = _checkpoint_for(path, t)
-        costs = _costs(ckpt, cost_cache, notes)
+        ckpt = _checkpoint_for(path, t, notes)
+        costs = _costs(ckpt, cost_cache)
         task = t.task
         grid = task.get("meta", {}).get("grid") if isinstance(task.get("meta"), dict) else None
         run = Run(group=group, path=str(path), config=t.config, depths=t.depths, errors=errs, monotonicity=mono,
                   correct=correct, max_prob=max_prob, entropy=entropy, argmax=argmax, predictions=preds, targets=targets,
                   flops=costs["flops"] if costs else None, latency_ms=costs["latency_ms"] if costs else None, log=_log(ckpt))
-        identity = fingerprint(t) | {"task": task.get("traced_on", task.get("name")), "kind": t.kind}
+        identity = t.fingerprint() | {"task": task.get("traced_on", task.get("name")), "kind": t.kind}
     return run, identity, m, grid
 
 
@@ -137,6 +151,6 @@ def compare_runs(specs: list[str], metric: str | None = None, force: bool = Fals
     if any(r.flops is None for m in runs.values() for r in m):
         notes.append("some inputs are traces whose checkpoint is not at hand: their cost is not shown")
     same = all((i["task"], i["n"], i["targets_sha256"]) == (first["task"], first["n"], first["targets_sha256"]) for _, i in identities)
-    result = compare(runs, chosen_metric, first["kind"], grid=grid, paired=same)
+    result = compare(runs, chosen_metric, first["kind"], grid=grid, paired=same, seed=seed)
     result.notes.extend(notes)
     return result

@@ -9,13 +9,35 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from analyzers.errors import ConfigError, UsageError
+from analyzers.tomlfile import TOMLDecodeError, toml_loads
+from lpa_cli.registry import OBJECTIVES, WEIGHTINGS
+
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit; larger ones would be folded silently
+
+
+def _finite(value: float, flag: str, low: float | None = None, high: float | None = None, low_open: bool = False) -> None:
+    """A number that must be finite and within bounds (NaN and infinities are never settings)."""
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
+        hi = "" if high is None else f"<= {high:g}"
+        bounds = " and ".join(b for b in (lo, hi) if b)
+        raise UsageError(f"{flag} must be a finite number{' ' + bounds if bounds else ''}, got {value!r}")
+
+
+def _count(value: int, flag: str, low: int = 0, high: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        raise UsageError(f"{flag} must be an integer >= {low}{f' and <= {high}' if high is not None else ''}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -26,13 +48,13 @@ class ModelConfig:
     depth: int = 8  # number of residual blocks N; the model has depths 0..N
     width: int = 64  # width of the residual stream
     zero_init: bool = True  # last layer of every residual branch starts at zero: blocks begin as identity
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # the architecture's extras (a factory's keyword arguments)
+    factory: str = ""  # "package.module:function" returning a ResidualModel (--model); arch is then "custom"
+    init: str = ""  # where the starting weights came from (--init): a Hugging Face directory or an lpa checkpoint
 
     def __post_init__(self) -> None:
-        if self.depth < 1:
-            raise UsageError(f"--depth must be at least 1, got {self.depth}")
-        if self.width < 1:
-            raise UsageError(f"--width must be at least 1, got {self.width}")
+        _count(self.depth, "--depth", 1, 100_000)
+        _count(self.width, "--width", 1, 1 << 20)
 
 
 @dataclass(frozen=True)
@@ -46,9 +68,15 @@ class TaskConfig:
     data_seed: int = 0  # fixes the data (and the train/test split) independently of the training seed
     options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        _count(self.n_train, "task.n_train")
+        _count(self.n_test, "task.n_test")
+        _finite(self.noise, "task.noise", 0)
+        _count(self.data_seed, "task.data_seed", 0, MAX_SEED)
 
-OBJECTIVES = ("e2e", "lpa", "lpa-local")
-WEIGHTINGS = ("uniform", "linear", "sqrt", "inv")
+
+ALIGNMENTS = ("labels", "kl")
+HEAD_LOSSES = ("auto", "stacked", "chunked")
 
 
 @dataclass(frozen=True)
@@ -62,20 +90,29 @@ class ObjectiveConfig:
     sample_depths: int = 0  # >0: each step uses this many of the selected depths (always including N)
     sample_fraction: float = 1.0  # <1: shallower depths' terms use this fraction of each batch (N uses all)
     loss_power: float = 1.0  # each depth's term is L_k ** p (log L_k at 0): p < 1 balances shallow and deep depths
+    align: str = "labels"  # kl: depths < N fit the detached final prediction (mixed with the labels by align_mix)
+    align_mix: float = 1.0  # with align = kl: weight of the alignment term (1 - align_mix on the labels)
+    head_loss: str = "auto"  # stacked | chunked (never holds every depth's logits) | auto (chunked when they are large)
 
     def __post_init__(self) -> None:
-        if self.name not in OBJECTIVES:
-            raise UsageError(f"unknown objective {self.name!r}; expected one of {', '.join(OBJECTIVES)}")
-        if self.weights not in WEIGHTINGS:
-            raise UsageError(f"unknown depth weighting {self.weights!r}; expected one of {', '.join(WEIGHTINGS)}")
-        if self.lpa_lambda is not None and not self.lpa_lambda >= 0:
-            raise UsageError(f"--lpa-lambda must be >= 0, got {self.lpa_lambda}")
-        if self.sample_depths < 0:
-            raise UsageError("--sample-depths must be >= 0")
-        if not 0 < self.sample_fraction <= 1:
-            raise UsageError(f"--sample-fraction must be in (0, 1], got {self.sample_fraction}")
-        if not 0 <= self.loss_power <= 1:
-            raise UsageError(f"--loss-power must be between 0 and 1, got {self.loss_power}")
+        OBJECTIVES.get(self.name)
+        WEIGHTINGS.get(self.weights)
+        if self.lpa_lambda is not None:
+            _finite(self.lpa_lambda, "--lpa-lambda", 0)
+        _count(self.sample_depths, "--sample-depths")
+        _finite(self.sample_fraction, "--sample-fraction", 0, 1, low_open=True)
+        _finite(self.loss_power, "--loss-power", 0, 1)
+        if self.align not in ALIGNMENTS:
+            raise UsageError(f"unknown --align {self.align!r}; expected one of {', '.join(ALIGNMENTS)}")
+        _finite(self.align_mix, "--align-mix", 0, 1)
+        if self.head_loss not in HEAD_LOSSES:
+            raise UsageError(f"unknown --head-loss {self.head_loss!r}; expected one of {', '.join(HEAD_LOSSES)}")
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+PARALLEL = ("ddp", "fsdp")
+TRAIN_ONLY = ("all", "blocks", "head")
+TRACKERS = ("jsonl", "tensorboard", "mlflow")
 
 
 @dataclass(frozen=True)
@@ -92,18 +129,44 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # 0: leave torch's default; fixed threads make runs byte-reproducible
     device: str = "cpu"  # auto | cpu | cuda[:i]
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler)
+    compile: bool = False  # torch.compile the model (falls back, with a warning, where it cannot)
+    grad_accum: int = 1  # micro-batches per step (each global batch split in this many parts)
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
+    parallel: str = "ddp"  # under torchrun: ddp | fsdp (fully_shard per block and on the whole model)
+    workers: int = 0  # data-loading worker processes (0: load in the training process)
+    eval_samples: int = 0  # evaluate on this many test samples, spread evenly over the split (0: all)
+    train_only: str = "all"  # all | blocks | head: which parameters train
+    lora_rank: int = 0  # >0: train LoRA adapters of this rank on the blocks' linear layers (peft), merged when saved
+    lora_alpha: float = 16.0
+    log: list[str] = field(default_factory=lambda: ["jsonl"])  # trackers: jsonl, tensorboard, mlflow
 
     def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise UsageError(f"--steps must be >= 0, got {self.steps}")
-        if self.batch_size < 0:
-            raise UsageError(f"--batch-size must be >= 0, got {self.batch_size}")
-        if not self.lr > 0:
-            raise UsageError(f"--lr must be > 0, got {self.lr}")
+        _count(self.steps, "--steps")
+        _count(self.batch_size, "--batch-size")
+        _finite(self.lr, "--lr", 0, low_open=True)
         if self.optimizer not in ("adam", "adamw", "sgd"):
             raise UsageError(f"unknown optimizer {self.optimizer!r}; expected adam, adamw or sgd")
+        _finite(self.weight_decay, "train.weight_decay", 0)
         if self.schedule not in ("cosine", "constant"):
             raise UsageError(f"unknown schedule {self.schedule!r}; expected cosine or constant")
+        _count(self.warmup, "train.warmup")
+        _finite(self.grad_clip, "--clip-grad", 0)
+        _count(self.eval_every, "--eval-every")
+        _count(self.seed, "--seed", 0, MAX_SEED)
+        _count(self.threads, "--threads", 0, 4096)
+        for name, value, choices in (("--precision", self.precision, PRECISIONS), ("--parallel", self.parallel, PARALLEL),
+                                     ("--train-only", self.train_only, TRAIN_ONLY)):
+            if value not in choices:
+                raise UsageError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
+        _count(self.grad_accum, "--grad-accum", 1, 1 << 16)
+        _count(self.workers, "--workers", 0, 256)
+        _count(self.eval_samples, "--eval-samples")
+        _count(self.lora_rank, "--lora-rank", 0, 1 << 16)
+        _finite(self.lora_alpha, "--lora-alpha", 0, low_open=True)
+        unknown = [t for t in self.log if t not in TRACKERS]
+        if unknown or not self.log:
+            raise UsageError(f"--log takes {', '.join(TRACKERS)}; got {', '.join(map(repr, unknown)) or 'nothing'}")
 
 
 @dataclass(frozen=True)
@@ -162,6 +225,12 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         return dict(value)
+    if isinstance(default, list):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return list(value)
     return value
 
 
@@ -189,8 +258,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read config ({err})") from None
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
+        return toml_loads(text)
+    except TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML ({err})") from None
     except RecursionError:
         raise ConfigError(f"{path}: invalid TOML (nested too deeply)") from None
@@ -203,8 +272,8 @@ def parse_set(item: str) -> tuple[str, str, Any]:
     lhs, raw = item.split("=", 1)
     section, key = lhs.strip().split(".", 1)
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+        value = toml_loads(f"v = {raw}")["v"]
+    except TOMLDecodeError:
         value = raw
     return section.strip(), key.strip(), value
 

@@ -6,25 +6,39 @@ import dataclasses
 from pathlib import Path
 
 from analyzers.errors import UsageError
-from lpa_cli.checkpoint import load_checkpoint, save_checkpoint
+from lpa_cli.checkpoint import load_checkpoint, read_tokenizer, save_checkpoint
 from lpa_cli.config import RunConfig
 
+FORMATS = ("lpa", "hf")
 
-def export_prefix(checkpoint: str | Path, depth: int, output: str | Path, force: bool = False, verify: bool = True) -> dict:
-    """Write a normal checkpoint made of the embedding, the first ``depth`` blocks and the shared head.
 
-    Its predictions are exactly the original's depth-``depth`` predictions; its metadata says what it
-    was cut from (``parent``).
+def export_prefix(checkpoint: str | Path, depth: int, output: str | Path, force: bool = False, verify: bool = True,
+                  format: str = "lpa") -> dict:
+    """Write the embedding, the first ``depth`` blocks and the shared head: an lpa checkpoint
+    (``format="lpa"``) or a Hugging Face model directory (``format="hf"``, for models started from
+    one). Its predictions are exactly the original's depth-``depth`` predictions; an lpa checkpoint's
+    metadata says what it was cut from (``parent``).
     """
+    if format not in FORMATS:
+        raise UsageError(f"unknown --format {format!r}; expected {' or '.join(FORMATS)}")
+    if Path(output).exists() and Path(output).resolve() == Path(checkpoint).resolve():
+        raise UsageError(f"{output}: the output is the checkpoint being exported; choose another -o")
     ckpt = load_checkpoint(checkpoint, verify=verify)
     n = ckpt.model.num_blocks
     if not 1 <= depth <= n:
-        raise UsageError(f"--depth must be between 1 and {n} for {checkpoint} ({n} blocks), got {depth}")
+        raise UsageError(f"--at must be between 1 and {n} for {checkpoint} ({n} blocks), got {depth}")
     small = ckpt.model.truncated(depth)
-    config = RunConfig(dataclasses.replace(ckpt.config.model, depth=depth), ckpt.config.task, ckpt.config.objective, ckpt.config.train)
     metrics = {name: values[: depth + 1] for name, values in ckpt.metrics.items()}
     parent = {"path": str(checkpoint), "sha256": ckpt.sha256, "depth": depth, "depths_of_parent": n}
+    result = {"output": str(output), "format": format, "depth": depth, "parent": parent, "metrics": metrics,
+              "parameters": sum(p.numel() for p in small.parameters()), "parameters_of_parent": sum(p.numel() for p in ckpt.model.parameters())}
+    if format == "hf":
+        from lpa_cli.hf import export_hf
+
+        return result | export_hf(ckpt, small, Path(output), force=force)
+    config = RunConfig(dataclasses.replace(ckpt.config.model, depth=depth), ckpt.config.task, ckpt.config.objective, ckpt.config.train)
     training = ckpt.training | {"exported_from": str(checkpoint)}
-    sha = save_checkpoint(output, small, config, ckpt.task, metrics, training, parent=parent, force=force)
-    return {"output": str(output), "sha256": sha, "depth": depth, "parent": parent, "metrics": metrics,
-            "parameters": sum(p.numel() for p in small.parameters()), "parameters_of_parent": sum(p.numel() for p in ckpt.model.parameters())}
+    extra = {"hf": ckpt.metadata["hf"]} if "hf" in ckpt.metadata else {}
+    sha = save_checkpoint(output, small, config, ckpt.task, metrics, training, parent=parent, force=force,
+                          tokenizer=read_tokenizer(ckpt.info), extra=extra)
+    return result | {"sha256": sha}

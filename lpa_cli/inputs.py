@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from analyzers.errors import UsageError
-from analyzers.trace_io import is_trace
+from analyzers.trace import is_trace
 
 
 @contextlib.contextmanager

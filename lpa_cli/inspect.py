@@ -8,26 +8,28 @@ from typing import Any
 
 import dataclasses
 
-from safetensors.torch import load as st_load
+from safetensors.torch import load_file
 
 from analyzers.errors import CheckpointError
-from lpa_cli.checkpoint import file_sha256, read_header, read_info, tensor_hash
-from lpa_cli.config import ModelConfig, _build
-from lpa_cli.models import ARCHITECTURES
+from lpa_cli.checkpoint import check_consistency, file_sha256, read_header, read_info, tensor_hash
+from lpa_cli.config import ModelConfig
+from lpa_cli.registry import ARCHITECTURES
 
 
 def resolved_options(model: ModelConfig) -> dict[str, Any]:
-    """The architecture's options with defaults filled in."""
-    arch = ARCHITECTURES.get(model.arch)
-    if arch is None:
+    """The architecture's options with defaults filled in (a factory's keyword arguments as given)."""
+    if model.arch not in ARCHITECTURES or model.factory:
         return dict(model.options)
-    return dataclasses.asdict(_build(arch.options, model.options, "model.options"))
+    from lpa_cli.models import resolve_options
+
+    return dataclasses.asdict(resolve_options(model))
 
 
 def describe(path: str | Path, verify: bool = False) -> dict[str, Any]:
     """A checkpoint's description from its metadata; ``verify`` also re-hashes the tensor data."""
     path = Path(path)
     info = read_info(path)
+    check_consistency(path, info)  # the config describes exactly these tensors
     header, _ = read_header(path)
     params = sum(math.prod(e["shape"]) for k, e in header.items() if k != "__metadata__")
     cfg = info.config
@@ -38,11 +40,11 @@ def describe(path: str | Path, verify: bool = False) -> dict[str, Any]:
         "architecture": cfg.model.arch,
         "depth": cfg.model.depth,
         "width": cfg.model.width,
-        "model": cfg.model.__dict__ | {"options": resolved_options(cfg.model)},
+        "model": dataclasses.asdict(cfg.model) | {"options": resolved_options(cfg.model)},
         "head_applies": info.metadata.get("head_applies", ""),
         "task": info.task,
-        "objective": cfg.objective.__dict__,
-        "train": cfg.train.__dict__,
+        "objective": dataclasses.asdict(cfg.objective),
+        "train": dataclasses.asdict(cfg.train),
         "parameters": params,
         "training": info.training,
         "metrics": info.metrics,
@@ -52,7 +54,7 @@ def describe(path: str | Path, verify: bool = False) -> dict[str, Any]:
         "verified": None,
     }
     if verify:
-        tensors = st_load(path.read_bytes())
+        tensors = load_file(str(path))
         if tensor_hash(tensors) != info.sha256:
             raise CheckpointError(f"{path}: content hash mismatch: tensor data is corrupt or was modified")
         out["verified"] = True
@@ -62,12 +64,11 @@ def describe(path: str | Path, verify: bool = False) -> dict[str, Any]:
 def describe_trace(path: str | Path) -> dict[str, Any]:
     """A trace's attributes, datasets and per-depth metrics (reads only the per-sample errors)."""
     from analyzers.metrics import summarize
-    from analyzers.trace_io import open_trace
+    from analyzers.trace import open_trace
 
     with open_trace(path) as t:
         attrs = t.attrs
-        datasets = {}
-        t.file.visititems(lambda name, obj: datasets.__setitem__(name, [list(obj.shape), str(obj.dtype)]) if hasattr(obj, "shape") else None)
+        datasets = {name: [list(d.shape), d.dtype] for name, d in t.datasets().items()}
         metrics = summarize({name: t.errors(name) for name in t.error_names}, t.kind, attrs.get("target_var"))
         return {
             "path": str(path),

@@ -1,39 +1,49 @@
-"""Training objectives, written once against the `ResidualModel` protocol.
+"""Training objectives, written once against the `ResidualModel` protocol: a registry of classes
+(`lpa_cli.registry.OBJECTIVES`) with one interface, ``objective(model, batch, step, generator)``.
 
-- ``e2e``: the loss of depth N only (ordinary training).
-- ``lpa``: a weighted sum of the losses of the selected depths, all read through the shared head, so
-  block k is pushed to fit the residual target ``y - yhat_{k-1}`` left by the blocks before it.
-- ``lpa-local``: as ``lpa``, but the stream is detached before every block, so the residual target
-  each block sees is a constant: depth k's loss trains block k (and the head, and at depth 0 the
-  embedding) and sends no gradient into blocks < k.
+- `E2E` (``e2e``): the loss of depth N only (ordinary training).
+- `LPA` (``lpa``): a weighted sum of the losses of the selected depths, all read through the shared
+  head, so block k is pushed to fit the residual target ``y - yhat_{k-1}`` left by the blocks before it.
+- `LPALocal` (``lpa-local``): as ``lpa``, but the stream is detached before every block, so the
+  residual target each block sees is a constant: depth k's loss trains block k (and the head, and at
+  depth 0 the embedding) and sends no gradient into blocks < k.
 
 Depth weights (normalised to sum to 1): ``uniform``; ``linear`` (k + 1); ``sqrt`` (sqrt(k + 1));
 ``inv`` (1 / (k + 1)); or, with ``lpa_lambda``, the "task + lambda * alignment" form: weight 1 on
 depth N and ``lambda`` on every other selected depth.
 
-Sample fraction ``f`` (``sample_fraction``, default 1): the terms of every depth but the deepest are
-computed on the first ``ceil(f * B)`` samples of the batch, which cuts the head's cost (large for LMs
-with big vocabularies); with ``sample_depths`` it is the depth-sampling option for such heads.
+The call receives the step, so a subclass can make the depths a function of it (a curriculum, or
+LayerSkip's rotation of exits) by overriding `plan`; the trainer knows nothing of how.
 
-Loss power ``p`` (``loss_power``, default 1): each depth's term is ``L_k ** p`` (``log L_k`` at p = 0)
-instead of ``L_k``, so its gradient is scaled by ``L_k ** (p - 1)``. Shallow depths' losses are
-orders of magnitude above the final depth's and, at p = 1, dominate the shared parameters' gradient;
-p = 0.5 (the sum of per-depth RMSEs, for squared error) balances them.
+Sample fraction ``f``: the terms of every depth but the deepest are computed on the first
+``ceil(f * B)`` samples of the batch, which cuts the head's cost (large for LMs with big
+vocabularies); with ``sample_depths`` it is the depth-sampling option for such heads.
+
+Loss power ``p`` (default 1): each depth's term is ``L_k ** p`` (``log L_k`` at p = 0) instead of
+``L_k``, so its gradient is scaled by ``L_k ** (p - 1)``. Shallow depths' losses are orders of
+magnitude above the final depth's and, at p = 1, dominate the shared parameters' gradient; p = 0.5
+(the sum of per-depth RMSEs, for squared error) balances them.
+
+How the head is read at every depth (stacked or chunked, and the KL alignment) is in
+`lpa_cli.head_loss`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from analyzers.depths import parse_depths
 from analyzers.errors import UsageError
+from lpa_cli.batch import Batch
 from lpa_cli.config import ObjectiveConfig
-from lpa_cli.losses import batch_loss, per_depth_loss
+from lpa_cli.head_loss import AUTO_CHUNK_BYTES, Terms, chunked_loss, output_per_row, stacked_losses
 from lpa_cli.models.protocol import ResidualModel
+from lpa_cli.registry import OBJECTIVES
 
 
 def depth_weights(depths: list[int], scheme: str, lpa_lambda: float | None, last: int) -> list[float]:
@@ -69,27 +79,103 @@ class LossOutput:
 
 
 class Objective:
-    """Callable ``(model, x, y) -> LossOutput``; ``e2e``, ``lpa`` and ``lpa-local`` share this class."""
+    """The interface: ``objective(model, batch, step, generator) -> LossOutput``.
+
+    ``depths``/``weights`` are the selected depths and their normalised weights; `plan` picks the
+    ones a step uses; `combine` turns per-depth losses into the scalar to minimise.
+    """
+
+    name: ClassVar[str] = ""
+    detach_inputs: ClassVar[bool] = False
 
     def __init__(self, cfg: ObjectiveConfig, num_blocks: int, kind: str) -> None:
         self.cfg = cfg
         self.kind = kind
         self.last = num_blocks
-        if cfg.name == "e2e":
-            self.depths = [num_blocks]
-        else:
-            self.depths = parse_depths(cfg.depths, num_blocks + 1)
-            if cfg.lpa_lambda is not None and num_blocks not in self.depths:
-                self.depths.append(num_blocks)  # the lambda form is anchored on the task loss at depth N
-        self.weights = depth_weights(self.depths, cfg.weights, cfg.lpa_lambda if cfg.name != "e2e" else None, num_blocks)
-        self.detach_inputs = cfg.name == "lpa-local"
+        self.depths = self.select(cfg, num_blocks)
+        self.weights = depth_weights(self.depths, cfg.weights, cfg.lpa_lambda if self.name != "e2e" else None, num_blocks)
         self._weight_cache: dict[tuple, Tensor] = {}
+        self._out_per_row: dict[tuple, int] = {}
 
-    @property
-    def name(self) -> str:
-        return self.cfg.name
+    def select(self, cfg: ObjectiveConfig, num_blocks: int) -> list[int]:
+        return [num_blocks]
 
-    def _choose(self, generator: torch.Generator | None) -> tuple[list[int], list[float]]:
+    def plan(self, step: int, generator: torch.Generator | None) -> tuple[list[int], list[float]]:
+        """The depths (and their weights) that get a term at ``step``."""
+        return self.depths, self.weights
+
+    def leaves_parameters_unused(self, model: ResidualModel) -> bool:
+        """Whether some step may give a parameter no gradient (DDP must then look for them)."""
+        return max(self.depths) < model.num_blocks
+
+    def combine(self, losses: Tensor, weights: Tensor) -> Tensor:
+        """The scalar to minimise from per-depth losses. Its value is the plain weighted sum (what is
+        logged); with a loss power p < 1 its gradient is that of sum_k w_k L_k^p, through detached
+        per-term scales, and a common factor keeps the value (Adam is indifferent to it)."""
+        total = losses @ weights
+        power = self.cfg.loss_power
+        if power == 1.0:
+            return total
+        floor = losses.detach().clamp_min(1e-12)
+        return (losses * weights * floor ** (power - 1)).sum() * (total.detach() / (weights * floor**power).sum())
+
+    def __call__(self, model: ResidualModel, batch: Batch, step: int = 0, generator: torch.Generator | None = None) -> LossOutput:
+        depths, weights = self.plan(step, generator)
+        B = len(batch)
+        states = [h for k, h in enumerate(model.states(batch.x, upto=max(depths), detach_inputs=self.detach_inputs,
+                                                        attention_mask=batch.mask)) if k in set(depths)]
+        part = math.ceil(self.cfg.sample_fraction * B) if len(states) > 1 else B
+        terms = Terms(self.kind, [part] * (len(states) - 1) + [B], align=self.cfg.align == "kl" and len(states) > 1,
+                      mix=self.cfg.align_mix)
+        w = self._weight_tensor(weights, states[-1])
+        if self._use_chunked(model, states, batch, terms):
+            total, losses = chunked_loss(model.head, states, batch, terms, lambda L: self.combine(L, w),
+                                         w if self.cfg.loss_power == 1.0 else None, model.tokenwise_head,
+                                         self._row_size(model, states[-1], batch))
+            return LossOutput(total, depths, losses)
+        losses = stacked_losses(model.head, states, batch, terms)
+        return LossOutput(self.combine(losses, w.to(losses.dtype)), depths, losses.detach())
+
+    def _row_size(self, model: ResidualModel, state: Tensor, batch: Batch) -> int:
+        key = (tuple(state.shape[1:]), state.dtype)
+        if key not in self._out_per_row:
+            self._out_per_row[key] = output_per_row(model.head, state, batch.mask, model.tokenwise_head)
+        return self._out_per_row[key]
+
+    def _use_chunked(self, model: ResidualModel, states: list[Tensor], batch: Batch, terms: Terms) -> bool:
+        mode = self.cfg.head_loss
+        if mode != "auto":
+            return mode == "chunked"
+        rows = sum(terms.parts) * (batch.y.shape[1] if model.tokenwise_head and batch.y.dim() > 1 else 1)
+        return rows * self._row_size(model, states[-1], batch) * 4 > AUTO_CHUNK_BYTES
+
+    def _weight_tensor(self, weights: list[float], like: Tensor) -> Tensor:
+        """The weights as a tensor, made once per depth subset (steps are short enough to notice)."""
+        dtype = like.dtype if like.is_floating_point() else torch.float32
+        key = (tuple(weights), dtype, like.device)
+        if key not in self._weight_cache:
+            self._weight_cache[key] = torch.tensor(weights, dtype=torch.float32, device=like.device)
+        return self._weight_cache[key]
+
+
+class E2E(Objective):
+    """Ordinary training: the loss of depth N only."""
+
+    name = "e2e"
+
+
+class LPA(Objective):
+    """Layer-wise progressive approximation: every selected depth's loss, weighted."""
+
+    name = "lpa"
+
+    def select(self, cfg: ObjectiveConfig, num_blocks: int) -> list[int]:
+        depths = parse_depths(cfg.depths, num_blocks + 1)
+        if cfg.lpa_lambda is not None and num_blocks not in depths:
+            depths.append(num_blocks)  # the lambda form is anchored on the task loss at depth N
+        return depths
+
+    def plan(self, step: int, generator: torch.Generator | None) -> tuple[list[int], list[float]]:
         """Depth sampling: a random subset of the selected depths, always keeping the deepest one."""
         n = self.cfg.sample_depths
         if n <= 0 or n >= len(self.depths):
@@ -101,40 +187,21 @@ class Objective:
         total = sum(weights)
         return [self.depths[i] for i in idx], [w / total for w in weights]
 
-    def __call__(self, model: ResidualModel, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> LossOutput:
-        depths, weights = self._choose(generator)
-        if depths == [self.last] and not self.detach_inputs:
-            loss = batch_loss(model(x), y, self.kind)
-            return LossOutput(loss, depths, loss.detach()[None])
-        # All selected depths go through the shared head in one call (stacked on the batch axis) and
-        # one vectorised loss: the same terms as a loop over depths, without D head calls and D losses.
-        wanted = set(depths)
-        states = [h for k, h in enumerate(model.states(x, upto=max(depths), detach_inputs=self.detach_inputs)) if k in wanted]
-        part = math.ceil(self.cfg.sample_fraction * x.shape[0])
-        if part < x.shape[0] and len(states) > 1:
-            # Shallower depths' terms on the first `part` samples of the (already random) batch: an
-            # unbiased estimate of their mean loss at a fraction of the head's cost; the deepest
-            # depth keeps the whole batch.
-            shallow = per_depth_loss(model.head(torch.cat([h[:part] for h in states[:-1]], dim=0)), y[:part], self.kind, len(states) - 1)
-            losses = torch.cat([shallow, batch_loss(model.head(states[-1]), y, self.kind)[None]])
-        else:
-            preds = model.head(torch.cat(states, dim=0))  # (D*B, ...)
-            losses = per_depth_loss(preds, y, self.kind, len(depths))  # (D,)
-        w = self._weight_tensor(weights, losses)
-        detached = losses.detach()
-        total = losses @ w
-        power = self.cfg.loss_power
-        if power != 1.0:
-            # The gradient of sum w_k L_k^p, through detached per-term scales L_k^(p-1); the common
-            # factor keeps the scalar's value (what is logged) equal to the plain weighted sum, and
-            # Adam is indifferent to it.
-            floor = detached.clamp_min(1e-12)
-            total = (losses * w * floor ** (power - 1)).sum() * (total.detach() / (w * floor**power).sum())
-        return LossOutput(total, depths, detached)
+    def leaves_parameters_unused(self, model: ResidualModel) -> bool:
+        return self.cfg.sample_depths > 0 or super().leaves_parameters_unused(model)
 
-    def _weight_tensor(self, weights: list[float], like: Tensor) -> Tensor:
-        """The weights as a tensor, made once per depth subset (steps are short enough to notice)."""
-        key = (tuple(weights), like.dtype, like.device)
-        if key not in self._weight_cache:
-            self._weight_cache[key] = torch.tensor(weights, dtype=like.dtype, device=like.device)
-        return self._weight_cache[key]
+
+class LPALocal(LPA):
+    """LPA with the stream detached before every block: each block trained only by its own depth."""
+
+    name = "lpa-local"
+    detach_inputs = True
+
+    def leaves_parameters_unused(self, model: ResidualModel) -> bool:
+        return True
+
+
+def build_objective(cfg: ObjectiveConfig, num_blocks: int, kind: str) -> Objective:
+    """The registered objective class for ``cfg.name``."""
+    cls = OBJECTIVES.get(cfg.name).load()
+    return cls(cfg, num_blocks, kind)

@@ -8,9 +8,11 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from analyzers.metrics import HIGHER_IS_BETTER
+from analyzers.metrics import finite
 
 BAR_WIDTH = 24
 
@@ -23,16 +25,31 @@ def consoles(quiet: bool = False) -> tuple[Console, Console]:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    """Strict JSON on stdout: NaN and infinities become null (JSON has no such numbers)."""
+    sys.stdout.write(json.dumps(finite(_plain(data)), indent=2, sort_keys=False, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
-def _jsonable(value: Any) -> Any:
+def _plain(value: Any) -> Any:
+    """Arrays, paths and dataclasses as JSON types."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
     if hasattr(value, "tolist"):
         return value.tolist()
     if hasattr(value, "__fspath__"):
         return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    if hasattr(value, "__dataclass_fields__"):
+        import dataclasses
+
+        return _plain(dataclasses.asdict(value))
+    return value
+
+
+def esc(text: Any) -> str:
+    """A user string (a path, a run name) made safe for rich markup."""
+    return escape(str(text))
 
 
 def bars(values: list[float]) -> list[str]:
@@ -68,21 +85,27 @@ def fmt(value: float | None, metric: str = "") -> str:
     return f"{value:.4f}"
 
 
-def depth_table(metrics: dict[str, list[float]], title: str = "per-depth test metrics", bar_metric: str | None = None) -> Table:
-    """One row per depth, one column per metric, plus a bar of the main error metric."""
+def depth_table(metrics: dict[str, list[float]], title: str = "per-depth test metrics", bar_metric: str | None = None,
+                depths: list[int] | None = None) -> Table:
+    """One row per depth, one column per metric, plus a bar of the main error metric. ``depths`` labels
+    the rows when the metrics cover a subset of depths (position j is depth ``depths[j]``)."""
+    metrics = {k: [v if isinstance(v, (int, float)) or v is None else None for v in vals] for k, vals in metrics.items() if isinstance(vals, list)}
     order = ["mse", "rmse", "r2", "ce", "ppl", "acc", "err"]
     names = sorted(metrics, key=lambda m: order.index(m) if m in order else len(order))
     n = max((len(v) for v in metrics.values()), default=0)
     bar_metric = bar_metric or next((m for m in names if m not in HIGHER_IS_BETTER), names[0] if names else None)
-    table = Table(title=title, title_justify="left")
+    if bar_metric not in metrics:
+        bar_metric = None
+    table = Table(title=esc(title), title_justify="left")
     table.add_column("depth", justify="right")
     for name in names:
         table.add_column(name, justify="right")
     if bar_metric:
         table.add_column(f"{bar_metric} (log)" if _spans_decades(metrics[bar_metric]) else bar_metric, style="cyan")
     drawn = bars(metrics[bar_metric]) if bar_metric else [""] * n
+    labels = depths if depths is not None and len(depths) == n else list(range(n))
     for k in range(n):
-        row = [str(k)] + [fmt(metrics[m][k] if k < len(metrics[m]) else None, m) for m in names]
+        row = [str(labels[k])] + [fmt(metrics[m][k] if k < len(metrics[m]) else None, m) for m in names]
         table.add_row(*row, drawn[k])
     return table
 

@@ -8,6 +8,7 @@ reused, so an interrupted `lpa reproduce` continues where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import re
 import shutil
@@ -24,6 +25,7 @@ from analyzers.errors import UsageError
 from lpa_cli import __version__
 from lpa_cli.checkpoint import read_info
 from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
+from lpa_cli.models import resolve_options
 from lpa_cli.train import Callbacks, train
 
 
@@ -43,26 +45,41 @@ class Study:
     metric: str | None = None
 
 
-def _surface(name: str, objective: str, seed: int, quick: bool, **obj) -> RunConfig:
-    steps = 600 if quick else 2000
-    return RunConfig(ModelConfig(arch="mlp", depth=8, width=64), TaskConfig(name=f"surface:{name}"),
-                     ObjectiveConfig(name=objective, **obj), TrainConfig(steps=steps, batch_size=512, lr=2e-3, seed=seed, threads=2))
+THREADS = 1  # see docs/results.md: on a busy 2-core machine one torch thread was the safe choice
 
 
-def _digits(arch: str, objective: str, seed: int, quick: bool, **extra) -> RunConfig:
-    width = 32 if arch == "resnet" else 64
-    train_extra = {k: v for k, v in extra.items() if k in ("weight_decay", "optimizer", "steps")}
-    train_extra.setdefault("steps", 120 if quick else 300)
-    model_extra = {k: v for k, v in extra.items() if k in ("dropout",)}
-    obj_extra = {k: v for k, v in extra.items() if k in ("lpa_lambda", "weights", "loss_power")}
-    return RunConfig(ModelConfig(arch=arch, depth=6, width=width, options=model_extra), TaskConfig(name="digits"),
-                     ObjectiveConfig(name=objective, **obj_extra),
-                     TrainConfig(batch_size=128, lr=2e-3, seed=seed, threads=2, **train_extra))
+def run_config(model: ModelConfig, task: TaskConfig, objective: str, seed: int, train: dict[str, Any], **settings: Any) -> RunConfig:
+    """A study's run: ``settings`` name fields of the objective, train or model config (``dropout``
+    and other architecture options go to ``model.options``). A name none of them has is an error,
+    never dropped in silence."""
+    sections: dict[str, dict[str, Any]] = {"objective": {"name": objective}, "train": dict(train, seed=seed, threads=THREADS),
+                                           "model": {}, "options": {}}
+    known = {"objective": ObjectiveConfig, "train": TrainConfig, "model": ModelConfig}
+    for key, value in settings.items():
+        section = next((name for name, cls in known.items() if key in {f.name for f in dataclasses.fields(cls)}), None)
+        if section is None and key in dataclasses.asdict(resolve_options(model)):
+            section = "options"
+        if section is None:
+            raise UsageError(f"unknown run setting {key!r} (not a field of the objective, train or model config, nor a "
+                             f"{model.arch} option)")
+        sections[section][key] = value
+    model = dataclasses.replace(model, options=dict(model.options) | sections["options"], **sections["model"])
+    return RunConfig(model, task, ObjectiveConfig(**sections["objective"]), TrainConfig(**sections["train"]))
 
 
-def _lm(objective: str, seed: int, quick: bool, **obj) -> RunConfig:
-    return RunConfig(ModelConfig(arch="gpt", depth=4, width=64), TaskConfig(name="text"), ObjectiveConfig(name=objective, **obj),
-                     TrainConfig(steps=100 if quick else 300, batch_size=32, lr=2e-3, seed=seed, threads=2))
+def _surface(name: str, objective: str, seed: int, quick: bool, **settings: Any) -> RunConfig:
+    return run_config(ModelConfig(arch="mlp", depth=8, width=64), TaskConfig(name=f"surface:{name}"), objective, seed,
+                      {"steps": 600 if quick else 2000, "batch_size": 512, "lr": 2e-3}, **settings)
+
+
+def _digits(arch: str, objective: str, seed: int, quick: bool, **settings: Any) -> RunConfig:
+    return run_config(ModelConfig(arch=arch, depth=6, width=32 if arch == "resnet" else 64), TaskConfig(name="digits"), objective, seed,
+                      {"steps": 120 if quick else 300, "batch_size": 128, "lr": 2e-3}, **settings)
+
+
+def _lm(objective: str, seed: int, quick: bool, **settings: Any) -> RunConfig:
+    return run_config(ModelConfig(arch="gpt", depth=4, width=64), TaskConfig(name="text"), objective, seed,
+                      {"steps": 100 if quick else 300, "batch_size": 32, "lr": 2e-3}, **settings)
 
 
 def _mean_at(metrics: list[dict[str, list[float]]], metric: str, depth: int) -> float:
@@ -103,8 +120,8 @@ def digits_studies(seeds: int, quick: bool) -> list[Study]:
         out.append(Study(arch, {"LPA": [_digits(arch, "lpa", i, quick) for i in range(seeds)], "E2E": [_digits(arch, "e2e", i, quick) for i in range(seeds)]}, [
             Target("LPA final accuracy within 1 point of E2E", lambda m, c: (_mean_at(m["LPA"], "acc", -1) >= _mean_at(m["E2E"], "acc", -1) - 0.01,
                                                                           f"{_mean_at(m['LPA'], 'acc', -1):.4f} vs {_mean_at(m['E2E'], 'acc', -1):.4f}")),
-            Target("LPA monotone (every seed)", lambda m, c: (all(r["monotone"] for r in c.runs if r["group"] == "LPA"),
-                                                              f"{sum(r['monotone'] for r in c.runs if r['group'] == 'LPA')}/{sum(r['group'] == 'LPA' for r in c.runs)}")),
+            Target("LPA monotone (every seed)", lambda m, c: (all(r.monotone for r in c.runs if r.group == "LPA"),
+                                                              f"{sum(r.monotone for r in c.runs if r.group == 'LPA')}/{sum(r.group == 'LPA' for r in c.runs)}")),
         ], metric="err"))
     return out
 
@@ -151,11 +168,11 @@ def counterexample_studies(seeds: int, quick: bool) -> list[Study]:
     # while its intermediate depths are worse than the embedding alone.
     def small(objective: str) -> RunConfig:
         return RunConfig(ModelConfig(arch="mlp", depth=4, width=64), TaskConfig(name="surface:stripe", n_train=2048, n_test=1024),
-                         ObjectiveConfig(name=objective), TrainConfig(steps=600, batch_size=256, lr=5e-3, threads=2))
+                         ObjectiveConfig(name=objective), TrainConfig(steps=600, batch_size=256, lr=5e-3, threads=THREADS))
 
     return [Study("small-mlp", {"LPA": [small("lpa")], "E2E": [small("e2e")]}, [
-        Target("the E2E model is not monotone", lambda m, c: (not any(r["monotone"] for r in c.runs if r["group"] == "E2E"), next(r["verdict"] for r in c.runs if r["group"] == "E2E"))),
-        Target("the LPA model is monotone", lambda m, c: (all(r["monotone"] for r in c.runs if r["group"] == "LPA"), next(r["verdict"] for r in c.runs if r["group"] == "LPA"))),
+        Target("the E2E model is not monotone", lambda m, c: (not any(r.monotone for r in c.runs if r.group == "E2E"), next(r.verdict for r in c.runs if r.group == "E2E"))),
+        Target("the LPA model is monotone", lambda m, c: (all(r.monotone for r in c.runs if r.group == "LPA"), next(r.verdict for r in c.runs if r.group == "LPA"))),
     ])]
 
 
@@ -231,7 +248,7 @@ def run_study(experiment: str, study: Study, out: Path, progress: Callable[[str]
             metrics.setdefault(label, []).append(read_info(path).metrics)
     progress(f"comparing {experiment}/{study.name}")
     result = compare_runs(specs, metric=study.metric)
-    report = compare_page(result, title=f"lpa reproduce {experiment}: {study.name}").save(folder / "report.html")
+    report = compare_page(result, title=f"lpa reproduce {experiment}: {study.name}").save(folder / "report.html", force=True)
     targets = [(t.text, *t.check(metrics, result)) for t in study.targets]
     return {"experiment": experiment, "study": study.name, "metrics": metrics, "compare": result, "report": str(report), "targets": targets}
 
@@ -252,12 +269,12 @@ def markdown(outcome: dict[str, Any]) -> str:
             sd = f" ± {statistics.stdev(values):.2g}" if len(values) > 1 else ""
             return f"{statistics.mean(values):.4g}{sd}"
 
-        verdicts = [r for r in result.runs if r["group"] == label]
+        verdicts = [r for r in result.runs if r.group == label]
         lines.append(f"| {label} | {len(runs)} | {cell(main, 1)} | {cell(main, 3)} | {cell(main, -1)} | {cell(err, -1)} | "
-                     f"{sum(v['monotone'] for v in verdicts)}/{len(verdicts)} | {', '.join(str(v['deploy_depth']) for v in verdicts)} |")
+                     f"{sum(v.monotone for v in verdicts)}/{len(verdicts)} | {', '.join(str(v.deploy_depth) for v in verdicts)} |")
     lines.append("")
     for f in result.final:
-        lines.append(f"- {f['statement']} ({f['test']}).")
+        lines.append(f"- {f.statement} ({f.test}).")
     for text, ok, value in outcome["targets"]:
         lines.append(f"- target: {text} — {'**met**' if ok else '**not met**'} ({value})")
     lines.append(f"- report: `{outcome['report']}`")

@@ -1,6 +1,6 @@
 """Tracing: run a residual model over a data set and stream per-depth results into an HDF5 trace.
 
-The format itself lives in `analyzers.trace_io` (the contract); this module only computes arrays.
+The format itself lives in `analyzers.trace` (the contract); this module only computes arrays.
 Large batches are written by a thread that overlaps with the next forward pass when a core is free
 (see `_writer_for`); otherwise each batch is written as soon as it is computed.
 """
@@ -26,13 +26,13 @@ from torch import Tensor, nn
 from analyzers.depths import parse_depths
 from analyzers.errors import UsageError
 from analyzers.metrics import summarize
-from analyzers.heads import write_head
-from analyzers.trace_io import TraceSpec, TraceWriter
+from analyzers.trace import TraceSpec, TraceWriter
 from lpa_cli import __version__
+from lpa_cli.batch import Batch
 from lpa_cli.config import TaskConfig
-from lpa_cli.evaluate import target_variance
 from lpa_cli.losses import ERROR_NAMES, per_sample_errors
 from lpa_cli.models.protocol import ResidualModel, export_head
+from lpa_cli.tasks.splits import Split, TensorSplit
 
 MAX_PREDICTION_BYTES = 4 << 30
 DEFAULT_BATCH = {"regression": 4096, "classification": 512, "lm": 64}
@@ -136,7 +136,7 @@ def _writer_for(writer: TraceWriter, batch_bytes: int) -> _SyncWriter | _Writer:
     it saves: its copying and checksumming can only take time from torch's threads, and every
     hand-off stalls torch's parallel regions (on 2 cores with 2 torch threads it made tracing slower
     in every case we measured; bench/trace_overhead.py). The disk's part overlaps either way: the
-    writer fsyncs from a thread of its own (`analyzers.trace_io._Syncer`)."""
+    writer fsyncs from a thread of its own (`analyzers.trace.sync.Syncer`)."""
     if batch_bytes >= THREAD_BATCH_BYTES and _spare_cores() > 0:
         thread = _Writer(writer)
         thread.start()
@@ -148,7 +148,7 @@ VECTORISE_BYTES = 16 << 20  # per-depth errors in one call when all depths' pred
 
 
 @torch.no_grad()
-def _batch_arrays(model: ResidualModel, x: Tensor, y: Tensor, kind: str, depths: list[int], keep_preds: bool, keep_states: bool, dtype: np.dtype) -> dict[str, np.ndarray]:
+def _batch_arrays(model: ResidualModel, batch: Batch, kind: str, depths: list[int], keep_preds: bool, keep_states: bool, dtype: np.dtype) -> dict[str, np.ndarray]:
     """Everything one batch contributes to the trace, keyed by dataset name.
 
     Small heads get the errors of all depths in one vectorised call (D small calls cost more than the
@@ -157,12 +157,13 @@ def _batch_arrays(model: ResidualModel, x: Tensor, y: Tensor, kind: str, depths:
     """
     wanted = set(depths)
     D = len(depths)
+    x, y, mask = batch.x, batch.y, batch.mask
     preds, states, columns = [], [], []
     vectorise = None
-    for k, h in enumerate(model.states(x, upto=max(depths))):
+    for k, h in enumerate(model.states(x, upto=max(depths), attention_mask=mask)):
         if k not in wanted:
             continue
-        p = model.head(h)
+        p = model.read(h, mask)
         if vectorise is None:
             vectorise = p.numel() * p.element_size() * D <= VECTORISE_BYTES
         if keep_states:
@@ -179,19 +180,18 @@ def _batch_arrays(model: ResidualModel, x: Tensor, y: Tensor, kind: str, depths:
         errors = {name: torch.stack([c[name] for c in columns], dim=1) for name in columns[0]}
     out: dict[str, np.ndarray] = {"targets": y.cpu().numpy()}
     if keep_preds:
-        out["predictions"] = stacked.cpu().numpy().astype(dtype, copy=False)
+        out["predictions"] = stacked.float().cpu().numpy().astype(dtype, copy=False)
     if keep_states:
-        out["states"] = torch.stack(states, dim=1).cpu().numpy().astype(dtype, copy=False)
+        out["states"] = torch.stack(states, dim=1).float().cpu().numpy().astype(dtype, copy=False)
     for name, values in errors.items():
         group = "confidence" if name in ("max_prob", "entropy") else "errors"
         out[f"{group}/{name}"] = values.cpu().numpy().astype(np.float32, copy=False)
     return out
 
 
-def trace_model(
+def trace_split(
     model: ResidualModel,
-    x: Tensor,
-    y: Tensor,
+    split: Split,
     kind: str,
     output: str | Path,
     *,
@@ -207,11 +207,8 @@ def trace_model(
     attrs: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> TraceResult:
-    """Trace ``model`` on inputs ``x`` and targets ``y`` (``kind``: regression, classification, lm).
-
-    Works for any `ResidualModel`, including ``ResidualModel(embed, blocks, head)`` wrapped around
-    your own modules (see `trace_modules`).
-    """
+    """Trace ``model`` on the rows of ``split`` in order (``kind``: regression, classification, lm),
+    streaming: memory does not grow with the number of samples."""
     if kind not in ERROR_NAMES:
         raise UsageError(f"unknown task kind {kind!r}")
     if dtype not in ("float32", "float16"):
@@ -221,22 +218,23 @@ def trace_model(
     chosen = parse_depths(depths, model.num_depths) if isinstance(depths, (str, type(None))) else sorted(set(depths))
     if any(not 0 <= d < model.num_depths for d in chosen):
         raise UsageError(f"depths {chosen} outside 0..{model.num_blocks}")
-    n = x.shape[0] if not limit else min(limit, x.shape[0])
+    n = len(split) if not limit else min(limit, len(split))
     if n == 0:
         raise UsageError("nothing to trace: the data has no samples")
     device = next(model.parameters()).device
     model.eval()
     batch_size = batch_size or DEFAULT_BATCH[kind]
+    first = split.rows(0, 1)
     with torch.no_grad():
-        probe_x = x[:1].to(device)
-        h0 = model.embed(probe_x)
-        pred_shape = tuple(model.head(h0).shape[1:])
+        mask = None if first.mask is None else first.mask.to(device)
+        h0 = model.embed(first.x.to(device))
+        pred_shape = tuple(model.read(h0, mask).shape[1:])
         state_shape = tuple(h0.shape[1:])
     np_dtype = np.dtype(dtype)
     pred_bytes = n * len(chosen) * int(np.prod(pred_shape)) * np_dtype.itemsize
     if predictions and pred_bytes > MAX_PREDICTION_BYTES:
         raise UsageError(f"per-depth predictions would take {pred_bytes / 2**30:.1f} GiB; use --no-predictions (errors and confidences are kept) or --limit")
-    token_len = int(y.shape[1]) if kind == "lm" else 0
+    token_len = int(first.y.shape[1]) if kind == "lm" else 0
     meta = {
         "lpa_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -246,12 +244,9 @@ def trace_model(
         "has_predictions": bool(predictions),
         "has_states": bool(states),
     }
-    if kind == "regression":
-        meta["target_var"] = target_variance(y[:n], kind)
     meta.update(attrs or {})
     spec = TraceSpec(
-        n=n, depths=chosen, kind=kind,
-        target_shape=tuple(y.shape[1:]), target_dtype=str(y.numpy().dtype if y.device.type == "cpu" else y.cpu().numpy().dtype),
+        n=n, depths=chosen, kind=kind, target_shape=tuple(first.y.shape[1:]), target_dtype=str(first.y.numpy().dtype),
         pred_shape=pred_shape if predictions else None, state_shape=state_shape if states else None,
         error_names=ERROR_NAMES[kind], token_len=token_len, confidence=kind != "regression",
         dtype=dtype, compression=compression, attrs=meta,
@@ -259,21 +254,29 @@ def trace_model(
     writer = TraceWriter(output, spec, force=force, resume=resume)
     start_at = writer.start
     sums = {name: np.zeros(len(chosen), dtype=np.float64) for name in ERROR_NAMES[kind]}  # for the summary
+    y_sum = y_sq = 0.0
+    if kind == "regression":  # the targets' variance (R^2), including the rows a resumed trace already has
+        for start in range(0, start_at, 1 << 16):
+            t = writer.read("targets", slice(start, min(start_at, start + (1 << 16)))).astype(np.float64).reshape(-1, spec.target_size)
+            y_sum, y_sq = y_sum + t.sum(axis=0), y_sq + (t * t).sum(axis=0)
     thread: _SyncWriter | _Writer | None = None
     ok = False
     try:
         exported = export_head(model.head)
-        if exported is not None and "head" not in writer.file:
+        if exported is not None and not writer.has_head():
             head_spec, head_params = exported
-            write_head(writer.file, head_spec, {k: v.float().cpu().numpy() for k, v in head_params.items()})
+            writer.write_head(head_spec, {k: v.float().cpu().numpy() for k, v in head_params.items()})
         per_sample = sum(math.prod(shape[1:]) * np.dtype(dt).itemsize for shape, dt in spec.datasets().values())
         thread = _writer_for(writer, per_sample * min(batch_size, n))
         began = time.perf_counter()
         for start in range(start_at, n, batch_size):
             stop = min(n, start + batch_size)
-            arrays = _batch_arrays(model, x[start:stop].to(device), y[start:stop].to(device), kind, chosen, predictions, states, np_dtype)
+            arrays = _batch_arrays(model, split.rows(start, stop).to(device), kind, chosen, predictions, states, np_dtype)
             for name in sums:
                 sums[name] += arrays[f"errors/{name}"].sum(axis=0, dtype=np.float64)
+            if kind == "regression":
+                t = arrays["targets"].astype(np.float64).reshape(stop - start, -1)
+                y_sum, y_sq = y_sum + t.sum(axis=0), y_sq + (t * t).sum(axis=0)
             thread.put(arrays)
             if progress:
                 progress(stop, n)
@@ -284,26 +287,47 @@ def trace_model(
             if thread is not None:
                 thread.abort()
             writer.close()
-    path = writer.finish()
+    final_attrs = {}
+    if kind == "regression":
+        mean = y_sum / n
+        final_attrs["target_var"] = float(np.maximum(y_sq / n - mean * mean, 0).mean())
+    path = writer.finish(final_attrs)
     seconds = time.perf_counter() - began
     metrics = _metrics_from_trace(path) if start_at else summarize(
-        {name: (sums[name] / n)[None, :] for name in sums}, kind, meta.get("target_var")
+        {name: (sums[name] / n)[None, :] for name in sums}, kind, final_attrs.get("target_var")
     )
     return TraceResult(path, n, chosen, kind, metrics, seconds, (n - start_at) / max(seconds, 1e-9), path.stat().st_size, start_at)
 
 
+def trace_model(model: ResidualModel, x: Tensor, y: Tensor, kind: str, output: str | Path, *, attention_mask: Tensor | None = None,
+                **kwargs: Any) -> TraceResult:
+    """Trace ``model`` on inputs ``x`` and targets ``y`` held in memory (``attention_mask``: (n, T),
+    1 at real tokens, for padded token batches; it reaches every block and the head)."""
+    return trace_split(model, TensorSplit(x, y, attention_mask), kind, output, **kwargs)
+
+
 def _metrics_from_trace(path: Path) -> dict[str, list[float]]:
     """Summary metrics read back from a trace (after a resume, earlier samples are only on disk)."""
-    from analyzers.trace_io import open_trace
+    from analyzers.trace import open_trace
 
     with open_trace(path) as t:
         errors = {name: t.errors(name) for name in t.error_names}
         return summarize(errors, t.kind, t.attrs.get("target_var"))
 
 
-def trace_modules(embed: nn.Module, blocks: Sequence[nn.Module], head: nn.Module, x: Tensor, y: Tensor, kind: str, output: str | Path, **kwargs: Any) -> TraceResult:
-    """Trace any model given as an embedding, a list of residual blocks and a head."""
+def trace_modules(embed: nn.Module, blocks: Sequence[nn.Module], head: nn.Module, x: Tensor, y: Tensor, kind: str, output: str | Path,
+                  **kwargs: Any) -> TraceResult:
+    """Trace any model given as an embedding, a list of residual blocks and a head.
+
+    For padded token batches pass ``attention_mask=`` ((n, T), 1 at real tokens): every block and
+    the head are then called with it as the keyword ``attention_mask``."""
     return trace_model(ResidualModel(embed, blocks, head), x, y, kind, output, **kwargs)
+
+
+def data_identity(task_cfg: TaskConfig, split: str, task_meta: dict[str, Any]) -> str:
+    """What distinguishes the data traced (a resumed trace must continue on the same data)."""
+    return json.dumps({"task": task_cfg.name, "options": task_cfg.options, "data_seed": task_cfg.data_seed, "n_test": task_cfg.n_test,
+                       "n_train": task_cfg.n_train, "split": split, "source_size": task_meta.get("size")}, sort_keys=True, default=str)
 
 
 def trace_checkpoint(
@@ -321,18 +345,16 @@ def trace_checkpoint(
     from lpa_cli.runtime import resolve_device
     from lpa_cli.tasks import data_spec, load_task
 
-    ckpt = load_checkpoint(checkpoint, verify=verify, device=resolve_device(device))
-    task_cfg = ckpt.config.task
-    if data:
-        spec = data_spec(data)
-        task_cfg = TaskConfig(name=spec, data_seed=task_cfg.data_seed, options=dict(task_cfg.options) if spec.startswith("text") else {})
     if split not in ("train", "test"):
         raise UsageError(f"--split must be train or test, got {split!r}")
+    ckpt = load_checkpoint(checkpoint, verify=verify, device=resolve_device(device))
+    task_cfg = data_task_config(ckpt, data_spec(data)) if data else ckpt.config.task
     task = load_task(task_cfg)
     if task.kind != ckpt.kind or tuple(task.in_shape) != tuple(ckpt.task["in_shape"]):
         raise UsageError(f"data {task.name} ({task.kind}, inputs {task.in_shape}) does not fit the checkpoint ({ckpt.kind}, inputs {tuple(ckpt.task['in_shape'])})")
-    x, y = task.split(split)
     output = Path(output) if output else Path(checkpoint).with_suffix(f".{split}.h5")
+    if Path(output).resolve() == Path(checkpoint).resolve():
+        raise UsageError(f"{output}: the output is the checkpoint being traced; choose another -o")
     attrs = {
         "source": "lpa-checkpoint",
         "checkpoint_path": str(checkpoint),
@@ -342,5 +364,23 @@ def trace_checkpoint(
         "objective": ckpt.config.objective.name,
         "split": split,
         "training": json.dumps(ckpt.training, sort_keys=True),
+        "data_id": data_identity(task_cfg, split, task.meta),
     }
-    return trace_model(ckpt.model, x, y, task.kind, output, attrs=attrs, **kwargs)
+    return trace_split(ckpt.model, task.split(split), task.kind, output, attrs=attrs, **kwargs)
+
+
+def data_task_config(ckpt, spec: str) -> TaskConfig:
+    """The task config for other data than a checkpoint's own: what the model needs carries over
+    (token context and tokenizer, input standardisation statistics, the data seed)."""
+    own = ckpt.config.task
+    kind = spec.partition(":")[0]
+    options: dict[str, Any] = {}
+    if kind in ("text", "tokens", "classify"):
+        options["context"] = int(ckpt.task["in_shape"][0])
+        if kind != "tokens" and "tokenizer" in ckpt.metadata:
+            options["tokenizer"] = str(ckpt.path)
+    if kind == "file" and isinstance(ckpt.task.get("meta"), dict) and "stats" in ckpt.task["meta"]:
+        options["stats"] = ckpt.task["meta"]["stats"]
+    if kind == own.name.partition(":")[0]:  # the same kind of data: its options (keys, columns) still apply
+        options = dict(own.options) | options
+    return TaskConfig(name=spec, data_seed=own.data_seed, options=options)

@@ -2,54 +2,51 @@
 about architectures.
 
 Reproducibility and resume: the batch of step s is a pure function of (seed, s), the learning rate
-is a pure function of s, and snapshots hold weights, optimiser state, the RNG states and the step.
-So a run killed at any point and resumed from its last snapshot ends with the same tensors as an
-uninterrupted one. Data-parallel runs (torchrun) split each global batch across ranks; only rank 0
-evaluates and writes.
+is a pure function of s, and snapshots hold weights, optimiser state, the RNG states, the gradient
+scaler and the step. So a run killed at any point and resumed from its last snapshot ends with the
+same tensors as an uninterrupted one. Distributed runs (torchrun; `lpa_cli.distributed`) split each
+global batch across ranks; only rank 0 writes.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import dataclasses
 import logging
 import math
-import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-from torch import Tensor, nn
+from torch import nn
 
-from analyzers.atomic import atomic_path, check_writable
-from analyzers.errors import CheckpointError, UsageError
+from analyzers.atomic import check_writable, output_lock
+from analyzers.errors import LpaError, UsageError
+from analyzers.metrics import finite
 from lpa_cli import __version__
-from lpa_cli.checkpoint import save_checkpoint, save_file
+from lpa_cli.batch import Batch
+from lpa_cli.checkpoint import save_checkpoint
 from lpa_cli.config import RunConfig
-from lpa_cli.evaluate import depth_metrics
-from lpa_cli.models import ResidualModel, build_model, count_parameters
-from lpa_cli.objectives import LossOutput, Objective
-from lpa_cli.runtime import resolve_device, seed_everything, set_threads
+from lpa_cli.distributed import World, full_model_state, full_optimizer_state, is_main_process, join, load_full_state, wrap
+from lpa_cli.evaluate import autocast, evaluate
+from lpa_cli.models import ResidualModel, count_parameters
+from lpa_cli.objectives import LossOutput, Objective, build_objective
+from lpa_cli.runtime import resolve_device, restored_process_state, seed_everything, set_threads
+from lpa_cli.snapshot import load_snapshot, restore_rng, save_snapshot, snapshot_path
 from lpa_cli.tasks import Task, load_task
+from lpa_cli.tasks.splits import Split, batch_indices
+from lpa_cli.trackers import Callbacks, Tracker, make_trackers
 
 log = logging.getLogger(__name__)
-SNAPSHOT_FORMAT = "lpa-snapshot"
+
+__all__ = ["Callbacks", "TrainResult", "TrainingError", "batch_indices", "is_main_process", "learning_rate", "train"]
 
 
-class Callbacks:
-    """Hooks the command line uses for progress display; the library itself only logs."""
-
-    def on_start(self, total_steps: int, start_step: int) -> None: ...
-
-    def on_step(self, step: int, loss: float | None) -> None: ...
-
-    def on_eval(self, step: int, metrics: dict[str, list[float]]) -> None: ...
-
-    def on_end(self) -> None: ...
+class TrainingError(LpaError):
+    """Training cannot go on (the loss diverged); nothing was written."""
 
 
 @dataclass
@@ -73,20 +70,10 @@ def learning_rate(cfg: RunConfig, step: int) -> float:
     return t.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def batch_indices(n: int, batch_size: int, seed: int, step: int) -> Tensor | None:
-    """Indices of step ``step``'s batch: epochs of seeded permutations; None means the full batch."""
-    if batch_size <= 0 or batch_size >= n:
-        return None
-    per_epoch = n // batch_size
-    epoch, slot = divmod(step, per_epoch)
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=gen)
-    return perm[slot * batch_size : (slot + 1) * batch_size]
-
-
-def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(cfg: RunConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     t = cfg.train
-    params = model.parameters()
+    if not params:
+        raise UsageError("nothing to train: every parameter is frozen (check --train-only)")
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
     if t.optimizer == "adamw":
@@ -95,240 +82,297 @@ def make_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 
 class _LossModule(nn.Module):
-    """Wraps model + objective so DistributedDataParallel sees the whole loss in one forward()."""
+    """Wraps model + objective so DDP/FSDP and torch.compile see the whole loss in one forward()."""
 
     def __init__(self, model: ResidualModel, objective: Objective) -> None:
         super().__init__()
         self.model = model
         self.objective = objective
 
-    def forward(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> LossOutput:
-        return self.objective(self.model, x, y, generator)
+    def forward(self, batch: Batch, step: int, generator: torch.Generator | None) -> LossOutput:
+        return self.objective(self.model, batch, step, generator)
 
 
-# --- snapshots -------------------------------------------------------------------------------
+class _StepBatches(torch.utils.data.Dataset):
+    """Item s is this rank's share of step s's batch, so worker processes can gather ahead."""
+
+    def __init__(self, split: Split, batch_size: int, seed: int, world: World) -> None:
+        self.split, self.batch_size, self.seed, self.world = split, batch_size, seed, world
+        self.mode = split.draw_rows()
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+    def __getitem__(self, step: int) -> Batch:
+        n = len(self.split)
+        idx = batch_indices(n, self.batch_size, self.seed, step, self.mode)
+        if self.world.size > 1:
+            idx = (torch.arange(n) if idx is None else idx)[self.world.rank :: self.world.size]
+        return self.split.rows(0, n) if idx is None else self.split.batch(idx)
 
 
-def snapshot_path(output: Path) -> Path:
-    return output.with_name(output.name + ".snapshot")
+def _batches(split: Split, cfg: RunConfig, start: int, world: World, pin: bool) -> Iterator[Batch]:
+    t = cfg.train
+    data = _StepBatches(split, t.batch_size, t.seed, world)
+    if t.workers == 0:
+        return (data[s] for s in range(start, t.steps))
+    loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=range(start, t.steps), num_workers=t.workers,
+                                         prefetch_factor=4, pin_memory=pin, persistent_workers=False)
+    return iter(loader)
 
 
-def log_path(output: Path) -> Path:
-    return output.with_suffix(".jsonl")
+def _check_outputs(output: Path, cfg: RunConfig, force: bool, resume: bool) -> None:
+    """The checkpoint goes to a .safetensors file that is none of the run's inputs; its log may be
+    replaced only with --force (or continued with --resume)."""
+    if output.suffix != ".safetensors":
+        raise UsageError(f"{output}: checkpoints are .safetensors files (its log, snapshot and lock sit beside it under other suffixes)")
+    inputs = [cfg.model.init, cfg.task.name.partition(":")[2]]
+    for p in inputs:
+        if p and Path(p).exists() and Path(p).resolve() == output.resolve():
+            raise UsageError(f"{output}: the output is one of the run's inputs; choose another -o")
+    check_writable(output, force=force or resume)
+    jsonl = output.with_suffix(".jsonl")
+    if jsonl.exists() and not (force or resume) and "jsonl" in cfg.train.log:
+        raise UsageError(f"{jsonl}: a log of an earlier run is in the way (use --force to replace it)")
+    snap = snapshot_path(output)
+    if snap.exists() and not resume and not force:
+        raise UsageError(f"{snap}: an interrupted run left this snapshot; use --resume to continue it or --force to start over")
 
 
-def _save_snapshot(path: Path, cfg: RunConfig, step: int, model: nn.Module, opt: torch.optim.Optimizer, depth_gen: torch.Generator) -> None:
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    opt_state = opt.state_dict()
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, state in opt_state["state"].items():
-        for key, value in state.items():
-            if isinstance(value, Tensor):
-                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(idx), {})[key] = value
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.depths"] = depth_gen.get_state()
-    if torch.cuda.is_available():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = state
-    meta = {
-        "format": SNAPSHOT_FORMAT,
-        "config": cfg.to_json(),
-        "step": str(step),
-        "param_groups": json.dumps(opt_state["param_groups"]),
-        "optim_scalars": json.dumps(scalars),
-    }
-    # Tied weights share storage; a snapshot stores a private copy of each name.
-    tensors = {k: v.clone() for k, v in tensors.items()}
-    with atomic_path(path, force=True) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-
-
-def _load_snapshot(path: Path, cfg: RunConfig, model: nn.Module, opt: torch.optim.Optimizer, depth_gen: torch.Generator) -> int:
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot read snapshot ({err}); delete it to start over") from None
-    if meta.get("format") != SNAPSHOT_FORMAT:
-        raise CheckpointError(f"{path}: not an lpa snapshot")
-    saved = json.loads(meta["config"])
-    if saved != json.loads(cfg.to_json()):
-        raise UsageError(f"{path}: snapshot was made with different settings; rerun the same command, or use --force to start over")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-    for idx, values in json.loads(meta["optim_scalars"]).items():
-        state.setdefault(int(idx), {}).update(values)
-    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-    torch.set_rng_state(tensors["rng.torch"])
-    depth_gen.set_state(tensors["rng.depths"])
-    if torch.cuda.is_available():
-        cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-        if cuda_states:
-            torch.cuda.set_rng_state_all(cuda_states)
-    return int(meta["step"])
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """After a resume, drop log records written after the snapshot (they will be written again)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except ValueError:
-            continue  # a line cut by the kill
-    with atomic_path(path, force=True) as tmp:
-        tmp.write_text("".join(x + "\n" for x in keep))
-
-
-# --- the loop -------------------------------------------------------------------------------
-
-
-def _distributed() -> tuple[int, int, bool]:
-    """(rank, world size, whether we created the process group) under torchrun; (0, 1, False) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, False
-    created = False
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("LPA_DIST_BACKEND") != "gloo" else "gloo"
-        dist.init_process_group(backend)
-        created = True
-    return dist.get_rank(), dist.get_world_size(), created
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+def _with_model_description(cfg: RunConfig, model: ResidualModel) -> RunConfig:
+    """The config a checkpoint records: the real number of blocks of a ready-made model."""
+    if model.num_blocks != cfg.model.depth:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, depth=model.num_blocks))
+    return cfg
 
 
 def train(
     cfg: RunConfig,
     output: str | Path | None = None,
     *,
+    model: ResidualModel | None = None,
+    task: Task | None = None,
     force: bool = False,
     resume: bool = False,
     snapshot_every: int = 500,
     callbacks: Callbacks | None = None,
-    task: Task | None = None,
 ) -> TrainResult:
-    """Train ``cfg`` and (when ``output`` is given) save a self-describing checkpoint there."""
-    callbacks = callbacks or Callbacks()
-    rank, world, created_group = _distributed()
+    """Train ``cfg`` and (when ``output`` is given) save a self-describing checkpoint there.
+
+    ``model``: a ready `ResidualModel` to train instead of building one from ``cfg.model`` (its
+    checkpoint then loads with ``load_checkpoint(path, model=...)`` unless ``cfg.model`` builds the
+    same model, e.g. through ``cfg.model.factory``). ``task``: data already loaded. The process's
+    torch thread count and RNG states are restored when training ends.
+    """
+    if snapshot_every < 0:
+        raise UsageError(f"--snapshot-every must be >= 0, got {snapshot_every}")
+    from lpa_cli.finetune import build_initial_model, prepare_training, resolve_init
+
+    cfg = resolve_init(cfg)
+    world = join()
     output = Path(output) if output is not None else None
-    snap = snapshot_path(output) if output is not None else None
-    if output is not None and rank == 0:
-        check_writable(output, force=force)
-        if snap.exists() and not resume and not force:
-            raise UsageError(f"{snap}: an interrupted run left this snapshot; use --resume to continue it or --force to start over")
+    lock = contextlib.nullcontext()
+    if output is not None and world.main:
+        _check_outputs(output, cfg, force, resume)
+        lock = output_lock(output)
+    try:
+        with lock, restored_process_state():
+            return _train(cfg, output, model, task, force, resume, snapshot_every, callbacks or Callbacks(), world,
+                          build_initial_model, prepare_training)
+    finally:
+        world.close()
+
+
+def _train(cfg, output, model, task, force, resume, snapshot_every, callbacks, world, build_initial_model, prepare_training) -> TrainResult:
     t = cfg.train
     set_threads(t.threads)
     device = resolve_device(t.device)
-    if device.type == "cuda" and world > 1:
+    if device.type == "cuda" and world.size > 1:
+        import os
+
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     task = task or load_task(cfg.task)
     seed_everything(t.seed)
-    model = build_model(cfg.model, task.in_shape, task.out_dim, task.input_kind).to(device)
-    objective = Objective(cfg.objective, model.num_blocks, task.kind)
-    step_module: nn.Module = _LossModule(model, objective)
-    if world > 1:
-        unused = objective.detach_inputs or cfg.objective.sample_depths > 0 or max(objective.depths) < model.num_blocks
-        step_module = nn.parallel.DistributedDataParallel(step_module, find_unused_parameters=unused)
-    opt = make_optimizer(cfg, model)
+    if model is None:
+        model = build_initial_model(cfg, task)
+    cfg = _with_model_description(cfg, model)
+    model.to(device)
+    trainable, finish = prepare_training(model, cfg)
+    model.checkpoint_blocks = t.activation_checkpointing
+    objective = build_objective(cfg.objective, model.num_blocks, task.kind)
+    step_module = wrap(_LossModule(model, objective), model, t.parallel, world, objective.leaves_parameters_unused(model))
+    fsdp = world.size > 1 and t.parallel == "fsdp"
+    opt = make_optimizer(cfg, [p for p in step_module.parameters() if p.requires_grad] if fsdp else trainable)
+    scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
     depth_gen = torch.Generator().manual_seed(t.seed + 7919)
+    snap = snapshot_path(output) if output is not None else None
     start = 0
     if resume and snap is not None and snap.exists():
-        start = _load_snapshot(snap, cfg, model, opt, depth_gen)
+        start, model_state, opt_state, rng, scaler_state = load_snapshot(snap, cfg)
+        load_full_state(step_module if fsdp else model, opt, {f"model.{k}": v for k, v in model_state.items()} if fsdp else model_state,
+                        opt_state, t.parallel, world)
+        restore_rng(rng, depth_gen)
+        if scaler is not None and scaler_state:
+            scaler.load_state_dict(scaler_state)
         log.info("resuming from %s at step %d", snap, start)
-        if rank == 0:
-            _truncate_log(log_path(output), start)
-    elif output is not None and rank == 0 and log_path(output).exists():
-        log_path(output).unlink()
-
-    x_train, y_train = task.x_train, task.y_train
-    if device.type != "cpu":
-        x_train, y_train = x_train.to(device), y_train.to(device)
+    trackers: list[Tracker] = make_trackers(t.log, output) if world.main else []
+    for tr in trackers:
+        tr.start(cfg.to_dict(), start)
+    runner = _compiled(step_module) if t.compile else step_module
     model.train()
     callbacks.on_start(t.steps, start)
     began = time.perf_counter()
-    last_loss: Tensor | None = None
-    metrics: dict[str, list[float]] = {}
-    for step in range(start, t.steps):
-        idx = batch_indices(x_train.shape[0], t.batch_size, t.seed, step)
-        if world > 1:
-            idx = torch.arange(x_train.shape[0]) if idx is None else idx
-            idx = idx[rank::world]
-        xb = x_train if idx is None else x_train[idx.to(x_train.device)]
-        yb = y_train if idx is None else y_train[idx.to(y_train.device)]
-        lr = learning_rate(cfg, step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        out = step_module(xb.to(device), yb.to(device), depth_gen)
-        loss = out.loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        last_loss = loss.detach()
-        done = step + 1
-        report = done % 10 == 0 or done == t.steps
-        callbacks.on_step(done, float(last_loss) if report else None)
-        if rank == 0 and t.eval_every and done % t.eval_every == 0 and done < t.steps:
-            metrics = depth_metrics(model, task.x_test, task.y_test, task.kind)
-            _append_log(output, done, lr, float(last_loss), out.per_depth, metrics, time.perf_counter() - began)
-            callbacks.on_eval(done, metrics)
-        if snap is not None and rank == 0 and snapshot_every and done % snapshot_every == 0 and done < t.steps:
-            _save_snapshot(snap, cfg, done, model, opt, depth_gen)
-    callbacks.on_end()
-    elapsed = time.perf_counter() - began
-    metrics = depth_metrics(model, task.x_test, task.y_test, task.kind)
-    training = {
-        "steps": t.steps,
-        "final_loss": float(last_loss) if last_loss is not None else None,
-        "parameters": count_parameters(model),
-        "world_size": world,
-        "lpa_version": __version__,
-        "torch_version": torch.__version__.split("+")[0],
-    }
-    info = task.info()
-    sha = ""
-    if rank == 0:
-        if output is not None:
-            sha = save_checkpoint(output, model, cfg, info, metrics, training, force=force or resume)
-            if snap.exists():
-                snap.unlink()
-        # logged only once the checkpoint exists: a failed save leaves no new file behind
-        _append_log(output, t.steps, learning_rate(cfg, max(0, t.steps - 1)), training["final_loss"], {}, metrics, elapsed)
-    if world > 1:
-        dist.barrier()
-        if created_group:
-            dist.destroy_process_group()
+    last_loss: float | None = None
+    out: LossOutput | None = None
+    try:
+        for step, batch in zip(range(start, t.steps), _batches(task.train, cfg, start, world, device.type == "cuda")):
+            lr = learning_rate(cfg, step)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            out, runner = _step(runner, step_module, batch, step, depth_gen, device, cfg, scaler, world, fsdp)
+            loss = float(out.loss)
+            if not math.isfinite(loss):
+                raise TrainingError(f"training diverged at step {step + 1}: the loss is {loss} (lower --lr, try --clip-grad 1, "
+                                    "or check the data); no checkpoint was written")
+            if scaler is not None:
+                scaler.unscale_(opt)
+            if t.grad_clip > 0:
+                nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], t.grad_clip)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            last_loss = loss
+            done = step + 1
+            callbacks.on_step(done, loss if done % 10 == 0 or done == t.steps else None)
+            if t.eval_every and done % t.eval_every == 0 and done < t.steps:
+                metrics = _evaluate(model, step_module, task, cfg, fsdp)
+                if world.main:
+                    per_depth = {k: float(v) for k, v in out.per_depth.items()}
+                    for tr in trackers:
+                        tr.record(done, lr, loss, per_depth, metrics, time.perf_counter() - began)
+                    callbacks.on_eval(done, metrics)
+            if snap is not None and snapshot_every and done % snapshot_every == 0 and done < t.steps:
+                _snapshot(snap, cfg, done, model, step_module, opt, depth_gen, scaler, world, fsdp)
+        callbacks.on_end()
+        elapsed = time.perf_counter() - began
+        metrics = _evaluate(model, step_module, task, cfg, fsdp)
+        finish(model)
+        training = {
+            "steps": t.steps,
+            "final_loss": last_loss,
+            "parameters": count_parameters(model) if not fsdp else sum(p.numel() for p in step_module.parameters()),
+            "world_size": world.size,
+            "lpa_version": __version__,
+            "torch_version": torch.__version__.split("+")[0],
+        }
+        info = task.info()
+        state = full_model_state(step_module, t.parallel, world) if fsdp else None
+        if state is not None:
+            state = {k.removeprefix("model."): v for k, v in state.items()}
+        sha = ""
+        if world.main:
+            if output is not None:
+                sha = save_checkpoint(output, model, cfg, info, finite(metrics), training, force=True, state=state,
+                                      tokenizer=task.tokenizer, extra=_hf_metadata(cfg))
+                if snap.exists():
+                    snap.unlink()
+                for tr in trackers:
+                    tr.saved(output)
+            # logged only once the checkpoint exists: a failed save leaves no new file behind
+            for tr in trackers:
+                tr.record(t.steps, learning_rate(cfg, max(0, t.steps - 1)), last_loss, {}, metrics, elapsed)
+        world.barrier()
+    finally:
+        for tr in trackers:
+            tr.close()
     return TrainResult(output, cfg, info, metrics, training | {"seconds": round(elapsed, 3)}, sha, model)
 
 
-def _append_log(output: Path | None, step: int, lr: float, loss: float | None, per_depth: dict[int, Tensor], metrics: dict[str, list[float]], elapsed: float) -> None:
-    if output is None:
-        return
-    record = {
-        "step": step,
-        "lr": lr,
-        "train_loss": loss,
-        "train_loss_per_depth": {str(k): float(v) for k, v in per_depth.items()},
-        "test": metrics,
-        "elapsed_s": round(elapsed, 3),
-    }
-    path = log_path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+def _hf_metadata(cfg: RunConfig) -> dict[str, str]:
+    """What a model started from a Hugging Face directory records (for export --format hf)."""
+    if not cfg.model.init:
+        return {}
+    from lpa_cli.finetune import init_metadata
+
+    return init_metadata(cfg)
+
+
+def _step(runner, step_module, batch: Batch, step: int, depth_gen, device, cfg: RunConfig, scaler, world: World, fsdp: bool):
+    """One optimisation step's forward and backward passes (several micro-batches with --grad-accum).
+
+    Every micro-batch uses the same depth plan: the depth generator is rewound before each."""
+    t = cfg.train
+    parts = batch.split(t.grad_accum) if t.grad_accum > 1 else [batch]
+    gen_state = depth_gen.get_state()
+    total = None
+    losses = []
+    for i, part in enumerate(parts):
+        depth_gen.set_state(gen_state)
+        last = i == len(parts) - 1
+        sync = contextlib.nullcontext()
+        if not last and world.size > 1:
+            if fsdp:
+                step_module.set_requires_gradient_sync(False)
+            else:
+                sync = step_module.no_sync()
+        elif last and fsdp and len(parts) > 1:
+            step_module.set_requires_gradient_sync(True)
+        with sync:
+            with autocast(device, t.precision):
+                out, runner = _forward(runner, step_module, part.to(device, non_blocking=True), step, depth_gen)
+            share = len(part) / len(batch)
+            scaled = out.loss * share
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        total = scaled.detach() if total is None else total + scaled.detach()
+        losses.append(out.losses * share)
+    return LossOutput(total, out.depths, torch.stack(losses).sum(0)), runner
+
+
+def _compiled(module: nn.Module):
+    try:
+        return torch.compile(module)
+    except Exception as err:  # noqa: BLE001 - any platform failure means: run eagerly
+        log.warning("torch.compile is unavailable here (%s); training without it", str(err).splitlines()[0][:200])
+        return module
+
+
+def _forward(runner, step_module, batch: Batch, step: int, depth_gen):
+    """The loss of one batch; a compiled module that fails on first use falls back to eager, once."""
+    if runner is step_module:
+        return step_module(batch, step, depth_gen), runner
+    try:
+        return runner(batch, step, depth_gen), runner
+    except Exception as err:  # noqa: BLE001 - compilation errors surface at the first call, with many types
+        if isinstance(err, LpaError):
+            raise
+        import warnings
+
+        warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); training without it", stacklevel=2)
+        return step_module(batch, step, depth_gen), step_module
+
+
+def _evaluate(model: ResidualModel, step_module: nn.Module, task: Task, cfg: RunConfig, fsdp: bool) -> dict[str, list[float]]:
+    """Test metrics per depth. Under FSDP every rank evaluates, with the root's parameters gathered."""
+    t = cfg.train
+    if fsdp:
+        step_module.unshard()
+    try:
+        return evaluate(model, task.test, task.kind, samples=t.eval_samples, precision=t.precision)
+    finally:
+        if fsdp:
+            step_module.reshard()
+
+
+def _snapshot(path: Path, cfg, step: int, model, step_module, opt, depth_gen, scaler, world: World, fsdp: bool) -> None:
+    model_state = full_model_state(step_module if fsdp else model, cfg.train.parallel, world)
+    opt_state = full_optimizer_state(step_module if fsdp else model, opt, cfg.train.parallel, world)
+    if fsdp:
+        model_state = {k.removeprefix("model."): v for k, v in model_state.items()}
+    if world.main:
+        save_snapshot(path, cfg, step, model_state, opt_state, depth_gen, scaler.state_dict() if scaler is not None else None)
+    world.barrier()
+
+

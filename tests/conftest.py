@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
-from lpa_cli.models import ARCHITECTURES, build_model
+from lpa_cli.models import build_model
+from lpa_cli.registry import ARCHITECTURES
 
 os.environ["COLUMNS"] = "160"  # rich tables in CliRunner output stay on one line per row
 

@@ -3,9 +3,9 @@
 import pytest
 
 from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
-from lpa_cli.evaluate import depth_metrics
+from lpa_cli.evaluate import evaluate
 from lpa_cli.tasks import load_task
-from lpa_cli.models import ARCHITECTURES
+from lpa_cli.registry import ARCHITECTURES
 from lpa_cli.train import train
 from tests.conftest import small_options
 
@@ -35,8 +35,8 @@ def test_short_seeded_run_lowers_the_loss(arch, objective):
     before = train(_cfg(arch, objective, 0), task=task).model
     after = train(cfg, task=task).model
     metric = MAIN_METRIC[task.kind]
-    loss_before = depth_metrics(before, task.x_train, task.y_train, task.kind)[metric]
-    loss_after = depth_metrics(after, task.x_train, task.y_train, task.kind)[metric]
+    loss_before = evaluate(before, task.train, task.kind)[metric]
+    loss_after = evaluate(after, task.train, task.kind)[metric]
     assert len(loss_after) == 3
     assert loss_after[-1] < loss_before[-1]
 

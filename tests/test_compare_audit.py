@@ -9,9 +9,9 @@ from junitparser import JUnitXml
 
 from analyzers.compare import pareto
 from analyzers.monotonicity import from_trace
-from analyzers.trace_io import open_trace
+from analyzers.trace import open_trace
 from lpa_cli.trace import trace_checkpoint
-from tests.cli_helpers import assert_clean_error, assert_self_contained, run, run_json
+from tests.cli_helpers import TINY_TRAIN, assert_clean_error, assert_self_contained, run, run_json
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
 EVIL = "</script><img src=x onerror=alert(1)>"
@@ -60,7 +60,16 @@ def test_compare_surface_has_heatmaps_and_training_curves(tmp_path):
     assert data["heatmaps"]["grid"] == [64, 64] and len(data["heatmaps"]["groups"]["LPA"]) == 9
     assert data["training"]  # the samples' .jsonl logs
     html = report.read_text()
-    assert "Predictions by depth" in html and "Training curves" in html
+    assert "Predictions by depth" in html
+    assert "Training curves" not in html  # one final record per run is no curve
+
+
+def test_training_curves_need_logs_with_several_evaluations(tmp_path):
+    for name in ("a", "b"):
+        run_json("train", *TINY_TRAIN, "--eval-every", "5", "--objective", "lpa" if name == "a" else "e2e", "-o", tmp_path / f"{name}.safetensors")
+    report = tmp_path / "curves.html"
+    run_json("compare", "--run", f"A={tmp_path / 'a.safetensors'}", "--run", f"B={tmp_path / 'b.safetensors'}", "-o", report)
+    assert "Training curves" in report.read_text()
 
 
 def test_compare_with_many_groups_renders(tmp_path):

@@ -17,34 +17,35 @@ from tests.cli_helpers import TINY_TRAIN, assert_clean_error, run, run_json
 def test_surfaces_are_seeded_and_evaluate_their_formula(name):
     a = load_task(TaskConfig(name=f"surface:{name}", n_train=100, n_test=16))
     b = load_task(TaskConfig(name=f"surface:{name}", n_train=100, n_test=16))
-    assert torch.equal(a.x_train, b.x_train) and a.x_test.shape == (16, 2) and a.meta["grid"] == [4, 4]
+    assert torch.equal(a.train.x, b.train.x) and a.test.x.shape == (16, 2) and a.meta["grid"] == [4, 4]
     fn = SURFACES[name][0]
-    torch.testing.assert_close(a.y_test[:, 0], fn(a.x_test[:, 0], a.x_test[:, 1]))
+    torch.testing.assert_close(a.test.y[:, 0], fn(a.test.x[:, 0], a.test.x[:, 1]))
 
 
 def test_stripe_is_the_papers_function():
     task = load_task(TaskConfig(name="surface:stripe", n_train=10, n_test=4))
-    x, y = task.x_train[:, 0], task.x_train[:, 1]
-    torch.testing.assert_close(task.y_train[:, 0], torch.exp(-5 * (x**2 + y**2)) * torch.sin(10 * x))
+    x, y = task.train.x[:, 0], task.train.x[:, 1]
+    torch.testing.assert_close(task.train.y[:, 0], torch.exp(-5 * (x**2 + y**2)) * torch.sin(10 * x))
 
 
 def test_digits_split_is_fixed_and_disjoint():
     a, b = load_task(TaskConfig(name="digits")), load_task(TaskConfig(name="digits"))
-    assert torch.equal(a.x_test, b.x_test) and a.x_train.shape == (1437, 1, 8, 8) and a.x_test.shape[0] == 360
-    train_rows = {tuple(r.flatten().tolist()) for r in a.x_train}
-    overlap = sum(tuple(r.flatten().tolist()) in train_rows for r in a.x_test)
+    assert torch.equal(a.test.x, b.test.x) and a.train.x.shape == (1437, 1, 8, 8) and a.test.x.shape[0] == 360
+    train_rows = {tuple(r.flatten().tolist()) for r in a.train.x}
+    overlap = sum(tuple(r.flatten().tolist()) in train_rows for r in a.test.x)
     assert overlap < 5  # the raw set has a few duplicate images, nothing more
     c = load_task(TaskConfig(name="digits", data_seed=1))
-    assert not torch.equal(a.x_test, c.x_test)
+    assert not torch.equal(a.test.x, c.test.x)
 
 
 def test_shapes_and_text_tasks():
     shapes = load_task(TaskConfig(name="shapes", n_train=60, n_test=12))
-    assert shapes.x_train.shape == (60, 1, 16, 16) and shapes.kind == "classification" and shapes.out_dim == 6
-    assert len(torch.unique(shapes.y_train)) > 3
+    assert shapes.train.x.shape == (60, 1, 16, 16) and shapes.kind == "classification" and shapes.out_dim == 6
+    assert len(torch.unique(shapes.train.y)) > 3
     text = load_task(TaskConfig(name="text", options={"context": 32}))
-    assert text.kind == "lm" and text.x_train.shape[1] == 32
-    assert torch.equal(text.x_train[0, 1:], text.y_train[0, :-1])  # targets are the next bytes
+    x, y = text.train.tensors()
+    assert text.kind == "lm" and x.shape[1] == 32
+    assert torch.equal(x[0, 1:], y[0, :-1])  # targets are the next bytes
     assert len(builtin_corpus()) > 100_000
 
 
@@ -52,7 +53,7 @@ def test_text_file_task(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("the quick brown fox jumps over the lazy dog. " * 50)
     task = load_task(TaskConfig(name=f"text:{path}", options={"context": 16}))
-    assert task.kind == "lm" and task.x_train.max() < 256
+    assert task.kind == "lm" and task.train.tensors()[0].max() < 256
     bad = tmp_path / "latin1.txt"
     bad.write_bytes(b"caf\xe9 " * 200)
     with pytest.raises(DataError, match="not UTF-8"):
@@ -68,11 +69,11 @@ def test_user_npz_regression_and_classification(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(100, 3)).astype(np.float32)
     reg = load_task(TaskConfig(name=f"file:{_npz(tmp_path / 'r.npz', x=x, y=x.sum(1))}"))
-    assert reg.kind == "regression" and reg.out_dim == 1 and reg.x_test.shape == (20, 3)
+    assert reg.kind == "regression" and reg.out_dim == 1 and reg.test.x.shape == (20, 3)
     cls = load_task(TaskConfig(name=f"file:{_npz(tmp_path / 'c.npz', x=x, y=(x[:, 0] > 0).astype(np.int64))}"))
     assert cls.kind == "classification" and cls.out_dim == 2
     img = load_task(TaskConfig(name=f"file:{_npz(tmp_path / 'i.npz', x=rng.normal(size=(30, 8, 8)), y=np.arange(30) % 3)}"))
-    assert img.input_kind == "image" and img.x_train.shape[1:] == (1, 8, 8)
+    assert img.input_kind == "image" and img.train.x.shape[1:] == (1, 8, 8)
 
 
 def test_user_csv_and_h5(tmp_path):

@@ -26,22 +26,3 @@ def test_lists_and_mixtures():
 def test_bad_selections_raise_usage_error(spec):
     with pytest.raises(UsageError):
         parse_depths(spec, 9)
-
-
-def test_analyzers_never_import_torch():
-    import re
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1] / "analyzers"
-    offenders = [p for p in root.rglob("*.py") if re.search(r"^\s*(import torch|from torch)", p.read_text(), re.M)]
-    assert not offenders
-
-
-def test_analyzers_import_without_torch_at_run_time():
-    import subprocess
-    import sys
-
-    code = ("import sys, analyzers.monotonicity, analyzers.probes, analyzers.compare, analyzers.audit, analyzers.trace_io, "
-            "analyzers.heads, analyzers.report.compare, analyzers.report.monotonicity; print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "False"

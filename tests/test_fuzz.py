@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from analyzers.audit import load_config
 from analyzers.errors import LpaError
-from analyzers.trace_io import open_trace
+from analyzers.trace import open_trace
 from lpa_cli.checkpoint import load_checkpoint
 from lpa_cli.config import TaskConfig, resolve
 from lpa_cli.tasks import load_task

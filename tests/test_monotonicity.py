@@ -50,7 +50,7 @@ def test_bootstrap_cis_match_scipy_bootstrap():
 def test_block_bootstrap_above_max_blocks_matches_the_normal_interval():
     """Above MAX_BLOCKS samples, blocks are resampled; at n = 60,000 the percentile interval of the mean
     must agree with the textbook normal interval mean +- z * sd / sqrt(n) (an independent reference)."""
-    from analyzers.monotonicity import MAX_BLOCKS
+    from analyzers.bootstrap import MAX_BLOCKS
 
     n = 60_000
     assert n > 10 * MAX_BLOCKS
@@ -64,6 +64,21 @@ def test_block_bootstrap_above_max_blocks_matches_the_normal_interval():
     d = e[:, 1] - e[:, 0]
     half = z * d.std(ddof=1) / np.sqrt(n)
     assert r.steps[0].ci_low == pytest.approx(d.mean() - half, abs=0.1 * half)
+
+
+@pytest.mark.parametrize("n", [4096, 60_000])
+def test_intervals_on_an_ordered_test_set_match_the_normal_interval(n):
+    """Test sets are often ordered (a surface's 64 x 64 grid, row by row), so neighbours have nearly
+    equal errors. Resampling contiguous blocks of neighbours made intervals up to sqrt(2) too wide;
+    the interval must match the textbook normal one within 10% whatever the order."""
+    rng = np.random.default_rng(3)
+    smooth = np.sort(rng.gamma(2.0, 1.0, size=n))  # errors that change slowly along the index
+    e = np.stack([smooth * 2, smooth + 0.05 * rng.normal(size=n), smooth * 0.9], axis=1)
+    r = from_arrays(e, bootstrap=2000, seed=1)
+    z = stats.norm.ppf(0.975)
+    for k in range(3):
+        normal = 2 * z * e[:, k].std(ddof=1) / np.sqrt(n)
+        assert (r.ci_high[k] - r.ci_low[k]) / normal == pytest.approx(1.0, abs=0.1), k
 
 
 def test_bootstrap_is_seeded():

@@ -6,7 +6,8 @@ import torch
 from lpa_cli.config import ModelConfig, ObjectiveConfig
 from lpa_cli.losses import batch_loss
 from lpa_cli.models import build_model
-from lpa_cli.objectives import Objective, depth_weights
+from lpa_cli.batch import Batch
+from lpa_cli.objectives import build_objective as Objective, depth_weights
 from tests.conftest import tiny_model
 
 
@@ -24,7 +25,7 @@ def _grads(model, loss):
 
 
 def _kind_and_target(arch, model, x, out_dim):
-    from lpa_cli.models import ARCHITECTURES
+    from lpa_cli.registry import ARCHITECTURES
 
     kind = {"vector": "regression", "image": "classification", "tokens": "lm"}[ARCHITECTURES[arch].input_kinds[0]]
     if kind == "lm":
@@ -38,7 +39,7 @@ def test_e2e_is_the_depth_n_loss_and_trains_every_parameter(arch):
     model, x, out_dim = tiny_model(arch)
     kind, y = _kind_and_target(arch, model, x, out_dim)
     obj = Objective(ObjectiveConfig(name="e2e"), model.num_blocks, kind)
-    out = obj(model, x, y)
+    out = obj(model, Batch(x, y))
     torch.testing.assert_close(out.loss, batch_loss(model(x), y, kind))
     assert list(out.per_depth) == [model.num_blocks]
     grads = _grads(model, out.loss)
@@ -50,7 +51,7 @@ def test_lpa_with_only_depth_n_equals_e2e(arch):
     kind, y = _kind_and_target(arch, model, x, out_dim)
     e2e = Objective(ObjectiveConfig(name="e2e"), model.num_blocks, kind)
     lpa = Objective(ObjectiveConfig(name="lpa", depths=str(model.num_blocks)), model.num_blocks, kind)
-    a, b = e2e(model, x, y), lpa(model, x, y)
+    a, b = e2e(model, Batch(x, y)), lpa(model, Batch(x, y))
     torch.testing.assert_close(a.loss, b.loss, rtol=0, atol=0)
     ga, gb = _grads(model, a.loss), _grads(model, b.loss)
     for name in ga:
@@ -61,7 +62,7 @@ def test_lpa_is_the_weighted_sum_of_per_depth_losses(arch):
     model, x, out_dim = tiny_model(arch)
     kind, y = _kind_and_target(arch, model, x, out_dim)
     obj = Objective(ObjectiveConfig(name="lpa", weights="linear"), model.num_blocks, kind)
-    out = obj(model, x, y)
+    out = obj(model, Batch(x, y))
     preds = model.predictions(x)
     weights = [k + 1 for k in range(model.num_depths)]
     expected = sum(w * batch_loss(p, y, kind) for w, p in zip(weights, preds)) / sum(weights)
@@ -73,7 +74,7 @@ def test_lpa_local_sends_no_gradient_from_depth_k_into_earlier_blocks(arch):
     kind, y = _kind_and_target(arch, model, x, out_dim)
     for k in range(1, model.num_depths):
         local = Objective(ObjectiveConfig(name="lpa-local", depths=str(k)), model.num_blocks, kind)
-        grads = _grads(model, local(model, x, y).loss)
+        grads = _grads(model, local(model, Batch(x, y)).loss)
         for j in range(model.num_blocks):
             block = [g for n, g in grads.items() if n.startswith(f"blocks.{j}.")]
             got = any(g is not None and g.abs().sum() > 0 for g in block)
@@ -85,15 +86,15 @@ def test_lpa_local_sends_no_gradient_from_depth_k_into_earlier_blocks(arch):
         assert embed_only and all(grads[n] is None or grads[n].abs().sum() == 0 for n in embed_only)
         # plain lpa on the same depth does reach the earlier blocks (so this test can fail)
         plain = Objective(ObjectiveConfig(name="lpa", depths=str(k)), model.num_blocks, kind)
-        grads = _grads(model, plain(model, x, y).loss)
+        grads = _grads(model, plain(model, Batch(x, y)).loss)
         assert all(any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith(f"blocks.{j}.")) for j in range(k))
 
 
 def test_lpa_local_has_the_same_loss_value_as_lpa(arch):
     model, x, out_dim = tiny_model(arch)
     kind, y = _kind_and_target(arch, model, x, out_dim)
-    a = Objective(ObjectiveConfig(name="lpa"), model.num_blocks, kind)(model, x, y)
-    b = Objective(ObjectiveConfig(name="lpa-local"), model.num_blocks, kind)(model, x, y)
+    a = Objective(ObjectiveConfig(name="lpa"), model.num_blocks, kind)(model, Batch(x, y))
+    b = Objective(ObjectiveConfig(name="lpa-local"), model.num_blocks, kind)(model, Batch(x, y))
     torch.testing.assert_close(a.loss, b.loss)
 
 
@@ -123,11 +124,11 @@ def test_lambda_form_weights_task_loss_one_and_others_lambda():
 
 def test_depth_sampling_keeps_depth_n_and_is_seeded():
     obj = Objective(ObjectiveConfig(name="lpa", sample_depths=3), 8, "regression")
-    picks = [obj._choose(torch.Generator().manual_seed(s)) for s in range(20)]
+    picks = [obj.plan(0, torch.Generator().manual_seed(s)) for s in range(20)]
     for depths, weights in picks:
         assert len(depths) == 3 and depths[-1] == 8 and sum(weights) == pytest.approx(1.0)
     assert len({tuple(d) for d, _ in picks}) > 1
-    again = [obj._choose(torch.Generator().manual_seed(s)) for s in range(20)]
+    again = [obj.plan(0, torch.Generator().manual_seed(s)) for s in range(20)]
     assert picks == again
 
 
@@ -140,7 +141,7 @@ def test_loss_power_has_the_gradient_of_the_powered_sum(power):
     with torch.no_grad():  # a target close to depth N's output: the per-depth losses differ a lot
         y = model(x) + 0.01 * torch.randn(32, 1)
     obj = Objective(ObjectiveConfig(name="lpa", weights="linear", loss_power=power), 3, "regression")
-    out = obj(model, x, y)
+    out = obj(model, Batch(x, y))
     got = torch.autograd.grad(out.loss, list(model.parameters()))
     losses = torch.stack([((p - y) ** 2).mean() for p in model.predictions(x)])
     w = torch.tensor(obj.weights)
@@ -162,7 +163,7 @@ def test_sample_fraction_uses_part_of_the_batch_for_shallower_depths_only(arch):
     model, x, out_dim = tiny_model(arch)
     kind, y = _kind_and_target(arch, model, x, out_dim)
     obj = Objective(ObjectiveConfig(name="lpa", sample_fraction=0.5), model.num_blocks, kind)
-    out = obj(model, x, y)
+    out = obj(model, Batch(x, y))
     part = math.ceil(0.5 * x.shape[0])
     assert part < x.shape[0]
     with torch.no_grad():

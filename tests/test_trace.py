@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from analyzers.errors import TraceError
-from analyzers.trace_io import FORMAT_VERSION, open_trace, partial_path
+from analyzers.trace import FORMAT_VERSION, open_trace, partial_path
 from lpa_cli.checkpoint import load_checkpoint
 from lpa_cli.tasks import load_task
 from lpa_cli.trace import trace_checkpoint, trace_modules
@@ -66,7 +66,7 @@ def test_trace_equals_model_predictions_and_recomputed_errors(name, tmp_path):
     out = tmp_path / "t.h5"
     trace_checkpoint(ckpt_path, out, states=True, limit=40, batch_size=16)
     ckpt = load_checkpoint(ckpt_path)
-    x, y = load_task(ckpt.config.task).split("test")
+    x, y = load_task(ckpt.config.task).test.tensors()
     x, y = x[:40], y[:40]
     with torch.no_grad():
         expected = torch.stack(ckpt.model.predictions(x), dim=1).numpy()
@@ -106,8 +106,9 @@ def test_trace_cli_defaults_and_depth_subset(tmp_path):
     data = run_json("trace", ckpt, "--depths", "0,4:", "--dtype", "float16", "--compression", "lzf", "-o", tmp_path / "s.h5")
     assert data["depths"] == [0, 4, 5, 6, 7, 8]
     with open_trace(tmp_path / "s.h5") as t:
-        assert t.file["predictions"].dtype == np.float16 and t.file["predictions"].compression == "lzf"
-        assert t.file["errors/se"].fletcher32
+        info = t.datasets()
+        assert info["predictions"].dtype == "float16" and info["predictions"].compression == "lzf"
+        assert info["errors/se"].checksummed
 
 
 def test_python_api_traces_any_module_list(tmp_path):
@@ -139,7 +140,7 @@ class _FailsOnSecondBatch(torch.nn.Module):
 def test_a_failing_trace_leaves_a_resumable_partial_and_no_threads(tmp_path):
     import threading
 
-    from analyzers.trace_io import _Syncer
+    from analyzers.trace.sync import Syncer as _Syncer
 
     x, y = torch.randn(20, 3), torch.randn(20, 1)
     with pytest.raises(RuntimeError, match="boom"):

@@ -7,8 +7,10 @@ import time
 
 import numpy as np
 
-import analyzers.trace_io as trace_io
-from analyzers.trace_io import TraceSpec, TraceWriter, open_trace, partial_path
+import analyzers.trace.spec as trace_spec
+import analyzers.trace.sync as trace_sync
+import analyzers.trace.writer as trace_writer
+from analyzers.trace import TraceSpec, TraceWriter, open_trace, partial_path
 
 
 def _spec(n: int) -> TraceSpec:
@@ -31,25 +33,25 @@ def _wait(condition, seconds: float = 10.0) -> None:
 def test_n_written_waits_for_the_background_fsync(tmp_path, monkeypatch):
     gate = threading.Event()
     synced = []
-    real_fsync = trace_io.os.fsync
+    real_fsync = trace_sync.os.fsync
 
     def slow_fsync(fd):  # a disk that takes until `gate` is set
         gate.wait(10)
         real_fsync(fd)
         synced.append(fd)
 
-    monkeypatch.setattr(trace_io.os, "fsync", slow_fsync)
+    monkeypatch.setattr(trace_sync.os, "fsync", slow_fsync)
     out = tmp_path / "t.h5"
     writer = TraceWriter(out, _spec(100))
     writer.append(_rows(0, 40))
     assert writer.flush() == 40
     writer.append(_rows(40, 70))
     assert writer.flush() == 70
-    assert writer.file.attrs["n_written"] == 0  # handed to the OS, but no fsync has finished
+    assert writer.n_written == 0  # handed to the OS, but no fsync has finished
     gate.set()
     _wait(lambda: writer._syncer.durable == 70)
     writer.flush()
-    assert writer.file.attrs["n_written"] == 70
+    assert writer.n_written == 70
     writer.append(_rows(70, 100))
     assert writer.finish() == out and not partial_path(out).exists()
     with open_trace(out) as t:
@@ -75,7 +77,7 @@ def test_resume_starts_from_the_durable_count(tmp_path):
 
 
 def test_appends_write_whole_chunks_and_keep_every_row(tmp_path, monkeypatch):
-    monkeypatch.setattr(trace_io, "CHUNK_BYTES", 64)  # 8 rows per chunk of predictions, 16 of targets
+    monkeypatch.setattr(trace_spec, "CHUNK_BYTES", 64)  # 8 rows per chunk of predictions, 16 of targets
     writes: list[tuple[str, int, int]] = []
     real_write = TraceWriter._write
 
@@ -103,11 +105,11 @@ def test_appends_write_whole_chunks_and_keep_every_row(tmp_path, monkeypatch):
 
 
 def test_large_appends_start_the_disk_before_a_flush_but_claim_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(trace_io, "SYNC_BYTES", 1)
+    monkeypatch.setattr(trace_writer, "SYNC_BYTES", 1)
     synced = []
-    real_fsync = trace_io.os.fsync
-    monkeypatch.setattr(trace_io.os, "fsync", lambda fd: (real_fsync(fd), synced.append(fd)))
-    monkeypatch.setattr(trace_io, "CHUNK_BYTES", 64)
+    real_fsync = trace_sync.os.fsync
+    monkeypatch.setattr(trace_sync.os, "fsync", lambda fd: (real_fsync(fd), synced.append(fd)))
+    monkeypatch.setattr(trace_spec, "CHUNK_BYTES", 64)
     writer = TraceWriter(tmp_path / "t.h5", _spec(100))
     writer.append(_rows(0, 50))  # whole chunks are written, so fsyncs are requested; no flush yet
     _wait(lambda: len(synced) > 0)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import html
+
 import plotly.graph_objects as go
 
+from analyzers.metrics import format_p
 from analyzers.monotonicity import MonotonicityResult
-from analyzers.report.page import Page
+from analyzers.report.page import Page, depth_axis
 
 
 def fmt(v: float | None) -> str:
@@ -19,13 +22,13 @@ def fmt(v: float | None) -> str:
 def curve_figure(results: list[MonotonicityResult]) -> go.Figure:
     fig = go.Figure()
     for r in results:
-        name = r.source
+        name = html.escape(r.source)  # plotly renders HTML in legend entries; a file name is text
         fig.add_trace(go.Scatter(x=r.depths + r.depths[::-1], y=r.ci_high + r.ci_low[::-1], fill="toself", opacity=0.2,
                                  line={"width": 0}, showlegend=False, hoverinfo="skip", name=name))
         fig.add_trace(go.Scatter(x=r.depths, y=r.curve, mode="lines+markers", name=name))
     spans = [max(r.curve) / min(r.curve) for r in results if min(r.curve) > 0]
     log = bool(spans) and max(spans) > 30
-    fig.update_layout(xaxis_title="depth", yaxis_title=results[0].metric, yaxis_type="log" if log else "linear",
+    fig.update_layout(xaxis=depth_axis(), yaxis_title=results[0].metric, yaxis_type="log" if log else "linear",
                       title="per-depth error with bootstrap confidence band", height=420)
     return fig
 
@@ -57,13 +60,13 @@ def add_result(page: Page, r: MonotonicityResult) -> None:
     page.table(["depth", r.metric, "95% CI", "samples first within tolerance of final"], rows)
     rows, classes = [], []
     for s in r.steps:
-        rows.append([f"{s.frm} → {s.to}", fmt(s.delta), f"[{fmt(s.ci_low)}, {fmt(s.ci_high)}]", fmt(s.t), fmt(s.p_holm),
+        rows.append([f"{s.frm} → {s.to}", fmt(s.delta), f"[{fmt(s.ci_low)}, {fmt(s.ci_high)}]", fmt(s.t), format_p(s.p_holm),
                      "rise" if s.significant else ("rise (strict)" if s.significant_strict else "ok")])
         classes.append(["", "", "", "", "", "bad" if s.significant else ""])
-    page.table(["step", "mean change", "CI", "t", "p (Holm)", "verdict"], rows, classes=classes)
+    page.table(["step", "mean change", "CI", "t", "p (Holm-corrected)", "verdict"], rows, classes=classes)
     page.figure(step_figure(r))
     extra = [
-        ["Kendall's tau (depth vs error)", fmt(r.kendall_tau), f"one-sided p {fmt(r.kendall_p)}"],
+        ["Kendall's tau (depth vs error)", fmt(r.kendall_tau), f"one-sided {format_p(r.kendall_p)}"],
         ["Sen's slope per depth", fmt(r.sen_slope), ""],
         ["distance to best non-increasing curve (RMS)", fmt(r.isotonic_rmse), f"{fmt(r.isotonic_rel)} of the descent"],
         ["samples whose own trajectory never rises beyond tolerance", f"{r.sample_monotone_share:.1%}", ""],

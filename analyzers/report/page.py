@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import html
 import json
+import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,31 @@ table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}td,th{border:1px s
 th{background:#f5f5f5}td.l,th.l{text-align:left}.bad{color:#b00020;font-weight:600}.good{color:#0a7a2f;font-weight:600}
 .note{color:#555;font-size:.9rem}code{background:#f3f3f3;padding:0 .2rem}
 """
+
+
+def depth_axis() -> dict[str, Any]:
+    """An x axis of depths: integer ticks only."""
+    return {"title": "depth", "tickmode": "linear", "dtick": 1, "tick0": 0}
+
+
+def provenance() -> list[list[str]]:
+    """What made a report: the command line, the versions, the date."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import numpy
+    import scipy
+
+    try:
+        lpa = version("lpa")
+    except PackageNotFoundError:
+        lpa = "unknown"
+    return [
+        ["command", " ".join(sys.argv) or "(Python API)"],
+        ["lpa", lpa],
+        ["Python, numpy, scipy, plotly", f"{platform.python_version()}, {numpy.__version__}, {scipy.__version__}, {plotly.__version__}"],
+        ["machine", f"{platform.machine()} {platform.system()}"],
+        ["created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")],
+    ]
 
 
 def esc(value: Any) -> str:
@@ -65,12 +93,15 @@ class Page:
 
     def render(self) -> str:
         js = plotly.offline.get_plotlyjs()
+        tail = Page("")
+        tail.heading("Provenance")
+        tail.table(["", ""], provenance(), left=2)
         return (
             "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{esc(self.title)}</title><style>{CSS}</style>"
             f"<script type=\"text/javascript\">{js}</script></head><body>"
-            f"<h1>{esc(self.title)}</h1>" + "\n".join(self.parts) + "</body></html>\n"
+            f"<h1>{esc(self.title)}</h1>" + "\n".join(self.parts + tail.parts) + "</body></html>\n"
         )
 
-    def save(self, path: str | Path, force: bool = True) -> Path:
+    def save(self, path: str | Path, force: bool = False) -> Path:
         return write_text(path, self.render(), force=force)

@@ -8,10 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from analyzers.atomic import check_writable
 from lpa_cli.commands.options import Force, Json, Output, Quiet, Seed
-from lpa_cli.compare import compare_runs
-from lpa_cli.render import consoles, fmt, print_json
+from lpa_cli.render import consoles, esc, fmt, print_json
 
 
 def compare_command(
@@ -29,10 +27,15 @@ def compare_command(
 
     Runs evaluated on different test data are refused unless --force (which also allows overwriting -o).
     """
-    target = check_writable(output or Path("compare.html"), force)
-    result = compare_runs(run, metric=metric, force=force, seed=seed or 0, bootstrap=bootstrap)
+    from analyzers.atomic import check_writable
+    from analyzers.errors import UsageError
     from analyzers.report.compare import compare_page
+    from lpa_cli.compare import compare_runs, parse_runs
 
+    target = check_writable(output or Path("compare.html"), force)
+    if any(target.exists() and target.resolve() == p.resolve() for paths in parse_runs(run).values() for p in paths):
+        raise UsageError(f"{target}: the report would overwrite one of the runs; choose another -o")
+    result = compare_runs(run, metric=metric, force=force, seed=seed or 0, bootstrap=bootstrap)
     compare_page(result).save(target, force=force)
     if json_:
         print_json(result.to_dict() | {"report": str(target)})
@@ -41,16 +44,16 @@ def compare_command(
     table = Table(title=f"per-depth {result.metric}", title_justify="left")
     table.add_column("depth", justify="right")
     for g, c in result.curves.items():
-        table.add_column(f"{g} ({c['seeds']})", justify="right")
-    depths = sorted({k for c in result.curves.values() for k in c["depths"]})
+        table.add_column(f"{esc(g)} ({c.seeds})", justify="right")
+    depths = sorted({k for c in result.curves.values() for k in c.depths})
     for k in depths:
-        table.add_row(str(k), *[fmt(c["mean"][c["depths"].index(k)], result.metric) if k in c["depths"] else "-" for c in result.curves.values()])
+        table.add_row(str(k), *[fmt(c.mean[c.depths.index(k)], result.metric) if k in c.depths else "-" for c in result.curves.values()])
     out.print(table)
     for f in result.final:
-        out.print(f["statement"])
+        out.print(esc(f.statement))
     for x in result.runs:
-        colour = "green" if x["monotone"] else "red"
-        out.print(f"  {x['group']}: {x['path']}: [{colour}]{x['verdict']}[/{colour}], deploy depth {x['deploy_depth']}")
+        colour = "green" if x.monotone else "red"
+        out.print(f"  {esc(x.group)}: {esc(x.path)}: [{colour}]{x.verdict}[/{colour}], deploy depth {x.deploy_depth}")
     for note in result.notes:
-        out.print(f"[yellow]{note}[/yellow]")
-    out.print(f"report: [bold]{target}[/bold]")
+        out.print(f"[yellow]{esc(note)}[/yellow]")
+    out.print(f"report: [bold]{esc(target)}[/bold]")

@@ -8,14 +8,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from analyzers.trace_io import is_trace
-from lpa_cli.commands.options import Json
-from lpa_cli.inspect import describe, describe_trace
-from lpa_cli.render import consoles, depth_table, fmt, print_json
+from analyzers.trace import is_trace
+from lpa_cli.commands.options import Json, Verify
+from lpa_cli.render import consoles, depth_table, esc, fmt, print_json
 
 
 def _settings_table(d: dict) -> Table:
-    table = Table(title=d["path"], title_justify="left", show_header=False)
+    table = Table(title=esc(d["path"]), title_justify="left", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     task = d["task"]
@@ -30,7 +29,9 @@ def _settings_table(d: dict) -> Table:
         objective += ")"
     t = d["train"]
     rows = [
-        ("architecture", f"{d['architecture']}  ({model_opts}, zero_init={d['model']['zero_init']})"),
+        ("architecture", f"{d['architecture']}  ({model_opts}, zero_init={d['model']['zero_init']})"
+                         + (f", factory {d['model']['factory']}" if d["model"].get("factory") else "")
+                         + (f", started from {d['model']['init']}" if d["model"].get("init") else "")),
         ("blocks / depths", f"{d['depth']} blocks, depths 0..{d['depth']}"),
         ("width", str(d["width"])),
         ("head applies", d["head_applies"] or "-"),
@@ -50,7 +51,7 @@ def _settings_table(d: dict) -> Table:
     if d["verified"]:
         rows.append(("verified", "content hash matches"))
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, esc(value))
     return table
 
 
@@ -63,7 +64,7 @@ def _side_by_side(descs: list[dict]) -> Table:
         preferred = {"regression": "r2", "classification": "acc", "lm": "ppl"}.get(d["task"]["kind"])
         for metric in (preferred, "mse", "ce"):
             if metric in d["metrics"]:
-                table.add_column(f"{Path(d['path']).stem}\n{metric}", justify="right")
+                table.add_column(f"{esc(Path(d['path']).stem)}\n{metric}", justify="right")
                 series.append((metric, d["metrics"][metric]))
                 break
     n = max((len(v) for _, v in series), default=0)
@@ -73,7 +74,7 @@ def _side_by_side(descs: list[dict]) -> Table:
 
 
 def _trace_table(d: dict) -> Table:
-    table = Table(title=d["path"], title_justify="left", show_header=False)
+    table = Table(title=esc(d["path"]), title_justify="left", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     rows = [
@@ -86,16 +87,22 @@ def _trace_table(d: dict) -> Table:
         ("format", f"lpa-trace v{d['format_version']} (lpa {d['lpa_version']}, {d['created']}, compression {d['compression']})"),
     ]
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, esc(value))
     return table
 
 
 def info_command(
     files: Annotated[list[Path], typer.Argument(help="lpa checkpoints (.safetensors) and/or traces (.h5).")],
-    verify: Annotated[bool, typer.Option("--verify", help="Also re-hash a checkpoint's tensor data and check it.")] = False,
+    verify: Verify = True,
     json_: Json = False,
 ) -> None:
-    """Show what a checkpoint (or trace) is: architecture, task, objective, training, per-depth metrics, hashes."""
+    """Show what a checkpoint (or trace) is: architecture, task, objective, training, per-depth metrics, hashes.
+
+    A checkpoint's config is checked against its tensors (from the file's header), and its content
+    hash is re-computed unless --no-verify.
+    """
+    from lpa_cli.inspect import describe, describe_trace
+
     traces = [describe_trace(p) for p in files if is_trace(p)]
     descs = [describe(p, verify=verify) for p in files if not is_trace(p)]
     if json_:
@@ -105,7 +112,7 @@ def info_command(
     out, _ = consoles()
     for d in traces:
         out.print(_trace_table(d))
-        out.print(depth_table(d["metrics"], title="per-depth metrics from the trace"))
+        out.print(depth_table(d["metrics"], title="per-depth metrics from the trace", depths=d["depths"]))
     for d in descs:
         out.print(_settings_table(d))
         if d["metrics"]:

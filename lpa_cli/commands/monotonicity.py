@@ -8,26 +8,13 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from analyzers.monotonicity import MonotonicityResult, from_trace
-from analyzers.trace_io import open_trace
-from lpa_cli.commands.options import Depths, ExitZero, Json, Quiet, Seed, Verify
-from lpa_cli.inputs import as_trace
-from lpa_cli.render import bars, consoles, fmt, print_json
+from analyzers.metrics import format_p
+from lpa_cli.commands.options import Depths, ExitZero, Force, Json, Quiet, Seed, Verify
+from lpa_cli.render import bars, consoles, esc, fmt, print_json
 
 
-def analyze(path: Path, *, lens: str | None = None, verify: bool = True, **kwargs) -> MonotonicityResult:
-    """Trace ``path`` if it is a checkpoint, then test it (the Python API behind the command)."""
-    from analyzers.probes import load_lens
-
-    lens_obj = load_lens(lens) if lens else None
-    with as_trace(path, verify=verify, states=lens_obj is not None) as trace_path, open_trace(trace_path) as trace:
-        result = from_trace(trace, lens=lens_obj, **kwargs)
-    result.source = str(path)
-    return result
-
-
-def _detail(r: MonotonicityResult) -> list:
-    table = Table(title=f"{r.source}: {r.metric} per depth", title_justify="left")
+def _detail(r) -> list:
+    table = Table(title=f"{esc(r.source)}: {r.metric} per depth", title_justify="left")
     for col in ("depth", r.metric, "95% CI", "step Δ", "p (Holm)", ""):
         table.add_column(col, justify="right" if col != "" else "left")
     drawn = bars(r.curve)
@@ -36,32 +23,32 @@ def _detail(r: MonotonicityResult) -> list:
             step, p, flag = "", "", ""
         else:
             s = r.steps[j - 1]
-            step, p = fmt(s.delta), f"{s.p_holm:.3g}"
+            step, p = fmt(s.delta), format_p(s.p_holm)
             flag = "[red]rise[/red]" if s.significant else ("[yellow]rise (strict)[/yellow]" if s.significant_strict else "")
         table.add_row(str(k), fmt(r.curve[j], r.metric), f"[{fmt(r.ci_low[j], r.metric)}, {fmt(r.ci_high[j], r.metric)}]", step, p, f"[cyan]{drawn[j]}[/cyan] {flag}")
     colour = "green" if r.monotone else "red"
     lines = [
         f"[bold {colour}]{r.verdict}[/bold {colour}] at alpha {r.alpha:g}, tolerance {r.tolerance_rel:g} of the descent "
         f"({fmt(r.tolerance)}); strict: {'monotone' if r.monotone_strict else 'not monotone'}",
-        f"Kendall tau {r.kendall_tau:.3f} (p {r.kendall_p:.2g}), Sen slope {fmt(r.sen_slope)}/depth, "
+        f"Kendall tau {r.kendall_tau:.3f} ({format_p(r.kendall_p)}), Sen slope {fmt(r.sen_slope)}/depth, "
         f"isotonic distance {fmt(r.isotonic_rmse)} ({r.isotonic_rel:.1%} of descent)",
         f"{r.sample_monotone_share:.1%} of samples never rise beyond tolerance; samples reach their final error at depth "
         f"{r.mean_first_within:.2f} on average; shallowest depth within {r.within:.0%} of final: [bold]{r.deploy_depth}[/bold]",
     ]
     if r.overthinking_share is not None:
         lines.append(f"destructive overthinking {r.overthinking_share:.1%}, wasteful depth {r.wasteful_share:.1%}")
-    return [table, *lines, *r.notes]
+    return [table, *lines, *[esc(n) for n in r.notes]]
 
 
-def _summary(results: list[MonotonicityResult]) -> Table:
+def _summary(results: list) -> Table:
     table = Table(title="monotonicity", title_justify="left")
     for col in ("input", "metric", "n", "verdict", "strict", "worst step", "p (Holm)", "deploy depth"):
         table.add_column(col, justify="left" if col in ("input", "verdict") else "right")
     for r in results:
         worst = max(r.steps, key=lambda s: s.delta)
         colour = "green" if r.monotone else "red"
-        table.add_row(r.source, r.metric, f"{r.n:,}", f"[{colour}]{r.verdict}[/{colour}]", "yes" if r.monotone_strict else "no",
-                      f"{worst.frm}→{worst.to} {fmt(worst.delta)}", f"{worst.p_holm:.3g}", str(r.deploy_depth))
+        table.add_row(esc(r.source), r.metric, f"{r.n:,}", f"[{colour}]{r.verdict}[/{colour}]", "yes" if r.monotone_strict else "no",
+                      f"{worst.frm}→{worst.to} {fmt(worst.delta)}", format_p(worst.p_holm), str(r.deploy_depth))
     return table
 
 
@@ -78,6 +65,7 @@ def monotonicity_command(
     report: Annotated[bool, typer.Option("--report", help="Write a self-contained HTML report next to the (first) input.")] = False,
     report_path: Annotated[Optional[Path], typer.Option("--report-path", help="Write the HTML report here.")] = None,
     verify: Verify = True,
+    force: Force = False,
     exit_zero: ExitZero = False,
     json_: Json = False,
     quiet: Quiet = False,
@@ -86,17 +74,18 @@ def monotonicity_command(
 
     Exit 0 when every input is monotone, 1 when one is not (unless --exit-zero), 2 on bad input.
     """
+    from analyzers.atomic import check_writable
+    from lpa_cli.monotonicity import analyze, write_report
+
+    target = (report_path or inputs[0].with_suffix(".monotonicity.html")) if (report or report_path) else None
+    if target is not None:
+        check_writable(target, force)  # before the work, not after it
     results = [
         analyze(p, lens=lens, verify=verify, metric=metric, depths=depths, tolerance=tolerance, alpha=alpha,
                 within=within, bootstrap=bootstrap, seed=seed or 0)
         for p in inputs
     ]
-    written = None
-    if report or report_path:
-        from analyzers.report.monotonicity import monotonicity_page
-
-        target = report_path or inputs[0].with_suffix(".monotonicity.html")
-        written = monotonicity_page(results).save(target)
+    written = write_report(results, target, inputs, force) if target is not None else None
     if json_:
         data = [r.to_dict() for r in results]
         print_json({"results": data, "report": str(written) if written else None} if len(results) > 1 else data[0] | {"report": str(written) if written else None})
@@ -108,6 +97,6 @@ def monotonicity_command(
         else:
             out.print(_summary(results))
         if written:
-            out.print(f"report: [bold]{written}[/bold]")
+            out.print(f"report: [bold]{esc(written)}[/bold]")
     if not exit_zero and not all(r.monotone for r in results):
         raise typer.Exit(1)

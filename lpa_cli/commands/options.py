@@ -1,4 +1,9 @@
-"""Options shared by several commands, declared once with the same names everywhere."""
+"""Options shared by several commands, declared once with the same names everywhere.
+
+Command modules import only typer, rich and torch-free parts of lpa at import time; the library
+call each command makes is imported inside it, so `lpa --help`, `lpa --version` and the commands that
+read traces never load torch.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,14 @@ from typing import Annotated, Optional
 import typer
 
 Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the result.", dir_okay=False)]
-Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout instead of tables.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables (errors still go to stderr).")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed (everything that samples is seeded).", envvar="LPA_SEED")]
 Depths = Annotated[
     Optional[str],
-    typer.Option("--depths", help='Depths to use, as a numpy-slice string: ":", "1:8:2", "2,4,8".'),
+    typer.Option("--depths", help='Depths to use, as a numpy-slice string over depths 0..N: ":", "1:8:2", "2,4,8".'),
 ]
 Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda[:i].", envvar="LPA_DEVICE")]
 ExitZero = Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even when a check fails.")]
-Verify = Annotated[bool, typer.Option("--verify/--no-verify", help="Check the checkpoint's content hash on load.")]
+Verify = Annotated[bool, typer.Option("--verify/--no-verify", help="Check each checkpoint's content hash (sha256 of its tensors) on load.")]

@@ -8,25 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from analyzers.probes import evaluate, fit
-from analyzers.trace_io import open_trace
 from lpa_cli.commands.options import Depths, Force, Json, Output, Quiet
-from lpa_cli.render import consoles, fmt, print_json
-
-
-def probe(trace: Path, fit_on: Path, kind: str = "tuned", output: Path | None = None, depths: str | None = None,
-          ridge: float = 1e-3, force: bool = False) -> dict:
-    """Fit ``kind`` on ``fit_on``, evaluate it and the logit lens on ``trace``; save the probe."""
-    with open_trace(fit_on) as train, open_trace(trace) as test:
-        lens = fit(train, kind, depths=depths, ridge=ridge)
-        logit = evaluate(fit(train, "logit"), test)
-        metrics = logit if kind == "logit" else evaluate(lens, test)
-        depth_list = test.depths
-    saved = None
-    if kind != "logit":
-        saved = lens.save(output or trace.with_suffix(f".{kind}.safetensors"), force=force)
-    return {"kind": kind, "trace": str(trace), "fit_on": str(fit_on), "depths": depth_list, "logit": logit,
-            "probe": metrics, "output": str(saved) if saved else None}
+from lpa_cli.render import consoles, esc, fmt, print_json
 
 
 def probe_command(
@@ -44,6 +27,8 @@ def probe_command(
 
     The saved probe is used with `lpa monotonicity TRACE --lens tuned:FILE`.
     """
+    from lpa_cli.probe import probe
+
     result = probe(trace, fit_on, kind, output, depths, ridge, force)
     if json_:
         print_json(result)
@@ -51,7 +36,7 @@ def probe_command(
     out, _ = consoles(quiet)
     metric = next(m for m in ("mse", "ce", "acc") if m in result["logit"])
     extra = "acc" if "acc" in result["logit"] and metric != "acc" else None
-    table = Table(title=f"{kind} probe fitted on {fit_on}, evaluated on {trace}", title_justify="left")
+    table = Table(title=f"{kind} probe fitted on {esc(fit_on)}, evaluated on {esc(trace)}", title_justify="left")
     table.add_column("depth", justify="right")
     for label in (f"logit {metric}", f"{kind} {metric}") + ((f"logit {extra}", f"{kind} {extra}") if extra else ()):
         table.add_column(label, justify="right")
@@ -62,4 +47,4 @@ def probe_command(
         table.add_row(*row)
     out.print(table)
     if result["output"]:
-        out.print(f"saved [bold]{result['output']}[/bold] (use: lpa monotonicity {trace} --lens {kind}:{result['output']})")
+        out.print(f"saved [bold]{esc(result['output'])}[/bold] (use: lpa monotonicity {esc(trace)} --lens {kind}:{esc(result['output'])})")

@@ -11,7 +11,6 @@ from rich.markup import escape
 
 from lpa_cli.commands.options import Json, Quiet
 from lpa_cli.render import consoles, print_json
-from lpa_cli.reproduce import reproduce
 
 
 def reproduce_command(
@@ -26,6 +25,8 @@ def reproduce_command(
 
     A configuration already trained under the output folder is reused, so an interrupted run continues.
     """
+    from lpa_cli.reproduce import reproduce
+
     out, err = consoles(quiet or json_)
     text, outcomes = reproduce(experiment, seeds, quick, output, progress=lambda msg: err.print(f"[dim]{escape(msg)}[/dim]"))
     if json_:

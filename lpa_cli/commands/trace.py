@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from lpa_cli.commands.options import Depths, Device, Force, Json, Output, Quiet, Verify
-from lpa_cli.render import consoles, depth_table, print_json
+from lpa_cli.render import consoles, depth_table, esc, print_json
 
 
 class SpeedColumn(ProgressColumn):
@@ -42,7 +42,9 @@ def trace_command(
     text: Annotated[
         Optional[str], typer.Option("--text", help="Hugging Face models: UTF-8 text file to evaluate on (default: built-in corpus).")
     ] = None,
-    context: Annotated[int, typer.Option("--context", help="Hugging Face models: tokens per sequence.")] = 128,
+    context: Annotated[int, typer.Option("--context", help="Hugging Face models: tokens per sequence (at most the model's positions).")] = 128,
+    bos: Annotated[bool, typer.Option("--bos/--no-bos", help="Hugging Face models: start every window with the BOS token "
+                                      "(its first text token is then predicted from BOS alone).")] = False,
     device: Device = None,
     verify: Verify = True,
     force: Force = False,
@@ -69,12 +71,13 @@ def trace_command(
         if checkpoint.is_dir():
             from lpa_cli.hf import trace_hf
 
-            result = trace_hf(checkpoint, output, text=text, context=context, device=device or "cpu", progress=report, **options)
+            result = trace_hf(checkpoint, output, text=text, context=context, bos=bos, device=device or "cpu", progress=report, **options)
         else:
             result = trace_checkpoint(checkpoint, output, split=split, data=data, verify=verify, device=device or "cpu", progress=report, **options)
     if json_:
         print_json(result.to_dict())
         return
-    out.print(depth_table(result.metrics, title=f"{result.path}: {result.n} samples, depths {result.depths[0]}..{result.depths[-1]}"))
+    out.print(depth_table(result.metrics, title=f"{result.path}: {result.n} samples, depths {', '.join(map(str, result.depths))}",
+                          depths=result.depths))
     resumed = f", resumed at sample {result.resumed_from}" if result.resumed_from else ""
-    out.print(f"wrote [bold]{result.path}[/bold] ({result.bytes / 1e6:.1f} MB, {result.samples_per_s:,.0f} samples/s{resumed})")
+    out.print(f"wrote [bold]{esc(result.path)}[/bold] ({result.bytes / 1e6:.1f} MB, {result.samples_per_s:,.0f} samples/s{resumed})")

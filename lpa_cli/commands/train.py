@@ -9,13 +9,12 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lpa_cli.commands.options import Depths, Device, Force, Json, Output, Quiet, Seed
-from lpa_cli.config import RunConfig, resolve
-from lpa_cli.render import consoles, depth_table, print_json
-from lpa_cli.tasks import TASK_HELP
-from lpa_cli.train import Callbacks, TrainResult, is_main_process, train
+from lpa_cli.config import ALIGNMENTS, HEAD_LOSSES, PARALLEL, PRECISIONS, TRACKERS, TRAIN_ONLY, RunConfig, resolve
+from lpa_cli.registry import ARCHITECTURES, OBJECTIVES, TASK_HELP, WEIGHTINGS
+from lpa_cli.render import consoles, depth_table, esc, print_json
 
 
-class ProgressCallbacks(Callbacks):
+class ProgressCallbacks:
     """A rich progress bar (step, loss, ETA) on stderr, plus per-depth tables at each evaluation."""
 
     def __init__(self, progress: Progress, console) -> None:
@@ -35,13 +34,20 @@ class ProgressCallbacks(Callbacks):
     def on_eval(self, step: int, metrics: dict[str, list[float]]) -> None:
         self.console.print(depth_table(metrics, title=f"step {step}: per-depth test metrics"))
 
+    def on_end(self) -> None:
+        pass
+
 
 def default_output(cfg: RunConfig) -> Path:
-    task = cfg.task.name.replace(":", "-").replace("/", "_").replace("\\", "_")
-    return Path("runs") / f"{cfg.model.arch}-{task}-{cfg.objective.name}-s{cfg.train.seed}.safetensors"
+    source = cfg.task.name
+    if cfg.model.init:
+        source = f"{Path(cfg.model.init).stem}-{source}"
+    task = source.replace(":", "-").replace("/", "_").replace("\\", "_")
+    arch = cfg.model.factory.replace(":", "-").replace(".", "_") if cfg.model.factory else cfg.model.arch
+    return Path("runs") / f"{arch}-{task}-{cfg.objective.name}-s{cfg.train.seed}.safetensors"
 
 
-def result_json(result: TrainResult) -> dict:
+def result_json(result) -> dict:
     return {
         "output": str(result.path) if result.path else None,
         "sha256": result.sha256,
@@ -52,30 +58,44 @@ def result_json(result: TrainResult) -> dict:
     }
 
 
+def _choices(values) -> str:
+    return ", ".join(values)
+
+
 def train_command(
-    arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture: mlp, resnet, vit or gpt.")] = None,
+    arch: Annotated[Optional[str], typer.Option("--arch", help=f"Architecture: {ARCHITECTURES.help()}.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Your own model: package.module:function returning a "
+                                                 "ResidualModel; --set model.options.KEY=VALUE are its keyword arguments.")] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", help="Start from these weights: a Hugging Face model directory "
+                                                 "(local safetensors) or an lpa checkpoint.")] = None,
     task: Annotated[Optional[str], typer.Option("--task", help=f"Task spec: {TASK_HELP}.")] = None,
     data: Annotated[
-        Optional[Path], typer.Option("--data", help="Your own data: .npz (x, y), .csv (last column = target) or .h5.")
+        Optional[Path], typer.Option("--data", help="Your own data: .npz/.npy/.csv/.h5 arrays, a .txt file or folder, a token file "
+                                     "(.bin), a .csv/.jsonl of texts and labels, or a folder of class sub-folders of images.")
     ] = None,
     x_key: Annotated[Optional[str], typer.Option("--x-key", help="Input array/dataset name in .npz/.h5 (x).")] = None,
     y_key: Annotated[Optional[str], typer.Option("--y-key", help="Target array/dataset name in .npz/.h5 (y).")] = None,
     target_column: Annotated[
         Optional[str], typer.Option("--target-column", help="CSV target column, by name or index (last).")
     ] = None,
-    objective: Annotated[Optional[str], typer.Option("--objective", help="e2e, lpa or lpa-local.")] = None,
+    objective: Annotated[Optional[str], typer.Option("--objective", help=f"{OBJECTIVES.help()}.")] = None,
     depth: Annotated[Optional[int], typer.Option("--depth", help="Number of residual blocks N.")] = None,
     width: Annotated[Optional[int], typer.Option("--width", help="Width of the residual stream.")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Optimisation steps.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Batch size (0: full batch).")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")] = None,
-    weights: Annotated[Optional[str], typer.Option("--weights", help="LPA depth weights: uniform, linear, sqrt, inv.")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", help=f"LPA depth weights: {WEIGHTINGS.help()}.")] = None,
     lpa_lambda: Annotated[
         Optional[float], typer.Option("--lpa-lambda", help="LPA as loss_N + lambda * (sum of other depths).")
     ] = None,
     loss_power: Annotated[
         Optional[float], typer.Option("--loss-power", help="Each depth's term is L_k^p (log at 0); 0.5 balances shallow and deep depths.")
     ] = None,
+    align: Annotated[Optional[str], typer.Option("--align", help=f"What depths < N fit: {_choices(ALIGNMENTS)} (kl: the final depth's "
+                                                 "detached prediction).")] = None,
+    align_mix: Annotated[Optional[float], typer.Option("--align-mix", help="With --align kl: weight of the alignment term (1 - it on the labels).")] = None,
+    head_loss: Annotated[Optional[str], typer.Option("--head-loss", help=f"{_choices(HEAD_LOSSES)}: chunked never holds every depth's "
+                                                     "output (auto: when it would be large).")] = None,
     depths: Depths = None,
     sample_depths: Annotated[
         Optional[int], typer.Option("--sample-depths", help="Use this many of the selected depths per step (0: all).")
@@ -84,8 +104,20 @@ def train_command(
         Optional[float], typer.Option("--sample-fraction", help="Shallower depths' losses on this fraction of each batch (depth N: all).")
     ] = None,
     eval_every: Annotated[
-        Optional[int], typer.Option("--eval-every", help="Evaluate every N steps (table + JSON Lines log).")
+        Optional[int], typer.Option("--eval-every", help="Evaluate every N steps (table + log).")
     ] = None,
+    eval_samples: Annotated[Optional[int], typer.Option("--eval-samples", help="Evaluate on this many test samples, spread evenly (0: all).")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help=f"{_choices(PRECISIONS)} (autocast; fp16 with a gradient scaler).")] = None,
+    compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model and loss.")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="Split each batch into this many micro-batches.")] = None,
+    clip_grad: Annotated[Optional[float], typer.Option("--clip-grad", help="Clip the gradient norm to this (0: off).")] = None,
+    activation_checkpointing: Annotated[Optional[bool], typer.Option("--activation-checkpointing/--no-activation-checkpointing",
+                                                                     help="Recompute each block's activations in the backward pass.")] = None,
+    parallel: Annotated[Optional[str], typer.Option("--parallel", help=f"Under torchrun: {_choices(PARALLEL)}.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading worker processes.")] = None,
+    train_only: Annotated[Optional[str], typer.Option("--train-only", help=f"Which parameters train: {_choices(TRAIN_ONLY)}.")] = None,
+    lora_rank: Annotated[Optional[int], typer.Option("--lora-rank", help="Train LoRA adapters of this rank on the blocks (peft); merged when saved.")] = None,
+    log: Annotated[Optional[list[str]], typer.Option("--log", help=f"Trackers (repeatable): {_choices(TRACKERS)}.")] = None,
     seed: Seed = None,
     threads: Annotated[
         Optional[int], typer.Option("--threads", help="CPU threads (fix it for byte-identical runs).", envvar="LPA_THREADS")
@@ -106,17 +138,25 @@ def train_command(
 
     Settings come from built-in defaults, then --config, then flags, then --set.
     """
+    from lpa_cli.tasks import data_spec
+    from lpa_cli.train import is_main_process, train
+
     flags = {
-        "model": {"arch": arch, "depth": depth, "width": width},
+        "model": {"arch": "custom" if model else arch, "depth": depth, "width": width, "factory": model,
+                  "init": str(init) if init is not None else None},
         "task": {
-            "name": f"file:{data}" if data is not None else task,
+            "name": data_spec(str(data)) if data is not None else task,
             "options.x_key": x_key,
             "options.y_key": y_key,
             "options.target_column": target_column,
         },
         "objective": {"name": objective, "weights": weights, "lpa_lambda": lpa_lambda, "depths": depths, "sample_depths": sample_depths,
-                      "sample_fraction": sample_fraction, "loss_power": loss_power},
-        "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "eval_every": eval_every, "seed": seed, "threads": threads, "device": device},
+                      "sample_fraction": sample_fraction, "loss_power": loss_power, "align": align, "align_mix": align_mix,
+                      "head_loss": head_loss},
+        "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "eval_every": eval_every, "seed": seed, "threads": threads,
+                  "device": device, "precision": precision, "compile": compile_, "grad_accum": grad_accum, "grad_clip": clip_grad,
+                  "activation_checkpointing": activation_checkpointing, "parallel": parallel, "workers": workers,
+                  "eval_samples": eval_samples, "train_only": train_only, "lora_rank": lora_rank, "log": log or None},
     }
     cfg = resolve(config, flags, set_ or [])
     output = output or default_output(cfg)
@@ -133,13 +173,11 @@ def train_command(
         transient=False,
     )
     with progress:
-        result = train(
-            cfg, output, force=force, resume=resume, snapshot_every=snapshot_every, callbacks=ProgressCallbacks(progress, err)
-        )
+        result = train(cfg, output, force=force, resume=resume, snapshot_every=snapshot_every, callbacks=ProgressCallbacks(progress, err))
     if not main_process:
         return
     if json_:
         print_json(result_json(result))
         return
-    out.print(depth_table(result.metrics, title=f"{cfg.objective.name} {cfg.model.arch} on {cfg.task.name}: per-depth test metrics"))
-    out.print(f"saved [bold]{result.path}[/bold]  sha256 {result.sha256[:16]}…  ({result.training['seconds']:.1f} s)")
+    out.print(depth_table(result.metrics, title=f"{result.config.objective.name} {result.config.model.arch} on {result.config.task.name}: per-depth test metrics"))
+    out.print(f"saved [bold]{esc(result.path)}[/bold]  sha256 {result.sha256[:16]}…  ({result.training['seconds']:.1f} s)")

@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from analyzers.errors import UsageError
+
+
+def check_transformer_options(heads: int, mlp_ratio: float, dropout: float) -> None:
+    if isinstance(heads, bool) or not isinstance(heads, int) or not 1 <= heads <= 4096:
+        raise UsageError(f"model.options.heads must be an integer >= 1, got {heads!r}")
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not (math.isfinite(mlp_ratio) and 0 < mlp_ratio <= 64):
+        raise UsageError(f"model.options.mlp_ratio must be a number in (0, 64], got {mlp_ratio!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise UsageError(f"model.options.dropout must be in [0, 1), got {dropout!r}")
 
 
 class SelfAttention(nn.Module):

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lpa_cli.models.attention import TransformerBlock
-from lpa_cli.models.protocol import ResidualModel, linear_op, norm_op, zero_last_layer
+from lpa_cli.models.attention import TransformerBlock, check_transformer_options
+from lpa_cli.models.protocol import ResidualModel, linear_op, norm_op
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class GPTOptions:
     mlp_ratio: float = 4.0
     tie_embeddings: bool = True
     dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_transformer_options(self.heads, self.mlp_ratio, self.dropout)
 
 
 class TokenEmbed(nn.Module):
@@ -52,16 +55,15 @@ class LMHead(nn.Module):
         return {"feature_axis": -1, "ops": norm + proj}, p1 | p2
 
 
-def build_gpt(depth: int, width: int, in_shape: tuple[int, ...], out_dim: int, zero_init: bool, opts: GPTOptions) -> ResidualModel:
+def build_gpt(depth: int, width: int, in_shape: tuple[int, ...], out_dim: int, opts: GPTOptions, kind: str = "") -> ResidualModel:
     if len(in_shape) != 1:
         raise ValueError(f"gpt needs token sequences (T,), got shape {in_shape}")
+    if kind not in ("", "lm"):
+        raise ValueError(f"gpt is a language model; for {kind} on text use --arch decoder or encoder")
     embed = TokenEmbed(out_dim, in_shape[0], width)
     blocks = [TransformerBlock(width, opts.heads, opts.mlp_ratio, True, opts.dropout) for _ in range(depth)]
-    if zero_init:
-        for b in blocks:
-            for layer in b.branch_outputs():
-                zero_last_layer(layer)
     head = LMHead(width, out_dim)
     if opts.tie_embeddings:
         head.proj.weight = embed.tok.weight  # one matrix reads tokens in and out
-    return ResidualModel(embed, blocks, head, head_applies="layernorm, linear to vocabulary" + (" (tied)" if opts.tie_embeddings else ""))
+    return ResidualModel(embed, blocks, head, head_applies="layernorm, linear to vocabulary" + (" (tied)" if opts.tie_embeddings else ""),
+                         tokenwise_head=True)

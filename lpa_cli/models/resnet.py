@@ -12,13 +12,20 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from lpa_cli.models.protocol import ResidualModel, linear_op, norm_op, zero_last_layer
+from analyzers.errors import UsageError
+from lpa_cli.models.protocol import ResidualModel, linear_op, norm_op
 
 
 @dataclass(frozen=True)
 class ResNetOptions:
     groups: int = 8  # GroupNorm groups (capped at the width)
     stem_stride: int = 1  # >1 shrinks large images once, in the embedding
+
+    def __post_init__(self) -> None:
+        for name in ("groups", "stem_stride"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+                raise UsageError(f"model.options.{name} must be an integer >= 1, got {value!r}")
 
 
 def _norm(width: int, groups: int) -> nn.GroupNorm:
@@ -40,6 +47,9 @@ class BasicBlock(nn.Module):
     def forward(self, h: Tensor) -> Tensor:  # (B, width, H, W)
         return h + self.conv2(self.act(self.norm2(self.conv1(self.act(self.norm1(h))))))
 
+    def branch_outputs(self) -> list[nn.Module]:
+        return [self.conv2]
+
 
 class PoolHead(nn.Module):
     def __init__(self, width: int, groups: int, out_dim: int) -> None:
@@ -57,14 +67,11 @@ class PoolHead(nn.Module):
         return {"feature_axis": 1, "ops": norm + [{"op": "relu"}, {"op": "mean", "axes": [2, 3]}] + fc}, p1 | p2
 
 
-def build_resnet(depth: int, width: int, in_shape: tuple[int, ...], out_dim: int, zero_init: bool, opts: ResNetOptions) -> ResidualModel:
+def build_resnet(depth: int, width: int, in_shape: tuple[int, ...], out_dim: int, opts: ResNetOptions, kind: str = "") -> ResidualModel:
     if len(in_shape) == 2:
         in_shape = (1, *in_shape)
     if len(in_shape) != 3:
         raise ValueError(f"resnet needs image inputs (C, H, W), got shape {in_shape}")
     embed = nn.Conv2d(in_shape[0], width, 3, stride=opts.stem_stride, padding=1)
     blocks = [BasicBlock(width, opts.groups) for _ in range(depth)]
-    if zero_init:
-        for b in blocks:
-            zero_last_layer(b.conv2)
     return ResidualModel(embed, blocks, PoolHead(width, opts.groups, out_dim), head_applies="groupnorm, relu, global-avg-pool, linear")

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lpa_cli.models.attention import TransformerBlock
-from lpa_cli.models.protocol import ResidualModel, linear_op, norm_op, zero_last_layer
+from analyzers.errors import UsageError
+from lpa_cli.models.attention import TransformerBlock, check_transformer_options
+from lpa_cli.models.protocol import ResidualModel, linear_op, norm_op
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,13 @@ class ViTOptions:
     mlp_ratio: float = 2.0
     pool: str = "mean"  # mean | cls
     dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_transformer_options(self.heads, self.mlp_ratio, self.dropout)
+        if isinstance(self.patch, bool) or not isinstance(self.patch, int) or self.patch < 1:
+            raise UsageError(f"model.options.patch must be an integer >= 1, got {self.patch!r}")
+        if self.pool not in ("mean", "cls"):
+            raise UsageError(f"model.options.pool must be mean or cls, got {self.pool!r}")
 
 
 class PatchEmbed(nn.Module):
@@ -61,18 +69,12 @@ class ViTHead(nn.Module):
         return {"feature_axis": -1, "ops": norm + [pool] + fc}, p1 | p2
 
 
-def build_vit(depth: int, width: int, in_shape: tuple[int, ...], out_dim: int, zero_init: bool, opts: ViTOptions) -> ResidualModel:
+def build_vit(depth: int, width: int, in_shape: tuple[int, ...], out_dim: int, opts: ViTOptions, kind: str = "") -> ResidualModel:
     if len(in_shape) == 2:
         in_shape = (1, *in_shape)
     if len(in_shape) != 3:
         raise ValueError(f"vit needs image inputs (C, H, W), got shape {in_shape}")
-    if opts.pool not in ("mean", "cls"):
-        raise ValueError(f"pool must be mean or cls, got {opts.pool!r}")
     embed = PatchEmbed(in_shape, width, opts.patch, opts.pool == "cls")
     blocks = [TransformerBlock(width, opts.heads, opts.mlp_ratio, False, opts.dropout) for _ in range(depth)]
-    if zero_init:
-        for b in blocks:
-            for layer in b.branch_outputs():
-                zero_last_layer(layer)
     head = ViTHead(width, out_dim, opts.pool)
     return ResidualModel(embed, blocks, head, head_applies=f"layernorm, {opts.pool}-pool, linear")

@@ -1,11 +1,14 @@
-"""What every task yields: tensors for a train and a test split, plus what kind of prediction it wants."""
+"""What every task yields: a train and a test `Split`, plus what kind of prediction it wants."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor
+from analyzers.errors import DataError
+from lpa_cli.tasks.splits import Split
+
+KINDS = ("regression", "classification", "lm")
 
 
 @dataclass
@@ -14,30 +17,27 @@ class Task:
 
     ``kind`` is ``regression`` (float targets ``(n, out_dim)``), ``classification`` (int64 labels
     ``(n,)``) or ``lm`` (int64 tokens: inputs ``(n, T)``, targets the next tokens ``(n, T)``).
-    ``input_kind`` (``vector``, ``image``, ``tokens``) tells the model registry which architectures fit.
+    ``input_kind`` (``vector``, ``image``, ``tokens``) tells the model registry which architectures fit;
+    ``in_shape`` is one input's shape (no batch axis).
     """
 
     name: str
     kind: str
     input_kind: str
-    x_train: Tensor
-    y_train: Tensor
-    x_test: Tensor
-    y_test: Tensor
+    train: Split
+    test: Split
     out_dim: int
+    in_shape: tuple[int, ...]
     description: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Any = None  # token tasks: the `lpa_cli.tokenizer.Tokenizer` (stored in checkpoints, for generation)
 
-    @property
-    def in_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
-
-    def split(self, name: str) -> tuple[Tensor, Tensor]:
+    def split(self, name: str) -> Split:
         if name == "train":
-            return self.x_train, self.y_train
+            return self.train
         if name == "test":
-            return self.x_test, self.y_test
-        raise ValueError(f"unknown split {name!r}")
+            return self.test
+        raise DataError(f"unknown split {name!r}; expected train or test")
 
     def info(self) -> dict[str, Any]:
         """What a checkpoint records about its task (enough to rebuild the model without the data)."""
@@ -47,8 +47,41 @@ class Task:
             "input_kind": self.input_kind,
             "in_shape": list(self.in_shape),
             "out_dim": self.out_dim,
-            "n_train": int(self.x_train.shape[0]),
-            "n_test": int(self.x_test.shape[0]),
+            "n_train": len(self.train),
+            "n_test": len(self.test),
             "description": self.description,
             "meta": self.meta,
         }
+
+
+def check_options(task: str, options: dict[str, Any], known: tuple[str, ...]) -> None:
+    """Unknown ``task.options`` keys are errors, never ignored (a typo would silently change nothing)."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        choices = ", ".join(known) if known else "none"
+        raise DataError(f"unknown task.options for {task}: {', '.join(unknown)} (it takes: {choices})")
+
+
+def int_option(options: dict[str, Any], key: str, default: int, low: int = 1, high: int = 1 << 31) -> int:
+    """An integer option (from TOML or --set), checked; a one-line DataError otherwise."""
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise DataError(f"task.options.{key} must be an integer, got {value!r}")
+    try:
+        value = int(value)
+    except ValueError:
+        raise DataError(f"task.options.{key} must be an integer, got {value!r}") from None
+    if not low <= value <= high:
+        raise DataError(f"task.options.{key} must be between {low} and {high}, got {value}")
+    return value
+
+
+def float_option(options: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = options.get(key, default)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"task.options.{key} must be a number, got {value!r}") from None
+    if not low <= value <= high:  # NaN fails this too
+        raise DataError(f"task.options.{key} must be between {low:g} and {high:g}, got {value!r}")
+    return value

@@ -8,7 +8,8 @@ from torch import Tensor
 
 from analyzers.errors import DataError
 from lpa_cli.config import TaskConfig
-from lpa_cli.tasks.base import Task
+from lpa_cli.tasks.base import Task, check_options, float_option, int_option
+from lpa_cli.tasks.splits import TensorSplit
 
 
 def seeded_split(n: int, n_test: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -20,6 +21,7 @@ def load_digits_task(cfg: TaskConfig) -> Task:
     """The 1,797 8x8 handwritten digits bundled with scikit-learn; a seeded 80/20 split."""
     from sklearn.datasets import load_digits
 
+    check_options("digits", cfg.options, ())
     data = load_digits()
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8) in [0, 1]
     y = torch.tensor(data.target, dtype=torch.int64)
@@ -31,7 +33,7 @@ def load_digits_task(cfg: TaskConfig) -> Task:
         train_idx = train_idx[: cfg.n_train]
     return Task(
         name="digits", kind="classification", input_kind="image",
-        x_train=x[train_idx], y_train=y[train_idx], x_test=x[test_idx], y_test=y[test_idx], out_dim=10,
+        train=TensorSplit(x[train_idx], y[train_idx]), test=TensorSplit(x[test_idx], y[test_idx]), out_dim=10, in_shape=(1, 8, 8),
         description="scikit-learn digits: 1797 8x8 grey images, 10 classes",
         meta={"image_shape": [1, 8, 8], "classes": [str(i) for i in range(10)]},
     )
@@ -64,21 +66,20 @@ def _draw(kind: int, size: int, gen: torch.Generator) -> Tensor:
 
 def load_shapes_task(cfg: TaskConfig) -> Task:
     """Generated 16x16 grey images of six shapes at random positions and scales, with pixel noise."""
-    size = int(cfg.options.get("size", 16))
-    if size < 8:
-        raise DataError(f"shapes: size must be at least 8, got {size}")
+    check_options("shapes", cfg.options, ("size", "noise"))
+    size = int_option(cfg.options, "size", 16, 8, 512)
     n_train = cfg.n_train or 3000
     n_test = cfg.n_test or 600
     gen = torch.Generator().manual_seed(cfg.data_seed)
     n = n_train + n_test
     labels = torch.randint(0, len(SHAPE_CLASSES), (n,), generator=gen)
     images = torch.stack([_draw(int(k), size, gen) for k in labels]).unsqueeze(1)  # (n, 1, size, size)
-    noise = 0.3 if "noise" not in cfg.options else float(cfg.options["noise"])
+    noise = float_option(cfg.options, "noise", 0.3, 0.0, 100.0)
     images = (images + noise * torch.randn(images.shape, generator=gen)).clamp(-1, 2)
     return Task(
         name="shapes", kind="classification", input_kind="image",
-        x_train=images[:n_train], y_train=labels[:n_train], x_test=images[n_train:], y_test=labels[n_train:],
-        out_dim=len(SHAPE_CLASSES),
+        train=TensorSplit(images[:n_train], labels[:n_train]), test=TensorSplit(images[n_train:], labels[n_train:]),
+        out_dim=len(SHAPE_CLASSES), in_shape=(1, size, size),
         description=f"generated shapes: {size}x{size} grey images, {len(SHAPE_CLASSES)} classes, noise {noise}",
         meta={"image_shape": [1, size, size], "classes": list(SHAPE_CLASSES)},
     )

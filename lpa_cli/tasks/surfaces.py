@@ -14,7 +14,8 @@ from torch import Tensor
 
 from analyzers.errors import DataError
 from lpa_cli.config import TaskConfig
-from lpa_cli.tasks.base import Task
+from lpa_cli.tasks.base import Task, check_options
+from lpa_cli.tasks.splits import TensorSplit
 
 
 def _stripe(x: Tensor, y: Tensor) -> Tensor:
@@ -55,6 +56,7 @@ DEFAULT_GRID = 64
 def load_surface(name: str, cfg: TaskConfig) -> Task:
     if name not in SURFACES:
         raise DataError(f"unknown surface {name!r}; expected one of {', '.join(SURFACES)}")
+    check_options(f"surface:{name}", cfg.options, ())
     fn, formula = SURFACES[name]
     n_train = cfg.n_train or DEFAULT_TRAIN
     side = round(math.sqrt(cfg.n_test)) if cfg.n_test else DEFAULT_GRID
@@ -73,11 +75,10 @@ def load_surface(name: str, cfg: TaskConfig) -> Task:
         name=f"surface:{name}",
         kind="regression",
         input_kind="vector",
-        x_train=x_train,
-        y_train=y_train,
-        x_test=x_test,
-        y_test=y_test,
+        train=TensorSplit(x_train, y_train),
+        test=TensorSplit(x_test, y_test),
         out_dim=1,
+        in_shape=(2,),
         description=f"f(x, y) = {formula} on [-1, 1]^2",
         meta={"grid": [side, side], "domain": [-1.0, 1.0], "formula": formula},
     )

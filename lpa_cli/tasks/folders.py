@@ -1,0 +1,127 @@
+"""Image folders: ``root/<class>/*.png|jpg|...``, read with Pillow a batch at a time.
+
+Classes are the sub-folder names in sorted order. With ``root/train/<class>`` and ``root/test/<class>``
+those are the splits; otherwise a seeded split holds out ``test_fraction`` (0.2) of the images.
+Images are converted to RGB (``grayscale = true``: one channel), resized to ``size`` x ``size``
+(default: the first image's size, which every image must then share) and scaled to [0, 1]. Every
+file's header is checked when the task is loaded, so an unreadable image stops the run before
+training starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from analyzers.errors import DataError
+from lpa_cli.batch import Batch
+from lpa_cli.config import TaskConfig
+from lpa_cli.tasks.base import Task, check_options, float_option, int_option
+from lpa_cli.tasks.images import seeded_split
+from lpa_cli.tasks.splits import Split
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+OPTIONS = ("size", "grayscale", "test_fraction")
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError("image folders need Pillow: pip install 'lpa[images]' (or pip install pillow)") from None
+    return Image
+
+
+def _scan(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files, labels = [], []
+    for i, name in enumerate(classes):
+        found = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+        files += found
+        labels += [i] * len(found)
+    return files, labels, classes
+
+
+class ImageFolderSplit(Split):
+    def __init__(self, files: list[Path], labels: list[int], size: tuple[int, int], grayscale: bool) -> None:
+        self.files, self.labels, self.size, self.grayscale = files, torch.tensor(labels, dtype=torch.int64), size, grayscale
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _image(self, path: Path) -> np.ndarray:
+        Image = _pil()
+        try:
+            with Image.open(path) as im:
+                im = im.convert("L" if self.grayscale else "RGB")
+                if im.size != self.size:
+                    im = im.resize(self.size, Image.BILINEAR)
+                a = np.asarray(im, dtype=np.float32) / 255.0
+        except (OSError, ValueError, SyntaxError) as err:
+            raise DataError(f"{path}: unreadable image ({err})") from None
+        return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (C, H, W)
+
+    def batch(self, index: Tensor) -> Batch:
+        x = torch.from_numpy(np.stack([self._image(self.files[i]) for i in index.tolist()]))
+        return Batch(x, self.labels[index])
+
+
+def _verify(files: list[Path]) -> tuple[int, int]:
+    """Every file opens as an image (header only); returns the first image's size."""
+    Image = _pil()
+    first = None
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.verify()
+                first = first or im.size
+        except Exception as err:  # noqa: BLE001 - Pillow reports bad files with many exception types
+            raise DataError(f"{f}: unreadable image ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    return first
+
+
+def load_image_folder(source: str, cfg: TaskConfig) -> Task:
+    check_options("folder", cfg.options, OPTIONS)
+    root = Path(source)
+    if not root.is_dir():
+        raise DataError(f"{root}: image folder not found")
+    grayscale = bool(cfg.options.get("grayscale", False))
+    split_dirs = (root / "train").is_dir() and (root / "test").is_dir()
+    if split_dirs:
+        train_files, train_labels, classes = _scan(root / "train")
+        test_files, test_labels, test_classes = _scan(root / "test")
+        unknown = sorted(set(test_classes) - set(classes))
+        if unknown:
+            raise DataError(f"{root}/test: classes {', '.join(unknown)} have no training images")
+        test_labels = [classes.index(test_classes[i]) for i in test_labels]
+    else:
+        files, labels, classes = _scan(root)
+        train_files, train_labels, test_files, test_labels = files, labels, [], []
+    if len(classes) < 2:
+        raise DataError(f"{root}: needs at least two class folders with images (found {len(classes)}: {', '.join(classes) or 'none'})")
+    if not train_files:
+        raise DataError(f"{root}: no images ({', '.join(sorted(EXTENSIONS))})")
+    first = _verify(train_files + test_files)
+    side = int_option(cfg.options, "size", 0, 0, 4096)
+    size = (side, side) if side else first
+    if not split_dirs:
+        n = len(train_files)
+        n_test = cfg.n_test or max(1, round(n * float_option(cfg.options, "test_fraction", 0.2, 0.0, 1.0)))
+        if not 0 < n_test < n:
+            raise DataError(f"{root}: {n} images cannot be split into train and test")
+        tr, te = seeded_split(n, n_test, cfg.data_seed)
+        test_files, test_labels = [train_files[i] for i in te], [train_labels[i] for i in te]
+        train_files, train_labels = [train_files[i] for i in tr], [train_labels[i] for i in tr]
+    if cfg.n_train:
+        train_files, train_labels = train_files[: cfg.n_train], train_labels[: cfg.n_train]
+    channels = 1 if grayscale else 3
+    return Task(
+        name=f"folder:{root}", kind="classification", input_kind="image",
+        train=ImageFolderSplit(train_files, train_labels, size, grayscale), test=ImageFolderSplit(test_files, test_labels, size, grayscale),
+        out_dim=len(classes), in_shape=(channels, size[1], size[0]),
+        description=f"image folder {root.name}: {len(train_files) + len(test_files)} images, {len(classes)} classes",
+        meta={"classes": classes, "image_shape": [channels, size[1], size[0]], "source": str(root)},
+    )
