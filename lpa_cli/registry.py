@@ -22,6 +22,7 @@ class Entry:
     target: str = ""  # "package.module:attribute" of the implementation ("" for plain choices)
     options: str = ""  # "package.module:Dataclass" of its extra options (architectures)
     input_kinds: tuple[str, ...] = ()  # architectures: the inputs they take
+    kinds: tuple[str, ...] = ()  # architectures: the task kinds they do (the first is what tests train them on)
 
     def load(self) -> Any:
         return _load(self.target)
@@ -69,11 +70,18 @@ class Registry:
 
 
 ARCHITECTURES = Registry("architecture", {
-    "mlp": Entry("residual MLP", "lpa_cli.models.mlp:build_mlp", "lpa_cli.models.mlp:MLPOptions", ("vector", "image")),
+    "mlp": Entry("residual MLP", "lpa_cli.models.mlp:build_mlp", "lpa_cli.models.mlp:MLPOptions", ("vector", "image"),
+                 ("regression", "classification")),
     "resnet": Entry("constant-width pre-activation ResNet", "lpa_cli.models.resnet:build_resnet",
-                    "lpa_cli.models.resnet:ResNetOptions", ("image",)),
-    "vit": Entry("Vision Transformer", "lpa_cli.models.vit:build_vit", "lpa_cli.models.vit:ViTOptions", ("image",)),
-    "gpt": Entry("byte-level decoder LM", "lpa_cli.models.gpt:build_gpt", "lpa_cli.models.gpt:GPTOptions", ("tokens",)),
+                    "lpa_cli.models.resnet:ResNetOptions", ("image",), ("classification", "regression")),
+    "vit": Entry("Vision Transformer", "lpa_cli.models.vit:build_vit", "lpa_cli.models.vit:ViTOptions", ("image",),
+                 ("classification", "regression")),
+    "gpt": Entry("byte-level decoder LM", "lpa_cli.models.gpt:build_gpt", "lpa_cli.models.gpt:GPTOptions", ("tokens",), ("lm",)),
+    "decoder": Entry("decoder-only transformer, Llama layout (Qwen2/3, Mistral, GPT-2 through options)",
+                     "lpa_cli.models.decoder:build_decoder", "lpa_cli.models.decoder:DecoderOptions", ("tokens",),
+                     ("lm", "classification")),
+    "encoder": Entry("BERT-style encoder for text classification", "lpa_cli.models.encoder:build_encoder",
+                     "lpa_cli.models.encoder:EncoderOptions", ("tokens",), ("classification",)),
 })
 
 OBJECTIVES = Registry("objective", {

@@ -71,7 +71,10 @@ def _hf_from_str(text: str):
     except ImportError:
         raise UsageError(HF_HINT) from None
     try:
-        return HFTokenizer.from_str(text)
+        tok = HFTokenizer.from_str(text)
+        tok.no_padding()  # lpa pads (with a mask) and refuses or cuts long texts itself
+        tok.no_truncation()
+        return tok
     except Exception as err:  # noqa: BLE001 - the Rust side reports malformed files with one exception type
         raise DataError(f"not a usable tokenizer.json ({str(err).splitlines()[0][:200]})") from None
 

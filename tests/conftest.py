@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from lpa_cli.batch import Batch
 from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
 from lpa_cli.models import build_model
 from lpa_cli.registry import ARCHITECTURES
@@ -17,6 +18,7 @@ INPUT_KINDS = {
     "image": ((1, 8, 8), 4, lambda n, g: torch.randn(n, 1, 8, 8, generator=g)),
     "tokens": ((12,), 32, lambda n, g: torch.randint(0, 32, (n, 12), generator=g)),
 }
+VOCAB = 32
 
 
 def small_options(arch: str) -> dict:
@@ -24,19 +26,38 @@ def small_options(arch: str) -> dict:
     return {
         "vit": {"patch": 4, "heads": 2},
         "gpt": {"heads": 2},
-        "resnet": {},
-        "mlp": {},
+        "decoder": {"heads": 4, "kv_heads": 2, "vocab": VOCAB},
+        "encoder": {"heads": 2, "vocab": VOCAB},
     }.get(arch, {})
 
 
+def task_kind(arch: str) -> str:
+    """The kind of task each architecture is tested on: its first."""
+    return ARCHITECTURES[arch].kinds[0]
+
+
 def tiny_model(arch: str, depth: int = 3, width: int = 16, zero_init: bool = False, seed: int = 0):
-    """A small model of ``arch`` with its first input kind, and a matching example batch."""
-    kind = ARCHITECTURES[arch].input_kinds[0]
-    in_shape, out_dim, make = INPUT_KINDS[kind]
+    """(model, batch, kind): a small model of ``arch`` for its first input and task kinds, and a batch
+    of 5 with targets (token classification batches are right-padded, with a mask)."""
+    input_kind, kind = ARCHITECTURES[arch].input_kinds[0], task_kind(arch)
+    in_shape, out_dim, make = INPUT_KINDS[input_kind]
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(arch=arch, depth=depth, width=width, zero_init=zero_init, options=small_options(arch)), in_shape, out_dim, kind)
-    x = make(5, torch.Generator().manual_seed(seed + 1))
-    return model, x, out_dim
+    model = build_model(ModelConfig(arch=arch, depth=depth, width=width, zero_init=zero_init, options=small_options(arch)),
+                        in_shape, out_dim, input_kind, kind)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = make(5, g)
+    mask = None
+    if kind == "regression":
+        y = torch.randn(5, out_dim, generator=g)
+    elif kind == "lm":
+        y = torch.randint(0, out_dim, x.shape, generator=g)
+    else:
+        y = torch.randint(0, out_dim, (5,), generator=g)
+        if input_kind == "tokens":
+            lengths = torch.tensor([12, 7, 3, 12, 9])
+            mask = (torch.arange(12)[None, :] < lengths[:, None]).long()
+            x = x * mask
+    return model, Batch(x, y, mask), kind
 
 
 def tiny_run(objective: str = "lpa", steps: int = 30, **train) -> RunConfig:

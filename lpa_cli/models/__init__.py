@@ -41,6 +41,8 @@ def build_model(cfg: ModelConfig, in_shape: tuple[int, ...], out_dim: int, input
     arch = ARCHITECTURES.get(cfg.arch)
     if input_kind not in arch.input_kinds:
         raise UsageError(f"architecture {cfg.arch!r} does not take {input_kind} inputs (it takes {', '.join(arch.input_kinds)})")
+    if kind and kind not in arch.kinds:
+        raise UsageError(f"architecture {cfg.arch!r} does not do {kind} (it does {', '.join(arch.kinds)})")
     opts = resolve_options(cfg)
     try:
         model = arch.load()(cfg.depth, cfg.width, tuple(in_shape), out_dim, opts, kind)
