@@ -19,6 +19,7 @@ allocates nothing) before anything real is built; and the content hash is checke
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -67,6 +68,14 @@ class Checkpoint:
     @property
     def kind(self) -> str:
         return self.task["kind"]
+
+    def task_config(self):
+        """The task it was trained on, reading text with the tokenizer stored in the file (so the
+        directory the tokenizer came from is not needed)."""
+        cfg = self.config.task
+        if "tokenizer" in self.metadata and "tokenizer" in cfg.options:
+            return dataclasses.replace(cfg, options=dict(cfg.options) | {"tokenizer": str(self.path)})
+        return cfg
 
 
 def tensor_hash(tensors: dict[str, torch.Tensor]) -> str:

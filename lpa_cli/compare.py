@@ -80,7 +80,7 @@ def _costs(ckpt: Path | None, cache: dict[str, Any]) -> dict[str, list[float]] |
     c = load_checkpoint(ckpt)
     key = c.config.model.__repr__() + json.dumps(c.task, sort_keys=True)
     if key not in cache:
-        test = load_task(c.config.task).test
+        test = load_task(c.task_config()).test
         cache[key] = depth_costs(c.model, test.rows(0, min(len(test), 64 if c.kind == "lm" else 256)))
     return cache[key]
 

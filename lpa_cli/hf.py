@@ -481,7 +481,7 @@ def _tokens(text: str | None, tokenizer) -> Tensor:
     return torch.tensor(tokenizer.encode(raw), dtype=torch.long)
 
 
-def trace_hf(directory: str | Path, output: str | Path | None, *, text: str | None = None, context: int = 128, bos: bool = False,
+def trace_hf(directory: str | Path, output: str | Path | None, *, text: str | None = None, context: int | None = None, bos: bool = False,
              device: str = "cpu", **kwargs: Any):
     """Trace a local Hugging Face decoder on a text (default: the built-in corpus) through the logit lens.
 
@@ -492,6 +492,9 @@ def trace_hf(directory: str | Path, output: str | Path | None, *, text: str | No
 
     directory = Path(directory)
     family, config, t = translate(directory)
+    context = min(128, t.positions) if context is None else context
+    if context < 2:
+        raise UsageError(f"--context must be at least 2, got {context}")
     if context > t.positions:
         raise UsageError(f"--context {context} is longer than the {t.positions} positions {directory} can read")
     model, tokenizer, _ = load_model(directory, device, context)

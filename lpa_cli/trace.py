@@ -348,7 +348,7 @@ def trace_checkpoint(
     if split not in ("train", "test"):
         raise UsageError(f"--split must be train or test, got {split!r}")
     ckpt = load_checkpoint(checkpoint, verify=verify, device=resolve_device(device))
-    task_cfg = data_task_config(ckpt, data_spec(data)) if data else ckpt.config.task
+    task_cfg = data_task_config(ckpt, data_spec(data)) if data else ckpt.task_config()
     task = load_task(task_cfg)
     if task.kind != ckpt.kind or tuple(task.in_shape) != tuple(ckpt.task["in_shape"]):
         raise UsageError(f"data {task.name} ({task.kind}, inputs {task.in_shape}) does not fit the checkpoint ({ckpt.kind}, inputs {tuple(ckpt.task['in_shape'])})")
@@ -382,5 +382,5 @@ def data_task_config(ckpt, spec: str) -> TaskConfig:
     if kind == "file" and isinstance(ckpt.task.get("meta"), dict) and "stats" in ckpt.task["meta"]:
         options["stats"] = ckpt.task["meta"]["stats"]
     if kind == own.name.partition(":")[0]:  # the same kind of data: its options (keys, columns) still apply
-        options = dict(own.options) | options
+        options = dict(ckpt.task_config().options) | options
     return TaskConfig(name=spec, data_seed=own.data_seed, options=options)

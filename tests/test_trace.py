@@ -152,59 +152,6 @@ def test_a_failing_trace_leaves_a_resumable_partial_and_no_threads(tmp_path):
     assert result.n == 20
 
 
-def _tiny_hf(tmp_path, family):
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    if family == "gpt2":
-        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=3, n_head=4))
-    else:
-        cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-        model = transformers.LlamaForCausalLM(cfg)
-    path = tmp_path / family
-    model.eval().save_pretrained(path)
-    return path, model
-
-
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_hf_logit_lens_matches_transformers(tmp_path, family):
-    path, model = _tiny_hf(tmp_path, family)
-    out = tmp_path / "hf.h5"
-    data = run_json("trace", path, "--context", "16", "--limit", "6", "-o", out)
-    assert data["depths"] == [0, 1, 2, 3]
-    with open_trace(out) as t:
-        ids = torch.as_tensor(t.read("targets"))
-        preds = t.read("predictions")
-    # reconstruct the inputs: targets are the inputs shifted by one within the same byte stream
-    from lpa_cli.tasks.text import builtin_corpus
-
-    stream = torch.frombuffer(bytearray(builtin_corpus()), dtype=torch.uint8).long()
-    x = torch.stack([stream[i * 16 : (i + 1) * 16] for i in range(6)])
-    assert torch.equal(ids, torch.stack([stream[i * 16 + 1 : (i + 1) * 16 + 1] for i in range(6)]))
-    with torch.no_grad():
-        ref = model(x, output_hidden_states=True)
-        norm = model.transformer.ln_f if family == "gpt2" else model.model.norm
-        np.testing.assert_allclose(preds[:, -1], ref.logits.numpy(), rtol=1e-4, atol=1e-5)
-        for k in range(3):  # hidden_states[k] for k < N is the raw residual stream after layer k
-            lens = model.lm_head(norm(ref.hidden_states[k]))
-            np.testing.assert_allclose(preds[:, k], lens.numpy(), rtol=1e-4, atol=1e-5)
-
-
-def test_hf_errors(tmp_path, monkeypatch):
-    assert_clean_error(run("trace", tmp_path), "no config.json")
-    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
-    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04 pickle")
-    assert_clean_error(run("trace", tmp_path), "never loads pickled")
-    (tmp_path / "model.safetensors").write_bytes(b"")
-    (tmp_path / "config.json").write_text('{"model_type": "t5"}')
-    assert_clean_error(run("trace", tmp_path), "not supported")
-    import sys
-
-    monkeypatch.setitem(sys.modules, "transformers", None)  # as if the extra were not installed
-    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
-    assert_clean_error(run("trace", tmp_path), "lpa[hf]")
-
-
 SLOW_TRACE = ["--split", "train", "--no-predictions", "--states", "--batch-size", "8", "--quiet"]
 
 

@@ -42,7 +42,8 @@ def trace_command(
     text: Annotated[
         Optional[str], typer.Option("--text", help="Hugging Face models: UTF-8 text file to evaluate on (default: built-in corpus).")
     ] = None,
-    context: Annotated[int, typer.Option("--context", help="Hugging Face models: tokens per sequence (at most the model's positions).")] = 128,
+    context: Annotated[Optional[int], typer.Option("--context", help="Hugging Face models: tokens per sequence (default: 128, "
+                                                   "or the model's positions when fewer; more than it has is refused).")] = None,
     bos: Annotated[bool, typer.Option("--bos/--no-bos", help="Hugging Face models: start every window with the BOS token "
                                       "(its first text token is then predicted from BOS alone).")] = False,
     device: Device = None,
