@@ -91,6 +91,20 @@ def resolve_init(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, model=model, task=dataclasses.replace(cfg.task, options=options))
 
 
+def complete(cfg: RunConfig, task) -> RunConfig:
+    """Settings the data decides: the token vocabulary of a token model (a classifier's output size is
+    its classes, so the embedding's size must be written down for the checkpoint to rebuild it)."""
+    m = cfg.model
+    if m.factory or task.input_kind != "tokens" or m.options.get("vocab"):
+        return cfg
+    from lpa_cli.registry import ARCHITECTURES
+
+    if m.arch in ARCHITECTURES and "vocab" in {f.name for f in dataclasses.fields(ARCHITECTURES[m.arch].load_options())}:
+        vocab = task.tokenizer.vocab_size if task.tokenizer is not None else int(task.meta.get("vocab", task.out_dim))
+        return dataclasses.replace(cfg, model=dataclasses.replace(m, options=dict(m.options) | {"vocab": vocab}))
+    return cfg
+
+
 def build_initial_model(cfg: RunConfig, task) -> ResidualModel:
     """The model to train: built from ``cfg.model`` and, with ``--init``, given the starting weights."""
     model = build_from_config(cfg, task.in_shape, task.out_dim, task.input_kind, task.kind)

@@ -166,7 +166,7 @@ def train(
     """
     if snapshot_every < 0:
         raise UsageError(f"--snapshot-every must be >= 0, got {snapshot_every}")
-    from lpa_cli.finetune import build_initial_model, prepare_training, resolve_init
+    from lpa_cli.finetune import resolve_init
 
     cfg = resolve_init(cfg)
     world = join()
@@ -177,13 +177,14 @@ def train(
         lock = output_lock(output)
     try:
         with lock, restored_process_state():
-            return _train(cfg, output, model, task, force, resume, snapshot_every, callbacks or Callbacks(), world,
-                          build_initial_model, prepare_training)
+            return _train(cfg, output, model, task, force, resume, snapshot_every, callbacks or Callbacks(), world)
     finally:
         world.close()
 
 
-def _train(cfg, output, model, task, force, resume, snapshot_every, callbacks, world, build_initial_model, prepare_training) -> TrainResult:
+def _train(cfg, output, model, task, force, resume, snapshot_every, callbacks, world) -> TrainResult:
+    from lpa_cli.finetune import build_initial_model, complete, prepare_training
+
     t = cfg.train
     set_threads(t.threads)
     device = resolve_device(t.device)
@@ -194,6 +195,7 @@ def _train(cfg, output, model, task, force, resume, snapshot_every, callbacks, w
     task = task or load_task(cfg.task)
     seed_everything(t.seed)
     if model is None:
+        cfg = complete(cfg, task)
         model = build_initial_model(cfg, task)
     cfg = _with_model_description(cfg, model)
     model.to(device)
@@ -260,18 +262,19 @@ def _train(cfg, output, model, task, force, resume, snapshot_every, callbacks, w
         elapsed = time.perf_counter() - began
         metrics = _evaluate(model, step_module, task, cfg, fsdp)
         finish(model)
+        state = full_model_state(step_module, t.parallel, world) if fsdp else None
+        if state is not None:
+            state = {k.removeprefix("model."): v for k, v in state.items()}
         training = {
             "steps": t.steps,
             "final_loss": last_loss,
+            # under FSDP parameters are DTensors, whose numel() is the whole (logical) tensor's
             "parameters": count_parameters(model) if not fsdp else sum(p.numel() for p in step_module.parameters()),
             "world_size": world.size,
             "lpa_version": __version__,
             "torch_version": torch.__version__.split("+")[0],
         }
         info = task.info()
-        state = full_model_state(step_module, t.parallel, world) if fsdp else None
-        if state is not None:
-            state = {k.removeprefix("model."): v for k, v in state.items()}
         sha = ""
         if world.main:
             if output is not None:

@@ -165,6 +165,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_row7_sigkill_during_saves_never_leaves_a_broken_file(tmp_path):
     new = tmp_path / "new.safetensors"
     subprocess.run([sys.executable, "-c", SAVER, str(GOOD), str(new), "once"], check=True)

@@ -30,6 +30,7 @@ def test_eval_every_writes_json_lines(tmp_path):
     assert set(records[0]["train_loss_per_depth"]) == {"0", "1", "2", "3"}
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     full = tmp_path / "full.safetensors"
     assert run("train", *RESUME_ARGS, "-o", full).exit_code == 0

@@ -5,6 +5,7 @@ import pytest
 from tests.cli_helpers import assert_clean_error, run
 
 
+@pytest.mark.slow
 def test_counterexample_quick_end_to_end_and_reuse(tmp_path):
     out = tmp_path / "results"
     result = run("reproduce", "counterexample", "--quick", "--seeds", "1", "-o", out, "--json")

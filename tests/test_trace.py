@@ -164,6 +164,7 @@ def _flushed(path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_nothing_readers_accept_and_resume_completes(tmp_path):
     ckpt = SAMPLES / "gpt-text-lpa.safetensors"
     full = tmp_path / "full.h5"
