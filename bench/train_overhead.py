@@ -7,7 +7,9 @@ and an LM with a 4096-token head, the last with every depth, with depth sampling
 `--sample-fraction 0.25` (the two shallower depths' losses on a quarter of the batch).
 Targets: <= 1.05x (MLP), <= 1.15x (byte LM, all depths), <= 1.25x (4096 head, sampled). For the MLP
 a hand-written LPA step (`handwritten_lpa`) runs in the same rounds, for reference: the floor of
-what any LPA objective adds in eager PyTorch.
+what any LPA objective adds in eager PyTorch. The `--compile` rows (`torch.compile` of model and
+loss, as `lpa train --compile` does) aim under that floor: LPA/E2E <= 1.05 on the MLP, compiled,
+and the compiled step no slower than the eager one.
 
     python bench/train_overhead.py [--quick]
 """
@@ -21,9 +23,10 @@ import time
 import torch
 from common import quick_args, setup, summary
 
+from lpa_cli.batch import Batch
 from lpa_cli.config import ModelConfig, ObjectiveConfig
 from lpa_cli.models import build_model
-from lpa_cli.objectives import Objective
+from lpa_cli.objectives import build_objective
 
 
 def case(name: str, quick: bool):
@@ -33,7 +36,7 @@ def case(name: str, quick: bool):
         x = torch.rand(512, 2, generator=g) * 2 - 1
         return model, x, torch.sin(10 * x[:, :1]), "regression"
     vocab = 256 if name == "lm256" else 4096
-    model = build_model(ModelConfig(arch="gpt", depth=4 if quick else 6, width=128, options={"heads": 4}), (64,), vocab, "tokens")
+    model = build_model(ModelConfig(arch="gpt", depth=4 if quick else 6, width=128, options={"heads": 4}), (64,), vocab, "tokens", "lm")
     x = torch.randint(0, vocab, (16, 64), generator=g)
     return model, x, torch.roll(x, -1, dims=1), "lm"
 
@@ -59,16 +62,21 @@ def handwritten_lpa(model, x, y):
     return (preds.view(len(states), -1) - y.view(1, -1)).pow(2).mean(1).mean()
 
 
-def measure(name: str, sample_depths: int, steps: int, quick: bool, sample_fraction: float = 1.0) -> dict[str, float]:
-    """Median step time of e2e and lpa (and, for the MLP, the hand-written LPA step), interleaved."""
+def measure(name: str, sample_depths: int, steps: int, quick: bool, sample_fraction: float = 1.0, compiled: bool = False) -> dict[str, float]:
+    """Median step time of e2e and lpa (and, for the MLP, the hand-written LPA step), interleaved;
+    with ``compiled``, eager and compiled e2e and lpa."""
     base, x, y, kind = case(name, quick)
     objectives = {
-        "e2e": Objective(ObjectiveConfig(name="e2e"), base.num_blocks, kind),
-        "lpa": Objective(ObjectiveConfig(name="lpa", sample_depths=sample_depths, sample_fraction=sample_fraction), base.num_blocks, kind),
+        "e2e": build_objective(ObjectiveConfig(name="e2e"), base.num_blocks, kind),
+        "lpa": build_objective(ObjectiveConfig(name="lpa", sample_depths=sample_depths, sample_fraction=sample_fraction), base.num_blocks, kind),
     }
-    loss_fns = {k: (lambda m, x, y, o=o: o(m, x, y).loss) for k, o in objectives.items()}
-    if kind == "regression":
+    loss_fns = {k: (lambda m, x, y, o=o: o(m, Batch(x, y)).loss) for k, o in objectives.items()}
+    if kind == "regression" and not compiled:
         loss_fns["hand"] = handwritten_lpa
+    if compiled:
+        for k, o in objectives.items():
+            fn = torch.compile(lambda m, x, y, o=o: o(m, Batch(x, y)).loss)
+            loss_fns[f"{k}_compiled"] = fn
     models = {k: copy.deepcopy(base) for k in loss_fns}
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
     times = {k: [] for k in loss_fns}
@@ -90,6 +98,11 @@ def main() -> None:
     r = measure("mlp", 0, steps * 3, quick)
     summary("train_overhead.mlp", r["lpa"], "target <= 1.05", r["lpa"] <= 1.05)
     summary("train_overhead.mlp_handwritten", r["hand"], "for reference: the shortest hand-written LPA step vs e2e", None)
+    r = measure("mlp", 0, steps * 3, quick, compiled=True)
+    ratio = r["lpa_compiled"] / r["e2e_compiled"]
+    summary("train_overhead.mlp_compiled", ratio, "compiled LPA / compiled E2E, target <= 1.05", ratio <= 1.05)
+    summary("train_overhead.mlp_compiled_vs_eager", r["lpa_compiled"] / r["lpa"], "compiled LPA step / eager LPA step, target <= 1",
+            r["lpa_compiled"] <= r["lpa"])
     r = measure("lm256", 0, steps, quick)["lpa"]
     summary("train_overhead.byte_lm", r, "target <= 1.15", r <= 1.15)
     r = measure("lm4096", 0, steps, quick)["lpa"]

@@ -20,13 +20,14 @@ from lpa_cli.train import train
 def hand_written(cfg: RunConfig, task) -> float:
     """The loop a user would write: same model, batches, objective terms and optimiser."""
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, task.in_shape, task.out_dim, task.input_kind)
+    model = build_model(cfg.model, task.in_shape, task.out_dim, task.input_kind, task.kind)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    n, b = task.x_train.shape[0], cfg.train.batch_size
+    x_train, y_train = task.train.tensors()
+    n, b = x_train.shape[0], cfg.train.batch_size
     t = time.perf_counter()
     for step in range(cfg.train.steps):
         idx = torch.randint(0, n, (b,))
-        x, y = task.x_train[idx], task.y_train[idx]
+        x, y = x_train[idx], y_train[idx]
         preds = model.predictions(x)
         loss = sum(torch.nn.functional.mse_loss(p, y) for p in preds) / len(preds)
         opt.zero_grad(set_to_none=True)

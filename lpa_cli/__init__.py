@@ -1,3 +1,27 @@
-"""lpa: train and audit approximation trajectories of residual networks."""
+"""lpa: train and audit approximation trajectories of residual networks.
 
-__version__ = "0.1.0"
+``import lpa_cli`` stays light (no torch): the public names below are imported on first use.
+"""
+
+__version__ = "0.2.0"
+
+_LAZY = {
+    "LPALoss": "lpa_cli.loss",
+    "ResidualModel": "lpa_cli.models.protocol",
+    "Batch": "lpa_cli.batch",
+    "train": "lpa_cli.train",
+    "load_checkpoint": "lpa_cli.checkpoint",
+    "save_model": "lpa_cli.checkpoint",
+    "trace_model": "lpa_cli.trace",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lpa_cli' has no attribute {name!r}")
+
+
+__all__ = [*_LAZY, "__version__"]

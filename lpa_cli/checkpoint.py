@@ -183,6 +183,26 @@ def save_checkpoint(
     return digest
 
 
+def save_model(path: str | Path, model: ResidualModel, *, kind: str, in_shape: tuple[int, ...], out_dim: int, data: str = "",
+               input_kind: str = "", factory: str = "", options: dict[str, Any] | None = None, objective: str = "lpa",
+               metrics: dict[str, list[float]] | None = None, force: bool = False) -> str:
+    """Save a model trained in your own loop as an lpa checkpoint every command reads.
+
+    ``factory`` (``"package.module:function"``, called with ``options``) is how the commands rebuild
+    the model; without it, load it with ``load_checkpoint(path, model=...)``. ``data``: a task spec or
+    data file (``file:train.npz``, ``folder:images/``) that ``lpa trace`` and ``lpa monotonicity`` use
+    when given the checkpoint alone. Returns the content hash.
+    """
+    from lpa_cli.config import ModelConfig, ObjectiveConfig, TaskConfig, TrainConfig
+
+    input_kind = input_kind or {1: "vector", 3: "image"}.get(len(in_shape), "vector")
+    config = RunConfig(ModelConfig(arch=CUSTOM, depth=model.num_blocks, width=0, zero_init=False, options=dict(options or {}), factory=factory),
+                       TaskConfig(name=data or "custom"), ObjectiveConfig(name=objective), TrainConfig())
+    task = {"name": data or "custom", "kind": kind, "input_kind": input_kind, "in_shape": list(in_shape), "out_dim": out_dim,
+            "description": "trained in a user's own loop"}
+    return save_checkpoint(path, model, config, task, metrics or {}, {"trained_by": "a user's own loop"}, force=force)
+
+
 def _fail(path: Path, why: str) -> CheckpointError:
     return CheckpointError(f"{path}: {why}")
 
@@ -204,7 +224,10 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
             if len(prefix) < 8:
                 raise _fail(path, f"not a safetensors file ({size} bytes, too short)")
             (n,) = struct.unpack("<Q", prefix)
-            if prefix[:2] == b"PK" or prefix[:1] == b"\x80":
+            # A zip (a torch .pt) or a pickle read as a header length is absurd; a real length may
+            # still start with these bytes (0x80 is just a length's low byte), so only then say so.
+            implausible = n > MAX_HEADER_BYTES or 8 + n > size
+            if implausible and (prefix[:2] == b"PK" or (prefix[:1] == b"\x80" and prefix[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))):
                 raise _fail(path, "looks like a zip/pickle (e.g. a torch .pt file), not safetensors; refusing to load it")
             if n > MAX_HEADER_BYTES:
                 raise _fail(path, f"safetensors header of {n} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")

@@ -54,7 +54,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _count(self.depth, "--depth", 1, 100_000)
-        _count(self.width, "--width", 1, 1 << 20)
+        _count(self.width, "--width", 0 if self.arch == "custom" else 1, 1 << 20)  # 0: a custom model's width is its own
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,9 @@ def stacked_losses(head: nn.Module, states: Sequence[Tensor], batch: Batch, term
     """(D,) mean loss of each depth; one head call over all states stacked on the batch axis."""
     D = len(states)
     y, mask = batch.y, batch.mask
-    if len(set(terms.parts)) == 1:  # every depth on the same rows: one call, one vectorised loss
+    if len({tuple(h.shape[1:]) for h in states}) > 1:  # depths of different shapes (stages): one call each
+        preds_list = [_read(head, h[:part], None if mask is None else mask[:part]) for h, part in zip(states, terms.parts)]
+    elif len(set(terms.parts)) == 1:  # every depth on the same rows: one call, one vectorised loss
         part = terms.parts[0]
         rows = [h[:part] for h in states]
         m = None if mask is None else mask[:part].repeat(D, *[1] * (mask.dim() - 1))

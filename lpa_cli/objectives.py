@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from analyzers.depths import parse_depths
 from analyzers.errors import UsageError
@@ -121,33 +121,39 @@ class Objective:
 
     def __call__(self, model: ResidualModel, batch: Batch, step: int = 0, generator: torch.Generator | None = None) -> LossOutput:
         depths, weights = self.plan(step, generator)
-        B = len(batch)
+        wanted = set(depths)
         states = [h for k, h in enumerate(model.states(batch.x, upto=max(depths), detach_inputs=self.detach_inputs,
-                                                        attention_mask=batch.mask)) if k in set(depths)]
+                                                        attention_mask=batch.mask)) if k in wanted]
+        return self.from_states(model.head, states, batch, depths, weights, model.tokenwise_head)
+
+    def from_states(self, head: nn.Module, states: list[Tensor], batch: Batch, depths: list[int], weights: list[float],
+                    tokenwise_head: bool = False) -> LossOutput:
+        """The loss of the given depths' states (in depth order), read by the shared ``head``."""
+        B = len(batch)
         part = math.ceil(self.cfg.sample_fraction * B) if len(states) > 1 else B
         terms = Terms(self.kind, [part] * (len(states) - 1) + [B], align=self.cfg.align == "kl" and len(states) > 1,
                       mix=self.cfg.align_mix)
         w = self._weight_tensor(weights, states[-1])
-        if self._use_chunked(model, states, batch, terms):
-            total, losses = chunked_loss(model.head, states, batch, terms, lambda L: self.combine(L, w),
-                                         w if self.cfg.loss_power == 1.0 else None, model.tokenwise_head,
-                                         self._row_size(model, states[-1], batch))
+        if self._use_chunked(head, states, batch, terms, tokenwise_head):
+            total, losses = chunked_loss(head, states, batch, terms, lambda L: self.combine(L, w),
+                                         w if self.cfg.loss_power == 1.0 else None, tokenwise_head,
+                                         self._row_size(head, states[-1], batch, tokenwise_head))
             return LossOutput(total, depths, losses)
-        losses = stacked_losses(model.head, states, batch, terms)
+        losses = stacked_losses(head, states, batch, terms)
         return LossOutput(self.combine(losses, w.to(losses.dtype)), depths, losses.detach())
 
-    def _row_size(self, model: ResidualModel, state: Tensor, batch: Batch) -> int:
+    def _row_size(self, head: nn.Module, state: Tensor, batch: Batch, tokenwise_head: bool) -> int:
         key = (tuple(state.shape[1:]), state.dtype)
         if key not in self._out_per_row:
-            self._out_per_row[key] = output_per_row(model.head, state, batch.mask, model.tokenwise_head)
+            self._out_per_row[key] = output_per_row(head, state, batch.mask, tokenwise_head)
         return self._out_per_row[key]
 
-    def _use_chunked(self, model: ResidualModel, states: list[Tensor], batch: Batch, terms: Terms) -> bool:
+    def _use_chunked(self, head: nn.Module, states: list[Tensor], batch: Batch, terms: Terms, tokenwise_head: bool) -> bool:
         mode = self.cfg.head_loss
         if mode != "auto":
             return mode == "chunked"
-        rows = sum(terms.parts) * (batch.y.shape[1] if model.tokenwise_head and batch.y.dim() > 1 else 1)
-        return rows * self._row_size(model, states[-1], batch) * 4 > AUTO_CHUNK_BYTES
+        rows = sum(terms.parts) * (batch.y.shape[1] if tokenwise_head and batch.y.dim() > 1 else 1)
+        return rows * self._row_size(head, states[-1], batch, tokenwise_head) * 4 > AUTO_CHUNK_BYTES
 
     def _weight_tensor(self, weights: list[float], like: Tensor) -> Tensor:
         """The weights as a tensor, made once per depth subset (steps are short enough to notice)."""

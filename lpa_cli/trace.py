@@ -230,6 +230,12 @@ def trace_split(
         h0 = model.embed(first.x.to(device))
         pred_shape = tuple(model.read(h0, mask).shape[1:])
         state_shape = tuple(h0.shape[1:])
+        if states:
+            shapes = {tuple(h.shape[1:]) for k, h in enumerate(model.states(first.x.to(device), upto=max(chosen), attention_mask=mask))
+                      if k in chosen}
+            if len(shapes) > 1:
+                raise UsageError(f"--states: this model's depths have states of different shapes ({', '.join(map(str, sorted(shapes)))}), "
+                                 "which one dataset cannot hold; trace without --states (or choose depths of one stage with --depths)")
     np_dtype = np.dtype(dtype)
     pred_bytes = n * len(chosen) * int(np.prod(pred_shape)) * np_dtype.itemsize
     if predictions and pred_bytes > MAX_PREDICTION_BYTES:

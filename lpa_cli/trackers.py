@@ -3,15 +3,17 @@
 ``--log jsonl`` (the default) appends one JSON record per evaluation to ``<output>.jsonl``;
 ``tensorboard`` writes event files under ``<output>.tb/`` (scalars ``train/loss/depth_k``,
 ``test/<metric>/depth_k``, the config as hyper-parameters); ``mlflow`` logs the same to the MLflow
-tracking URI of the environment (default: ``./mlruns``, a local folder), with the final checkpoint
-as an artifact. TensorBoard and MLflow are optional extras (``pip install 'lpa[track]'``) and are
-imported only when asked for; the library core never imports them.
+tracking URI of the environment (``MLFLOW_TRACKING_URI``; unset, a local ``mlruns/`` folder beside
+the output), with the final checkpoint as an artifact. TensorBoard and MLflow are optional extras
+(``pip install 'lpa[track]'``) and are imported only when asked for; the library core never imports
+them. A tracker's failure is one line on stderr (exit 2), like any other.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +133,16 @@ class TensorBoardTracker(Tracker):
         self.writer.close()
 
 
+class TrackerError(UsageError):
+    """An experiment tracker refused (its server, its store, its settings)."""
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())[:300]
+
+
 class MlflowTracker(Tracker):
-    def __init__(self, run_name: str) -> None:
+    def __init__(self, run_name: str, folder: Path) -> None:
         try:
             import mlflow
         except ImportError:
@@ -140,24 +150,37 @@ class MlflowTracker(Tracker):
         self.mlflow = mlflow
         self.run_name = run_name
         self.run = None
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            # a local store beside the output; MLflow 3 asks for this opt-in to its file store
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            self.uri = (folder / "mlruns").resolve().as_uri()
+        else:
+            self.uri = os.environ["MLFLOW_TRACKING_URI"]
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - the tracking client reports with many exception types
+            raise TrackerError(f"mlflow ({self.uri}): {what} failed: {_one_line(err)}") from None
 
     def start(self, config, resumed_at) -> None:
-        self.run = self.mlflow.start_run(run_name=self.run_name)
+        self.mlflow.set_tracking_uri(self.uri)
+        self.run = self._call("starting a run", self.mlflow.start_run, run_name=self.run_name)
         params = _flat(config)
-        self.mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        self._call("logging parameters", self.mlflow.log_params, {k: str(v)[:500] for k, v in params.items()})
 
     def record(self, step, lr, loss, per_depth, metrics, elapsed) -> None:
         scalars = {k.replace("/", "."): v for k, v in _scalars(loss, per_depth, metrics).items()}
         scalars["train.lr"] = lr
-        self.mlflow.log_metrics(scalars, step=step)
+        self._call("logging metrics", self.mlflow.log_metrics, scalars, step=step)
 
     def saved(self, path: Path) -> None:
-        self.mlflow.log_artifact(str(path))
+        self._call("storing the checkpoint", self.mlflow.log_artifact, str(path))
 
     def close(self) -> None:
         if self.run is not None:
-            self.mlflow.end_run()
             self.run = None
+            self._call("ending the run", self.mlflow.end_run)
 
 
 def make_trackers(names: list[str], output: Path | None) -> list[Tracker]:
@@ -169,5 +192,5 @@ def make_trackers(names: list[str], output: Path | None) -> list[Tracker]:
         elif name == "tensorboard" and output is not None:
             out.append(TensorBoardTracker(output.with_name(output.stem + ".tb")))
         elif name == "mlflow":
-            out.append(MlflowTracker(output.stem if output is not None else "lpa"))
+            out.append(MlflowTracker(output.stem if output is not None else "lpa", output.parent if output is not None else Path.cwd()))
     return out
