@@ -39,6 +39,7 @@ class Run:
     flops: list[float] | None = None  # per depth, per sample
     latency_ms: list[float] | None = None  # per depth, per sample
     log: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: str | None = None  # the model behind the run, when at hand (for measured exits)
 
 
 @dataclass
@@ -147,6 +148,20 @@ class ExitSweep:
 
 
 @dataclass
+class TradeOff:
+    """One exit setting run for real (`lpa_cli.inference`): its quality and its measured speed-up over
+    the full model, beside the speed-up a simulation from FLOPs per depth would claim."""
+
+    strategy: str  # confidence | exit | self-speculative
+    setting: str  # e.g. "0.9" or "draft 2, speculate 4"
+    quality: float  # accuracy; for language models the share of tokens equal to full greedy decoding's
+    full_quality: float
+    mean_depth: float | None
+    measured_speedup: float
+    simulated_speedup: float | None
+
+
+@dataclass
 class Heatmaps:
     """2-D surfaces: the target and each group's prediction at every depth on the test grid."""
 
@@ -172,6 +187,7 @@ class CompareResult:
     heatmaps: Heatmaps | None
     training: dict[str, list[dict[str, Any]]]  # run path -> its log records
     first_correct: dict[str, list[float]] = field(default_factory=dict)  # classification: share of samples first right at each depth
+    measured: dict[str, list[TradeOff]] = field(default_factory=dict)  # group -> exit settings run for real (first seed)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

@@ -88,6 +88,8 @@ COMMANDS = {  # name -> module:function (each module is torch-free at import tim
     "export": "lpa_cli.commands.export:export_command",
     "audit": "lpa_cli.commands.audit:audit_command",
     "reproduce": "lpa_cli.commands.reproduce:reproduce_command",
+    "generate": "lpa_cli.commands.generate:generate_command",
+    "predict": "lpa_cli.commands.predict:predict_command",
 }
 
 

@@ -122,12 +122,38 @@ def load_run(group: str, path: Path, metric: str | None, cost_cache: dict, notes
         grid = task.get("meta", {}).get("grid") if isinstance(task.get("meta"), dict) else None
         run = Run(group=group, path=str(path), config=t.config, depths=t.depths, errors=errs, monotonicity=mono,
                   correct=correct, max_prob=max_prob, entropy=entropy, argmax=argmax, predictions=preds, targets=targets,
-                  flops=costs["flops"] if costs else None, latency_ms=costs["latency_ms"] if costs else None, log=_log(ckpt))
+                  flops=costs["flops"] if costs else None, latency_ms=costs["latency_ms"] if costs else None, log=_log(ckpt),
+                  checkpoint=str(ckpt) if ckpt is not None else None)
         identity = t.fingerprint() | {"task": task.get("traced_on", task.get("name")), "kind": t.kind}
     return run, identity, m, grid
 
 
-def compare_runs(specs: list[str], metric: str | None = None, force: bool = False, seed: int = 0, bootstrap: int = 1000) -> CompareResult:
+def measured_exits(run: Run, kind: str) -> list:
+    """Exit settings run for real on a run's checkpoint (`lpa_cli.inference`): confidence exits for a
+    classifier; exit and self-speculative decoding for a language model, on prompts from its test split."""
+    from lpa_cli.checkpoint import load_checkpoint, read_tokenizer
+    from lpa_cli.inference import check_decodable, classifier_tradeoffs, lm_tradeoffs
+    from lpa_cli.tasks import load_task
+    from lpa_cli.tokenizer import BYTES
+
+    ckpt = load_checkpoint(run.checkpoint)
+    if kind == "classification":
+        return classifier_tradeoffs(ckpt, flops=run.flops)
+    try:
+        check_decodable(ckpt.model)
+    except UsageError:
+        return []  # a language model that cannot decode token by token: nothing to measure
+    tok = read_tokenizer(ckpt.info) or BYTES
+    test = load_task(ckpt.task_config()).test
+    prompts = [tok.decode(test.rows(i, i + 1).x[0, :16].tolist()) for i in range(min(2, len(test)))]
+    room = int(ckpt.task["in_shape"][0]) - 20
+    return lm_tradeoffs(ckpt, [p for p in prompts if p], max_new_tokens=max(8, min(48, room)), flops=run.flops)
+
+
+def compare_runs(specs: list[str], metric: str | None = None, force: bool = False, seed: int = 0, bootstrap: int = 1000,
+                 measure: bool = True) -> CompareResult:
+    """Compare groups of runs (see `analyzers.compare.compare`); with ``measure``, also run each
+    group's first checkpoint with real early exit (classifiers, language models) and time it."""
     groups = parse_runs(specs)
     runs: OrderedDict[str, list[Run]] = OrderedDict()
     identities, notes, cache = [], [], {}
@@ -152,5 +178,9 @@ def compare_runs(specs: list[str], metric: str | None = None, force: bool = Fals
         notes.append("some inputs are traces whose checkpoint is not at hand: their cost is not shown")
     same = all((i["task"], i["n"], i["targets_sha256"]) == (first["task"], first["n"], first["targets_sha256"]) for _, i in identities)
     result = compare(runs, chosen_metric, first["kind"], grid=grid, paired=same, seed=seed)
+    if measure and first["kind"] in ("classification", "lm"):
+        for group, members in runs.items():
+            if members[0].checkpoint:
+                result.measured[group] = measured_exits(members[0], first["kind"])
     result.notes.extend(notes)
     return result

@@ -247,6 +247,39 @@ def early_exit_section(page: Page, r: CompareResult) -> None:
     page.figure(exit_figure(r))
 
 
+def measured_figure(r: CompareResult) -> go.Figure:
+    fig = go.Figure()
+    for i, (g, points) in enumerate(r.measured.items()):
+        for strategy in dict.fromkeys(p.strategy for p in points):
+            pts = [p for p in points if p.strategy == strategy]
+            fig.add_trace(go.Scatter(x=[p.measured_speedup for p in pts], y=[p.quality for p in pts], mode="lines+markers",
+                                     name=f"{_name(g)}: {strategy}, measured", text=[p.setting for p in pts], line={"color": _colour(i)}))
+            sim = [p for p in pts if p.simulated_speedup is not None]
+            if sim:
+                fig.add_trace(go.Scatter(x=[p.simulated_speedup for p in sim], y=[p.quality for p in sim], mode="markers",
+                                         marker={"symbol": "x", "color": _colour(i)}, name=f"{_name(g)}: {strategy}, simulated (FLOPs)",
+                                         text=[p.setting for p in sim]))
+    fig.add_vline(x=1, line_dash="dot")
+    fig.update_layout(title="early exit run for real: quality against measured speed-up (x: the FLOPs-based simulation)",
+                      xaxis_title="speed-up over all depths (this machine)", yaxis_title="accuracy / agreement with full decoding", height=420)
+    return fig
+
+
+def measured_section(page: Page, r: CompareResult) -> None:
+    if not any(r.measured.values()):
+        return
+    page.heading("Early exit, measured")
+    page.paragraph("Each setting was run for real on the first run of each group (lpa predict --exit, lpa generate --strategy) and "
+                   "timed against the same model through all depths. Beside it, the speed-up a simulation from FLOPs per depth "
+                   "claims: the gap is the cost of reading the head at every depth and of smaller batches. For language models, "
+                   "quality is the share of tokens equal to full greedy decoding's (self-speculation: 1 by construction).", "note")
+    page.figure(measured_figure(r))
+    rows = [[g, p.strategy, p.setting, fmt(p.quality), fmt(p.full_quality), "-" if p.mean_depth is None else f"{p.mean_depth:.2f}",
+             f"{p.measured_speedup:.2f}x", "-" if p.simulated_speedup is None else f"{p.simulated_speedup:.2f}x"]
+            for g, points in r.measured.items() for p in points]
+    page.table(["group", "strategy", "setting", "quality", "full model", "mean depth", "measured speed-up", "simulated"], rows, left=3)
+
+
 def heatmap_section(page: Page, r: CompareResult) -> None:
     if r.heatmaps:
         page.heading("Predictions by depth")
@@ -269,7 +302,7 @@ def shared_section(page: Page, r: CompareResult) -> None:
 
 SECTIONS: list[Callable[[Page, CompareResult], None]] = [
     summary_section, diff_section, final_section, curves_section, gap_section, monotonicity_section, cost_section,
-    first_correct_section, early_exit_section, heatmap_section, training_section, shared_section,
+    first_correct_section, early_exit_section, measured_section, heatmap_section, training_section, shared_section,
 ]
 
 

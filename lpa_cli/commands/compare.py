@@ -18,6 +18,8 @@ def compare_command(
     metric: Annotated[Optional[str], typer.Option("--metric", help="Metric to compare (default by task).")] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for each run's CIs.")] = 1000,
     seed: Seed = None,
+    measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Also run early exit for real on each group's first "
+                                          "checkpoint and time it (classifiers, language models).")] = True,
     force: Force = False,
     json_: Json = False,
     quiet: Quiet = False,
@@ -35,7 +37,7 @@ def compare_command(
     target = check_writable(output or Path("compare.html"), force)
     if any(target.exists() and target.resolve() == p.resolve() for paths in parse_runs(run).values() for p in paths):
         raise UsageError(f"{target}: the report would overwrite one of the runs; choose another -o")
-    result = compare_runs(run, metric=metric, force=force, seed=seed or 0, bootstrap=bootstrap)
+    result = compare_runs(run, metric=metric, force=force, seed=seed or 0, bootstrap=bootstrap, measure=measure)
     compare_page(result).save(target, force=force)
     if json_:
         print_json(result.to_dict() | {"report": str(target)})

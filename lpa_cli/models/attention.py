@@ -110,6 +110,23 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(B, T, self.heads * d))
 
+    def fill_cache(self, h: Tensor, cache: LayerCache) -> None:
+        """Append the keys and values of states ``h`` (already normed) without attending: an early-exit
+        decoder gives a layer it skips this position's entries from the exit state (state copying)."""
+        B, T, _ = h.shape
+        d = self.head_dim
+        if self.fused:
+            _, k, v = self.qkv(h).split([self.heads * d, self.kv_heads * d, self.kv_heads * d], dim=-1)
+        else:
+            k, v = self.k_proj(h), self.v_proj(h)
+        k = k.view(B, T, self.kv_heads, d)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        k, v = k.transpose(1, 2), v.view(B, T, self.kv_heads, d).transpose(1, 2)
+        if self.rotary is not None:
+            _, k = self.rotary(k, k, cache.length)
+        cache.extend(k, v)
+
     def _mask(self, Tq: int, Tk: int, start: int, padding: Tensor | None, device: torch.device) -> Tensor | None:
         """A boolean (B|1, 1, Tq, Tk) mask of what each query may see; None when the fused causal (or
         full) path is exact: no padding, no window that bites, no cached prefix with several queries."""
@@ -146,6 +163,9 @@ class TransformerBlock(nn.Module):
     def forward(self, h: Tensor, attention_mask: Tensor | None = None, cache: LayerCache | None = None) -> Tensor:  # (B, T, C)
         h = h + self.drop(self.attn(self.ln1(h), attention_mask, cache))
         return h + self.drop(self.fc2(self.act(self.fc1(self.ln2(h)))))
+
+    def fill_cache(self, h: Tensor, cache: LayerCache) -> None:
+        self.attn.fill_cache(self.ln1(h), cache)
 
     def branch_outputs(self) -> list[nn.Module]:
         return [self.attn.proj, self.fc2]

@@ -106,6 +106,9 @@ class DecoderBlock(nn.Module):
         h = h + self.drop(self.attn(self.norm1(h), attention_mask, cache))
         return h + self.drop(self.mlp(self.norm2(h)))
 
+    def fill_cache(self, h: Tensor, cache: LayerCache) -> None:
+        self.attn.fill_cache(self.norm1(h), cache)
+
     def branch_outputs(self) -> list[nn.Module]:
         return [self.attn.out, self.mlp.down]
 

@@ -35,8 +35,8 @@ class TokenEmbed(nn.Module):
         nn.init.normal_(self.tok.weight, std=0.02)
         nn.init.normal_(self.pos.weight, std=0.02)
 
-    def forward(self, idx: Tensor) -> Tensor:  # (B, T) int64 -> (B, T, width)
-        positions = torch.arange(idx.shape[1], device=idx.device)
+    def forward(self, idx: Tensor, start: int = 0) -> Tensor:  # (B, T) int64 -> (B, T, width); start: first token's position
+        positions = torch.arange(start, start + idx.shape[1], device=idx.device)
         return self.tok(idx) + self.pos(positions)
 
 

@@ -1,0 +1,111 @@
+"""Train once, use N models, for real: measured speed-ups of early exit and self-speculative decoding.
+
+1. A byte-level GPT of 8 blocks (the `reproduce lm` settings: width 64, context 64, 300 steps of
+   batch 32 on the built-in corpus), trained with LPA and with E2E. Greedy decoding of 48 tokens after
+   prompts from the test text: `full` against `self-speculative` for every draft depth 1..7 and
+   speculation length 2..6 (tokens/s, the median of three runs; every output checked token for token
+   against full decoding), and against `exit` at several thresholds. Target: >= 1.5x tokens/s at
+   identical output, LPA; the sweep's best setting and its acceptance rate are printed.
+2. `predict --exit` on the digits ResNets of `sample_checkpoints/` (6 blocks, LPA and E2E): confidence
+   thresholds, measured samples/s against all depths. Target: >= 1.5x at <= 0.5 points below
+   full-depth accuracy (LPA). The FLOPs-based simulated speed-up is printed beside each measured one.
+
+    python bench/inference.py [--quick]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from common import quick_args, setup, summary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_lm(objective: str, folder: Path, steps: int) -> Path:
+    from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
+    from lpa_cli.train import train
+
+    out = folder / f"gpt8-{objective}.safetensors"
+    cfg = RunConfig(ModelConfig(arch="gpt", depth=8, width=64), TaskConfig(name="text"), ObjectiveConfig(name=objective),
+                    TrainConfig(steps=steps, batch_size=32, lr=2e-3, seed=0, threads=1))
+    train(cfg, out, force=True)
+    return out
+
+
+def decoding(path: Path, quick: bool) -> None:
+    from lpa_cli.checkpoint import load_checkpoint
+    from lpa_cli.inference import generate
+    from lpa_cli.tasks import load_task
+    from lpa_cli.tokenizer import BYTES
+
+    ckpt = load_checkpoint(path)
+    test = load_task(ckpt.task_config()).test
+    prompts = [BYTES.decode(test.rows(i, i + 1).x[0, :12].tolist()) for i in range(0, 8 if not quick else 2)]
+    n_new = 48
+
+    def timed(**kw) -> tuple[float, list[list[int]], float | None]:
+        times, outs, rates = [], None, []
+        for _ in range(3):
+            gens = [generate(ckpt.model, BYTES, p, max_new_tokens=n_new, **kw) for p in prompts]
+            times.append(sum(g.seconds for g in gens))
+            outs = [g.tokens for g in gens]
+            rates = [g.acceptance_rate for g in gens if g.acceptance_rate is not None]
+        tokens = sum(len(o) - 1 for o in outs)
+        return tokens / statistics.median(times), outs, (sum(rates) / len(rates)) if rates else None
+
+    full_rate, full_out, _ = timed()
+    print(f"{path.stem}: full decoding {full_rate:,.0f} tokens/s")
+    best = (0.0, None, None)
+    for k in range(1, 8):
+        for n in ((3,) if quick else (2, 3, 4, 6)):
+            rate, out, acc = timed(strategy="self-speculative", draft_depth=k, speculate=n)
+            same = out == full_out
+            print(f"  self-speculative draft {k} speculate {n}: {rate:,.0f} tokens/s ({rate / full_rate:.2f}x), acceptance {acc:.1%}, "
+                  f"{'identical' if same else 'DIFFERENT'} output")
+            if same and rate > best[0]:
+                best = (rate, (k, n), acc)
+    name = path.stem.split("-")[-1]
+    summary(f"inference.{name}.self_speculative", best[0] / full_rate,
+            f"tokens/s over full decoding at identical output, target >= 1.5 (LPA); best draft depth {best[1][0]}, speculate {best[1][1]}, "
+            f"acceptance {best[2]:.1%}", (best[0] / full_rate >= 1.5) if name == "lpa" else None)
+    for t in (0.5, 0.8, 0.95):
+        rate, out, _ = timed(strategy="exit", threshold=t)
+        agree = sum(a == b for x, y in zip(out, full_out) for a, b in zip(x, y)) / sum(len(x) for x in full_out)
+        print(f"  exit threshold {t}: {rate / full_rate:.2f}x tokens/s, {agree:.1%} of tokens as full decoding")
+
+
+def prediction(name: str) -> None:
+    from lpa_cli.checkpoint import load_checkpoint
+    from lpa_cli.compare import _costs
+    from lpa_cli.inference import classifier_tradeoffs
+
+    path = ROOT / "sample_checkpoints" / f"{name}.safetensors"
+    flops = _costs(path, {})["flops"]
+    points = classifier_tradeoffs(load_checkpoint(path), thresholds=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95), flops=flops, repeats=5)
+    for p in points:
+        print(f"  {name} confidence {p.setting}: accuracy {p.quality:.4f} (all depths {p.full_quality:.4f}), mean depth {p.mean_depth:.2f}, "
+              f"measured {p.measured_speedup:.2f}x, simulated {p.simulated_speedup:.2f}x")
+    ok = [p for p in points if p.quality >= p.full_quality - 0.005]
+    best = max(ok, key=lambda p: p.measured_speedup)
+    summary(f"inference.{name}.predict_exit", best.measured_speedup,
+            f"measured samples/s over all depths at <= 0.5 points below full accuracy (threshold {best.setting}, simulated "
+            f"{best.simulated_speedup:.2f}x), target >= 1.5", (best.measured_speedup >= 1.5) if "lpa" in name else None)
+
+
+def main() -> None:
+    quick = quick_args(__doc__)
+    setup(threads=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        for objective in ("lpa", "e2e"):
+            decoding(train_lm(objective, Path(tmp), 40 if quick else 300), quick)
+    for name in ("resnet-digits-lpa", "resnet-digits-e2e"):
+        prediction(name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""`lpa generate`: decode text with a language model, in full, with early exit, or self-speculatively."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lpa_cli.commands.options import Device, Json, Quiet, Seed, Verify
+from lpa_cli.render import consoles, esc, print_json
+
+
+def generate_command(
+    checkpoint: Annotated[Path, typer.Argument(help="An lpa checkpoint of a language model (byte GPT or decoder).")],
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="The text to continue.")] = None,
+    prompt_file: Annotated[Optional[Path], typer.Option("--prompt-file", help="Read the prompt from this UTF-8 file.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate.")] = 64,
+    strategy: Annotated[str, typer.Option("--strategy", help="full, exit (leave at the first confident depth) or self-speculative.")] = "full",
+    threshold: Annotated[float, typer.Option("--threshold", help="exit: the next-token probability at which a token leaves.")] = 0.9,
+    exit_depth: Annotated[int, typer.Option("--exit-depth", help="exit: the shallowest depth a token may leave at.")] = 1,
+    draft_depth: Annotated[int, typer.Option("--draft-depth", help="self-speculative: blocks that draft (1..N-1).")] = 0,
+    speculate: Annotated[int, typer.Option("--speculate", help="self-speculative: tokens drafted per round.")] = 4,
+    temperature: Annotated[float, typer.Option("--temperature", help="0: greedy; above 0: sampling.")] = 0.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="Sample from the k most likely tokens (0: all).")] = 0,
+    seed: Seed = None,
+    device: Device = None,
+    verify: Verify = True,
+    json_: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Continue a prompt with a KV cache; print the text, tokens/s, acceptance rate, average exit depth.
+
+    Under greedy decoding, self-speculative output is the full model's, token for token.
+    """
+    from analyzers.errors import UsageError
+    from lpa_cli.inference import generate_checkpoint
+
+    if (prompt is None) == (prompt_file is None):
+        raise UsageError("give the prompt with --prompt TEXT or --prompt-file FILE (one of them)")
+    if prompt_file is not None:
+        try:
+            prompt = prompt_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"{prompt_file}: cannot read the prompt ({err})") from None
+    if strategy == "self-speculative" and not draft_depth:
+        raise UsageError("--strategy self-speculative needs --draft-depth (the blocks that draft, 1..N-1)")
+    g = generate_checkpoint(checkpoint, prompt, verify=verify, device=device or "cpu", max_new_tokens=max_new_tokens, strategy=strategy,
+                            threshold=threshold, min_exit_depth=exit_depth, draft_depth=draft_depth, speculate=speculate,
+                            temperature=temperature, top_k=top_k, seed=seed or 0)
+    if json_:
+        print_json({"text": g.text, "tokens": g.tokens, "prompt_tokens": g.prompt_tokens, "strategy": g.strategy, "seconds": g.seconds,
+                    "prefill_seconds": g.prefill_seconds, "tokens_per_s": g.tokens_per_s, "acceptance_rate": g.acceptance_rate,
+                    "mean_exit_depth": g.mean_exit_depth, "stopped": g.stopped, "exit_depths": g.depths})
+        return
+    out, err = consoles(quiet)
+    out.print(esc(prompt + g.text), soft_wrap=True)
+    parts = [f"{len(g.tokens)} tokens, {g.tokens_per_s:,.1f} tokens/s ({g.strategy})"]
+    if g.acceptance_rate is not None:
+        parts.append(f"acceptance rate {g.acceptance_rate:.1%} over {g.rounds} rounds")
+    if g.mean_exit_depth is not None:
+        parts.append(f"average exit depth {g.mean_exit_depth:.2f}")
+    if g.stopped == "context":
+        parts.append("stopped at the model's context")
+    err.print("; ".join(parts))
