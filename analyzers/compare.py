@@ -404,7 +404,8 @@ def compare(groups: dict[str, list[Run]], metric: str, kind: str, alpha: float =
             if sweeps and sweeps[0]:
                 exits[g] = {rule: _mean_sweep([sw[rule] for sw in sweeps]) for rule in sweeps[0]}
     heatmaps = None
-    if grid and kind == "regression" and all(m[0].predictions is not None for m in groups.values()):
+    cells = int(np.prod(grid)) if grid else 0
+    if grid and paired and kind == "regression" and all(m[0].predictions is not None and m[0].predictions.shape[0] == cells for m in groups.values()):
         side_y, side_x = grid
         target = groups[next(iter(groups))][0].targets
         heatmaps = Heatmaps(list(grid), target[:, 0].reshape(side_y, side_x).tolist() if target is not None else None,

@@ -42,3 +42,25 @@ def parse_depths(spec: str | None, n_depths: int) -> list[int]:
     if not chosen:
         raise UsageError(f"depth selection {spec!r} selects no depth out of 0..{n_depths - 1}")
     return sorted(chosen)
+
+
+def select_recorded(spec: str | None, recorded: list[int], n_depths: int | None = None) -> list[int]:
+    """Positions (indices into ``recorded``) of the depths ``spec`` selects, read as depth numbers.
+
+    A trace may hold a subset of depths (``lpa trace --depths "0,4:"``); ``spec`` still names depths
+    0..N (``n_depths`` = N + 1, default: one past the deepest recorded), never positions. Slices keep the
+    recorded depths they cover; a depth listed by number that was not recorded is an error.
+    """
+    n_depths = n_depths or (max(recorded) + 1)
+    chosen = parse_depths(spec, n_depths)
+    if spec is not None:
+        for part in spec.split(","):
+            part = part.strip()
+            if part and ":" not in part:
+                k = _int(part, spec) % n_depths
+                if k not in recorded:
+                    raise UsageError(f"depth {k} was not recorded (recorded: {', '.join(map(str, recorded))})")
+    positions = [recorded.index(k) for k in chosen if k in recorded]
+    if not positions:
+        raise UsageError(f"depth selection {spec!r} selects none of the recorded depths ({', '.join(map(str, recorded))})")
+    return positions

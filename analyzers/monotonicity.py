@@ -354,11 +354,11 @@ def from_trace(trace, metric: str | None = None, depths: str | None = None, chun
     ``lens`` (an `analyzers.probes.Lens`) replaces the trace's own per-depth errors with those of
     the lens applied to the stored states.
     """
-    from analyzers.depths import parse_depths
+    from analyzers.depths import select_recorded
 
     metric = check_metric(metric, trace.kind)
     base, _ = METRIC_BASE[metric]
-    positions = parse_depths(depths, len(trace.depths))
+    positions = select_recorded(depths, trace.depths, trace.n_blocks + 1)
     chosen = [trace.depths[p] for p in positions]
     if len(chosen) < 2:
         raise UsageError(f"depth selection {depths!r} leaves fewer than two depths")

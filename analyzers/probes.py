@@ -26,7 +26,7 @@ import numpy as np
 from scipy import optimize
 
 from analyzers.atomic import atomic_path
-from analyzers.depths import parse_depths
+from analyzers.depths import select_recorded
 from analyzers.errors import LpaError, UsageError
 from analyzers.heads import Head, read_head
 from analyzers.metrics import summarize
@@ -156,7 +156,7 @@ def fit(trace, kind: str, depths: str | None = None, ridge: float = 1e-3, max_it
         return Lens("logit", [], {}, head, trace.kind, {}, {})
     if not trace.has("states"):
         raise UsageError(f"{trace.path}: fitting a probe needs block states; trace it with --states")
-    positions = parse_depths(depths, len(trace.depths))
+    positions = select_recorded(depths, trace.depths, trace.n_blocks + 1)
     last = len(trace.depths) - 1
     params: dict[str, np.ndarray] = {}
     axis = head.feature_axis

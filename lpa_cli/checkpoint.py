@@ -360,6 +360,9 @@ def read_info(path: str | Path) -> CheckpointInfo:
     parent = _json_field(path, meta, "parent", required=False)
     if not isinstance(metrics, dict) or not isinstance(training, dict) or not isinstance(aliases, dict):
         raise _fail(path, "metadata 'metrics', 'training' and 'aliases' must be JSON objects")
+    for name, values in metrics.items():
+        if not isinstance(values, list) or not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
+            raise _fail(path, f"metadata 'metrics' {name!r} must be a list of numbers (one per depth)")
     sha = meta.get("sha256", "")
     return CheckpointInfo(config, task, metrics, training, sha, aliases, parent, meta)
 

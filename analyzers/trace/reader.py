@@ -99,6 +99,7 @@ class Trace:
             self.kind = str(a["task_kind"])
             self.error_names = tuple(json.loads(a["error_names"]))
             self.token_len = int(a.get("token_len", 0))
+            self.n_blocks = int(a.get("n_blocks", max(self.depths)))
         except (KeyError, ValueError, TypeError) as err:
             raise TraceError(f"{self.path}: trace attributes are malformed ({err})") from None
         if self.kind not in KINDS:
@@ -106,6 +107,8 @@ class Trace:
         D = len(self.depths)
         if D == 0 or sorted(set(self.depths)) != self.depths or self.depths[0] < 0:
             raise TraceError(f"{self.path}: trace depths {self.depths} must be sorted, unique and non-negative")
+        if self.n_blocks < self.depths[-1]:
+            raise TraceError(f"{self.path}: trace records depth {self.depths[-1]} of a model of {self.n_blocks} blocks")
         for name in self.error_names:
             key = f"errors/{name}"
             if key not in self._file:
