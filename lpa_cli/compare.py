@@ -33,7 +33,7 @@ def parse_runs(specs: list[str]) -> "OrderedDict[str, list[Path]]":
         name, sep, pattern = _split_run(spec)
         if not sep or not name.strip() or not pattern.strip():
             raise UsageError(f"bad --run {spec!r}: expected NAME=PATH, e.g. LPA=runs/lpa.safetensors")
-        if any(c in pattern for c in "*?["):  # a quoted glob: only checkpoints and traces (not .jsonl logs)
+        if any(c in pattern for c in "*?[") and not Path(pattern).exists():  # a quoted glob: checkpoints and traces only
             paths = sorted(p for p in glob.glob(pattern) if Path(p).suffix in (".safetensors", ".h5", ".hdf5"))
         else:
             paths = [pattern]

@@ -1,4 +1,5 @@
-"""What `lpa info` reports about a checkpoint, as plain data (no terminal code here)."""
+"""What `lpa info` reports about a checkpoint or a trace, as plain data (no terminal code here).
+Describing a trace needs no torch."""
 
 from __future__ import annotations
 
@@ -8,10 +9,7 @@ from typing import Any
 
 import dataclasses
 
-from safetensors.torch import load_file
-
 from analyzers.errors import CheckpointError
-from lpa_cli.checkpoint import check_consistency, file_sha256, read_header, read_info, tensor_hash
 from lpa_cli.config import ModelConfig
 from lpa_cli.registry import ARCHITECTURES
 
@@ -27,6 +25,10 @@ def resolved_options(model: ModelConfig) -> dict[str, Any]:
 
 def describe(path: str | Path, verify: bool = False) -> dict[str, Any]:
     """A checkpoint's description from its metadata; ``verify`` also re-hashes the tensor data."""
+    from safetensors.torch import load_file
+
+    from lpa_cli.checkpoint import check_consistency, file_sha256, read_header, read_info, tensor_hash
+
     path = Path(path)
     info = read_info(path)
     check_consistency(path, info)  # the config describes exactly these tensors

@@ -2,6 +2,7 @@
 no traceback, and no output file created or changed (unless the row says otherwise)."""
 
 import json
+import os
 import pickle
 import random
 import signal
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 import plotly
 import pytest
 import torch
@@ -19,7 +21,7 @@ import torch
 from analyzers import atomic
 from lpa_cli.checkpoint import load_checkpoint, save_checkpoint
 from lpa_cli.trace import trace_checkpoint
-from tests.cli_helpers import TINY_TRAIN, assert_clean_error, assert_self_contained, run
+from tests.cli_helpers import TINY_TRAIN, assert_clean_error, assert_self_contained, run, run_json
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
 GOOD = SAMPLES / "mlp-stripe-lpa.safetensors"
@@ -305,3 +307,212 @@ def test_a_bug_is_one_line_and_exit_3_not_a_traceback(monkeypatch):
     assert "Traceback" not in result.output
     debug = run("info", GOOD, env={"LPA_DEBUG": "1"})
     assert isinstance(debug.exception, ValueError)  # the traceback is there for whoever asks
+
+
+# --- a red team's and a new user's findings (issue 19): data is never destroyed ----------------------------------
+
+
+def test_checkpoint_outputs_are_safetensors_files_that_are_no_input(tmp_path):
+    assert_clean_error(run("train", *TINY_TRAIN, "-o", tmp_path / "q.jsonl"), ".safetensors")
+    log = tmp_path / "m.jsonl"
+    log.write_text('{"step": 1}\n')  # an earlier run's log
+    assert_clean_error(run("train", *TINY_TRAIN, "-o", tmp_path / "m.safetensors"), "m.jsonl", "--force")
+    assert log.read_text() == '{"step": 1}\n'
+    init = tmp_path / "init.safetensors"
+    init.write_bytes(GOOD.read_bytes())
+    assert_clean_error(run("train", "--init", init, "--steps", "1", "-o", init, "--force"), "one of the run's inputs")
+    assert init.read_bytes() == GOOD.read_bytes()
+
+
+def test_devices_and_pipes_are_never_replaced(tmp_path):
+    fifo = tmp_path / "pipe.html"
+    os.mkfifo(fifo)
+    assert_clean_error(run("compare", "--run", f"A={GOOD}", "--run", f"B={GOOD}", "-o", fifo, "--force", "--no-measure"), "not a regular file")
+    assert_clean_error(run("trace", GOOD, "-o", fifo, "--force"), "not a regular file")
+    assert fifo.is_fifo()
+
+
+def test_two_runs_to_one_output_do_not_interleave(tmp_path):
+    out = tmp_path / "m.safetensors"
+    with atomic.output_lock(out):  # a first run holds the output
+        assert_clean_error(run("train", *TINY_TRAIN, "-o", out), "another lpa process")
+    assert not out.exists()
+    assert run("train", *TINY_TRAIN, "-o", out, "--quiet").exit_code == 0  # the lock went with its holder
+    assert not out.with_name(out.name + ".lock").exists()
+
+
+# --- never a wrong answer with exit 0 -----------------------------------------------------------------------------
+
+
+def test_depth_subsets_are_labelled_and_selected_by_depth(tmp_path):
+    out = tmp_path / "s.h5"
+    shown = run("trace", GOOD, "--depths", "0,4:", "-o", out, "--limit", "512")
+    rows = [line.split("│")[1].strip() for line in shown.stdout.splitlines() if line.startswith("│")]
+    assert rows == ["0", "4", "5", "6", "7", "8"]
+    rows = [line.split("│")[1].strip() for line in run("info", out).stdout.splitlines() if line.startswith("│") and "│" in line[1:]]
+    assert rows[-6:] == ["0", "4", "5", "6", "7", "8"]
+    from analyzers.monotonicity import from_trace
+    from analyzers.trace import open_trace
+
+    with open_trace(out) as t:
+        assert from_trace(t, depths="4,8", bootstrap=0).depths == [4, 8]
+        assert from_trace(t, depths="2:", bootstrap=0).depths == [4, 5, 6, 7, 8]
+    assert_clean_error(run("monotonicity", out, "--depths", "1,8"), "depth 1 was not recorded")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_a_gate_cannot_be_bypassed_with_non_finite_settings(tmp_path, value):
+    assert_clean_error(run("monotonicity", GOOD, "--tolerance", value), "--tolerance")
+    cfg = tmp_path / "audit.toml"
+    cfg.write_text(f"[tool.lpa.audit]\nmonotone = true\ntolerance = {value}\n")
+    assert_clean_error(run("audit", GOOD, "--config", cfg), "tolerance")
+
+
+@pytest.mark.parametrize("line,needle", [("reference = 5", "reference"), ("seed = -1", "seed"), ("within = nan", "within"),
+                                         ("bootstrap = 100000000", "bootstrap")])
+def test_bad_audit_settings_exit_2(tmp_path, line, needle):
+    cfg = tmp_path / "audit.toml"
+    cfg.write_text(f"[tool.lpa.audit]\nmonotone = true\n{line}\n")
+    assert_clean_error(run("audit", GOOD, "--config", cfg), needle)
+
+
+def test_resuming_a_trace_on_other_data_is_refused(tmp_path):
+    out = tmp_path / "t.h5"
+    partial = Path(str(out) + ".partial")
+    data_a, data_b = tmp_path / "a.npz", tmp_path / "b.npz"
+    rng = np.random.default_rng(0)
+    for p in (data_a, data_b):
+        x = rng.uniform(-1, 1, size=(400, 2)).astype(np.float32)
+        np.savez(p, x=x, y=np.sin(x[:, :1]).astype(np.float32))
+    trace_checkpoint(GOOD, out, data=str(data_a))
+    out.rename(partial)  # as if killed: a partial trace of data A
+    with h5py.File(partial, "r+") as f:
+        f.attrs["complete"] = False
+    assert_clean_error(run("trace", GOOD, "--data", data_b, "-o", out, "--resume"), "different settings or data")
+
+
+def test_integer_csv_targets_with_many_values_are_regression(tmp_path, caplog):
+    csv = tmp_path / "prices.csv"
+    rng = np.random.default_rng(0)
+    rows = ["a,b,price"] + [f"{a:.3f},{b:.3f},{int(100 + 50 * a + 30 * b)}" for a, b in rng.uniform(0, 5, size=(1200, 2))]
+    csv.write_text("\n".join(rows))
+    from lpa_cli.config import TaskConfig
+    from lpa_cli.tasks import load_task
+
+    with caplog.at_level("WARNING"):
+        task = load_task(TaskConfig(name=f"file:{csv}"))
+    assert task.kind == "regression" and "regression" in caplog.text
+    standardized = run_json("train", *TINY_TRAIN, "--data", csv, "--set", "task.options.standardize=true", "--steps", "60",
+                            "-o", tmp_path / "s.safetensors")
+    assert standardized["task"]["meta"]["stats"]["std"][0] > 1  # recorded, so a trace of other data applies the same
+
+
+def test_compare_checks_the_checkpoint_a_trace_names(tmp_path):
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(GOOD.read_bytes())
+    trace = tmp_path / "m.h5"
+    run_json("trace", ckpt, "-o", trace)
+    ckpt.write_bytes((SAMPLES / "mlp-stripe-e2e.safetensors").read_bytes())  # another model now sits at that path
+    data = run_json("compare", "--run", f"A={trace}", "--run", f"B={SAMPLES / 'mlp-stripe-e2e.safetensors'}", "-o", tmp_path / "c.html")
+    assert data["cost"]["A"]["flops"] is None and any("content hash differs" in n for n in data["notes"])
+
+
+def test_compare_across_data_sets_with_force(tmp_path):
+    small = tmp_path / "small.safetensors"
+    run_json("train", *TINY_TRAIN, "-o", small)
+    assert_clean_error(run("compare", "--run", f"A={GOOD}", "--run", f"B={small}", "-o", tmp_path / "c.html"), "different data")
+    data = run_json("compare", "--run", f"A={GOOD}", "--run", f"B={small}", "-o", tmp_path / "c.html", "--force")
+    assert data["heatmaps"] is None and "Welch" in data["final"][0]["test"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--set", "task.options.contxt=32"], "contxt"),
+    (["--eval-every", "-1"], "--eval-every"),
+    (["--snapshot-every", "-1"], "--snapshot-every"),
+    (["--threads", "-2"], "--threads"),
+    (["--threads", "100000"], "--threads"),
+    (["--set", "train.warmup=-5"], "warmup"),
+    (["--lr", "inf"], "--lr"),
+    (["--lpa-lambda", "inf"], "--lpa-lambda"),
+    (["--seed", "100000000000000000000"], "seed"),
+    (["--set", "task.n_train=-3"], "n_train"),
+    (["--arch", "gpt", "--task", "text", "--set", "task.options.context=abc"], "context"),
+    (["--arch", "gpt", "--task", "text", "--set", "model.options.heads=0"], "heads"),
+])
+def test_bad_training_settings_exit_2(tmp_path, args, needle):
+    out = tmp_path / "m.safetensors"
+    assert_clean_error(run("train", *TINY_TRAIN, *args, "-o", out), needle)
+    assert not out.exists()
+
+
+def test_bad_probe_ridge(tmp_path):
+    states = tmp_path / "s.h5"
+    trace_checkpoint(GOOD, states, states=True, limit=200)
+    assert_clean_error(run("probe", states, "--fit-on", states, "--ridge", "nan"), "--ridge")
+
+
+def test_divergence_stops_with_one_line_and_no_checkpoint(tmp_path):
+    out = tmp_path / "m.safetensors"
+    assert_clean_error(run("train", *TINY_TRAIN, "--lr", "1e30", "-o", out), "diverged")
+    assert not out.exists()
+    huge = tmp_path / "huge.npz"
+    np.savez(huge, x=np.full((100, 2), 1e300), y=np.zeros(100))
+    assert_clean_error(run("train", *TINY_TRAIN, "--data", huge, "-o", out), "float32")
+
+
+def test_json_output_is_strict():
+    from lpa_cli.render import print_json
+
+    import io
+    import contextlib
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        print_json({"a": float("nan"), "b": [float("inf"), 1.0]})
+    assert json.loads(buf.getvalue(), parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}")) == {"a": None, "b": [None, 1.0]}
+
+
+def test_empty_text_and_string_metrics_and_lm_traces(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert_clean_error(run("train", "--arch", "gpt", "--task", f"text:{empty}", "-o", tmp_path / "m.safetensors"), "too short")
+    header, body = _header(GOOD.read_bytes())
+    header["__metadata__"] = {**header["__metadata__"], "metrics": json.dumps({"mse": ["low", "high"]})}
+    bad = tmp_path / "strings.safetensors"
+    bad.write_bytes(_pack(header, body))
+    assert_clean_error(run("info", bad, "--no-verify"), "list of numbers")
+    lm = tmp_path / "lm.h5"
+    trace_checkpoint(SAMPLES / "gpt-text-lpa.safetensors", lm, limit=8, predictions=False)
+    assert run("info", lm).exit_code == 0 and run_json("info", lm)["kind"] == "lm"
+
+
+def test_markup_and_html_in_names_stay_text(tmp_path):
+    odd = tmp_path / "[red]x[/x]<b>bold</b>.h5"
+    trace_checkpoint(GOOD, odd, limit=300)
+    result = run("monotonicity", odd, "--report-path", tmp_path / "r.html", "--exit-zero")
+    assert result.exit_code == 0, result.output
+    assert "[red]x[/x]" in result.stdout
+    page = (tmp_path / "r.html").read_text()
+    assert "<b>bold</b>" not in page.replace(plotly.offline.get_plotlyjs(), "")
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page  # escaped for the legend, which plotly renders as HTML
+    result = run("compare", "--run", f"[/x]={odd}", "--run", f"B={odd}", "-o", tmp_path / "c.html", "--no-measure")
+    assert result.exit_code == 0 and "[/x]" in result.stdout
+
+
+def test_github_annotations_escape_their_properties(tmp_path, monkeypatch):
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    odd = tmp_path / "a,b:c.safetensors"
+    odd.write_bytes((SAMPLES / "mlp-stripe-e2e.safetensors").read_bytes())
+    cfg = tmp_path / "audit.toml"
+    cfg.write_text("[tool.lpa.audit]\nmax_error = { \"1\" = 1e-9 }\n")
+    result = run("audit", odd, "--config", cfg)
+    line = next(l for l in result.stdout.splitlines() if l.startswith("::error"))
+    assert "file=" + str(odd).replace(",", "%2C").replace(":", "%3A") in line and "a,b:c" not in line.split("::")[1]
+
+
+def test_reports_say_what_made_them(tmp_path):
+    report = tmp_path / "r.html"
+    run("monotonicity", GOOD, "--report-path", report, "--exit-zero", "--quiet")
+    page = report.read_text()
+    assert "Provenance" in page and "monotonicity" in page and "created" in page
+    assert '"dtick":1' in page.replace(" ", "")  # depths are whole numbers on the axis

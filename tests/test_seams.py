@@ -41,3 +41,44 @@ def test_analyzers_import_without_torch_at_run_time():
             "analyzers.trace.arrays, analyzers.heads, analyzers.report.compare, analyzers.report.monotonicity; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_the_scanner_sees_imports_inside_functions():
+    assert "h5py" in imports(ROOT / "analyzers" / "trace" / "reader.py")
+    assert "peft" in imports(ROOT / "lpa_cli" / "finetune.py")  # imported inside a function only
+
+
+RUN_WITHOUT_TORCH = """
+import sys
+from typer.testing import CliRunner
+from lpa_cli.app import app
+runner = CliRunner()
+results = [runner.invoke(app, args) for args in {args!r}]
+print([r.exit_code for r in results], 'torch' in sys.modules)
+"""
+
+
+def test_help_version_and_trace_analysis_never_load_torch(tmp_path):
+    """Command modules import their library calls when they run: `lpa --help`, `lpa --version` and the
+    commands given traces start without torch (it costs seconds to import)."""
+    from lpa_cli.trace import trace_checkpoint
+
+    trace = tmp_path / "t.h5"
+    trace_checkpoint(ROOT / "sample_checkpoints" / "mlp-stripe-lpa.safetensors", trace, limit=500)
+    cfg = tmp_path / "audit.toml"
+    cfg.write_text("[tool.lpa.audit]\nmonotone = true\n")
+    args = [["--help"], ["--version"], ["train", "--help"], ["audit", str(trace), "--config", str(cfg), "--exit-zero", "--quiet"],
+            ["monotonicity", str(trace), "--exit-zero", "--quiet"], ["info", str(trace)]]
+    out = subprocess.run([sys.executable, "-c", RUN_WITHOUT_TORCH.format(args=args)], capture_output=True, text=True, check=True).stdout.split("]")
+    assert out[0].strip("[ ") == ", ".join(["0"] * len(args)), out
+    assert out[1].strip() == "False"
+
+
+def test_registries_drive_the_help_text():
+    from lpa_cli.registry import ARCHITECTURES, OBJECTIVES, WEIGHTINGS
+    from tests.cli_helpers import run
+
+    text = " ".join(run("train", "--help").stdout.split())
+    for registry in (ARCHITECTURES, OBJECTIVES, WEIGHTINGS):
+        for name in registry:
+            assert name in text

@@ -170,7 +170,7 @@ def train_command(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err,
-        transient=False,
+        transient=True,  # gone when training ends: the table follows, and an error stays one line
     )
     with progress:
         result = train(cfg, output, force=force, resume=resume, snapshot_every=snapshot_every, callbacks=ProgressCallbacks(progress, err))

@@ -188,7 +188,7 @@ def _finite(path: Path, name: str, a: np.ndarray) -> None:
     """No NaN or infinity, and nothing that turns infinite in float32 (training would diverge)."""
     if not np.isfinite(np.asarray(a, dtype=np.float64)).all():
         raise DataError(f"{path}: {name} contains NaN or infinite values")
-    if a.dtype.kind in "fiu" and a.size and float(np.abs(np.asarray(a, dtype=np.float64)).max()) > np.finfo(np.float32).max:
+    if a.dtype.kind in "fiu" and a.size and float(np.abs(np.asarray(a, dtype=np.float64)).max()) > float(np.finfo(np.float32).max):
         raise DataError(f"{path}: {name} has values beyond float32's range (about 3.4e38); rescale the data")
 
 
