@@ -472,7 +472,7 @@ def classifier_tradeoffs(ckpt, thresholds=(0.5, 0.7, 0.8, 0.9, 0.95, 0.99), flop
     return out
 
 
-def lm_tradeoffs(ckpt, prompts: list[str], max_new_tokens: int = 48, thresholds=(0.5, 0.7, 0.9), drafts: tuple[int, ...] | None = None,
+def lm_tradeoffs(ckpt, prompts: list[str], max_new_tokens: int = 48, thresholds=(0.5, 0.8), drafts: tuple[int, ...] | None = None,
                  speculate: int = 4, flops: list[float] | None = None) -> list[TradeOff]:
     """Exit and self-speculative decoding of a language model, timed for real against full decoding;
     quality is the share of tokens equal to full greedy decoding's."""
@@ -497,7 +497,7 @@ def lm_tradeoffs(ckpt, prompts: list[str], max_new_tokens: int = 48, thresholds=
         tokens, s, depths = min((run(strategy="exit", threshold=t) for _ in range(2)), key=lambda r: r[1])
         d = torch.tensor(depths or [N])
         out.append(TradeOff("exit", f"{t:g}", agreement(tokens), 1.0, float(d.float().mean()), full_s / s, _flops_speedup(flops, d)))
-    for k in drafts or range(1, N):
+    for k in drafts or sorted({1, max(1, N // 2)}):
         tokens, s, _ = min((run(strategy="self-speculative", draft_depth=k, speculate=speculate) for _ in range(2)), key=lambda r: r[1])
         out.append(TradeOff("self-speculative", f"draft {k}, speculate {speculate}", agreement(tokens), 1.0, None, full_s / s, None))
     return out

@@ -90,7 +90,7 @@ BALANCED = 0.5  # --loss-power of the BALANCED_LABEL runs (see lpa_cli.objective
 BALANCED_LABEL = "LPA balanced"
 
 
-def surface_studies(seeds: int, quick: bool) -> list[Study]:
+def surface_studies(seeds: int, quick: bool, out: Path | None = None, progress=None) -> list[Study]:
     s = range(seeds)
 
     def groups(name: str, seeds: range) -> dict[str, list[RunConfig]]:
@@ -114,7 +114,7 @@ def surface_studies(seeds: int, quick: bool) -> list[Study]:
     return [stripe, *others]
 
 
-def digits_studies(seeds: int, quick: bool) -> list[Study]:
+def digits_studies(seeds: int, quick: bool, out: Path | None = None, progress=None) -> list[Study]:
     out = []
     for arch in ("resnet", "vit"):
         out.append(Study(arch, {"LPA": [_digits(arch, "lpa", i, quick) for i in range(seeds)], "E2E": [_digits(arch, "e2e", i, quick) for i in range(seeds)]}, [
@@ -126,11 +126,61 @@ def digits_studies(seeds: int, quick: bool) -> list[Study]:
     return out
 
 
-def lm_studies(seeds: int, quick: bool) -> list[Study]:
-    return [Study("gpt", {"LPA": [_lm("lpa", i, quick) for i in range(seeds)], "E2E": [_lm("e2e", i, quick) for i in range(seeds)]}, metric="ce")]
+def parity_target(depth_half: int) -> Target:
+    """The LM goal: some LPA form ends within 3% of E2E's final perplexity while its depth N/2 stays
+    within 10% of its own final perplexity."""
+    def check(m, c):
+        base = _mean_at(m["E2E"], "ppl", -1)
+        rows = []
+        for g in m:
+            if g == "E2E":
+                continue
+            final, half = _mean_at(m[g], "ppl", -1), _mean_at(m[g], "ppl", depth_half)
+            rows.append((final / base <= 1.03 and half / final <= 1.10, f"{g}: final {final / base:.3f}x E2E, depth {depth_half} {half / final:.3f}x final"))
+        return any(ok for ok, _ in rows), "; ".join(text for _, text in rows)
+
+    return Target(f"an LPA form within 3% of E2E's final perplexity with depth {depth_half} within 10% of its final", check)
 
 
-def ablation_studies(seeds: int, quick: bool) -> list[Study]:
+def lm_forms(make, seeds: int, quick: bool) -> dict[str, list[RunConfig]]:
+    """E2E, the plain LPA sum, the paper's task + lambda x alignment form, and balanced LPA."""
+    from lpa_cli.reproduce_llm import FORMS
+
+    return {label: [make(objective, i, quick, **settings) for i in range(seeds)] for label, (objective, settings) in FORMS.items()}
+
+
+def lm_studies(seeds: int, quick: bool, out: Path, progress) -> list[Study]:
+    groups = lm_forms(_lm, seeds, quick)
+    return [Study("gpt", groups, [parity_target(2), Target("every LPA form monotone (every seed)", _all_lpa_monotone)], metric="ce")]
+
+
+def _all_lpa_monotone(m, c) -> tuple[bool, str]:
+    lpa = [r for r in c.runs if r.group != "E2E"]
+    return all(r.monotone for r in lpa), f"{sum(r.monotone for r in lpa)}/{len(lpa)}"
+
+
+def llm_studies(seeds: int, quick: bool, out: Path, progress) -> list[Study]:
+    """The paper's LLM experiment (`lpa_cli.reproduce_llm`): a pretrained decoder fine-tuned on held-out
+    text and on a classification task."""
+    from lpa_cli.reproduce_llm import FINETUNE_CONTEXT, FORMS, finetune, prepare
+
+    paths = prepare(out, quick, progress)
+    lm_task = TaskConfig(name=f"text:{paths['held_out']}", options={"context": FINETUNE_CONTEXT})
+    cls_task = TaskConfig(name=f"classify:{paths['passages']}", options={"context": 64, "truncate": True})
+    lm_steps, cls_steps = (100, 60) if quick else (400, 200)
+    lm = {label: [finetune(paths["base"], lm_task, objective, i, lm_steps, **settings) for i in range(seeds)] for label, (objective, settings) in FORMS.items()}
+    cls = {label: [finetune(paths["base"], cls_task, objective, i, cls_steps, **settings) for i in range(seeds)] for label, (objective, settings) in FORMS.items()}
+
+    def acc_gap(m, c) -> tuple[bool, str]:
+        e2e = _mean_at(m["E2E"], "acc", -1)
+        rows = [(g, _mean_at(m[g], "acc", -1)) for g in m if g != "E2E"]
+        return all(a >= e2e - 0.01 for _, a in rows), ", ".join(f"{g} {a:.4f}" for g, a in rows) + f" vs E2E {e2e:.4f}"
+
+    return [Study("held-out-text", lm, [parity_target(4), Target("every LPA form monotone (every seed)", _all_lpa_monotone)], metric="ce"),
+            Study("licence-classification", cls, [Target("every LPA form's final accuracy within 1 point of E2E's", acc_gap)], metric="err")]
+
+
+def ablation_studies(seeds: int, quick: bool, out: Path | None = None, progress=None) -> list[Study]:
     s = range(max(1, seeds if not quick else 1))
     groups = {"E2E": [_surface("stripe", "e2e", i, quick) for i in s]}
     for lam in (0.01, 0.05, 0.1, 0.5, 1.0):
@@ -163,7 +213,7 @@ def ablation_studies(seeds: int, quick: bool) -> list[Study]:
             Study("vit-digits-1000-steps", vit_long, metric="err"), Study("lm-sampling", lm, metric="ce")]
 
 
-def counterexample_studies(seeds: int, quick: bool) -> list[Study]:
+def counterexample_studies(seeds: int, quick: bool, out: Path | None = None, progress=None) -> list[Study]:
     # Small enough to train in seconds, large enough that E2E fits the stripe at depth N (R^2 ~ 0.99)
     # while its intermediate depths are worse than the embedding alone.
     def small(objective: str) -> RunConfig:
@@ -176,12 +226,13 @@ def counterexample_studies(seeds: int, quick: bool) -> list[Study]:
     ])]
 
 
-EXPERIMENTS: dict[str, Callable[[int, bool], list[Study]]] = {
+EXPERIMENTS: dict[str, Callable[..., list[Study]]] = {  # name -> (seeds, quick, output folder, progress) -> studies
     "surface": surface_studies,
     "digits": digits_studies,
     "lm": lm_studies,
     "ablation": ablation_studies,
     "counterexample": counterexample_studies,
+    "llm": llm_studies,
 }
 
 
@@ -258,8 +309,10 @@ def markdown(outcome: dict[str, Any]) -> str:
     first = next(iter(metrics.values()))[0]
     main = "r2" if "r2" in first else ("acc" if "acc" in first and "ppl" not in first else "ppl")
     err = "mse" if "mse" in first else "ce"
+    N = len(first[main]) - 1
+    half = max(1, N // 2)
     lines = [f"### {outcome['experiment']} / {outcome['study']}", "",
-             f"| group | seeds | {main} depth 1 | {main} depth 3 | {main} final | {err} final | monotone runs | deploy depth |",
+             f"| group | seeds | {main} depth 1 | {main} depth {half} | {main} final | {err} final | monotone runs | deploy depth |",
              "|---|---|---|---|---|---|---|---|"]
     for label, runs in metrics.items():
         def cell(metric: str, depth: int) -> str:
@@ -270,7 +323,7 @@ def markdown(outcome: dict[str, Any]) -> str:
             return f"{statistics.mean(values):.4g}{sd}"
 
         verdicts = [r for r in result.runs if r.group == label]
-        lines.append(f"| {label} | {len(runs)} | {cell(main, 1)} | {cell(main, 3)} | {cell(main, -1)} | {cell(err, -1)} | "
+        lines.append(f"| {label} | {len(runs)} | {cell(main, 1)} | {cell(main, half)} | {cell(main, -1)} | {cell(err, -1)} | "
                      f"{sum(v.monotone for v in verdicts)}/{len(verdicts)} | {', '.join(str(v.deploy_depth) for v in verdicts)} |")
     lines.append("")
     for f in result.final:
@@ -297,7 +350,7 @@ def reproduce(experiment: str, seeds: int = 3, quick: bool = False, output: str 
     outcomes = []
     store = CheckpointStore(out)
     for name in names:
-        for study in EXPERIMENTS[name](seeds, quick):
+        for study in EXPERIMENTS[name](seeds, quick, out, progress):
             outcomes.append(run_study(name, study, out, progress, store))
     text = f"# lpa reproduce {experiment}{' --quick' if quick else ''} --seeds {seeds}\n\n{environment()}\n\n"
     text += "\n".join(markdown(o) for o in outcomes)

@@ -49,13 +49,18 @@ def test_compare_numbers_equal_monotonicity_and_direct_group_means(digit_traces,
     html = report.read_text()
     assert_self_contained(html)
     for section in ("What differs", "Final depth", "Per-depth error", "Gap per depth", "Monotonicity per run",
-                    "Train once, use N models", "Early exit"):
+                    "Train once, use N models", "Early exit", "Early exit, measured", "When samples are first right"):
         assert section in html, section
+    measured = data["measured"]["LPA"]  # run for real on the checkpoint each trace names
+    assert [m["setting"] for m in measured][:2] == ["0.5", "0.7"] and all(m["measured_speedup"] > 0 for m in measured)
+    assert all(m["quality"] <= 1 and m["simulated_speedup"] >= 1 - 1e-6 for m in measured)
+    shares = data["first_correct"]["LPA"]
+    assert len(shares) == 7 and sum(shares) == pytest.approx(float((err_lpa == 0).any(axis=1).mean()))
 
 
 def test_compare_surface_has_heatmaps_and_training_curves(tmp_path):
     report = tmp_path / "s.html"
-    data = run_json("compare", "--run", f"LPA={SAMPLES / 'mlp-stripe-lpa.safetensors'}",
+    data = run_json("compare", "--no-measure", "--run", f"LPA={SAMPLES / 'mlp-stripe-lpa.safetensors'}",
                     "--run", f"E2E={SAMPLES / 'mlp-stripe-e2e.safetensors'}", "-o", report)
     assert data["heatmaps"]["grid"] == [64, 64] and len(data["heatmaps"]["groups"]["LPA"]) == 9
     assert data["training"]  # the samples' .jsonl logs
@@ -68,23 +73,27 @@ def test_training_curves_need_logs_with_several_evaluations(tmp_path):
     for name in ("a", "b"):
         run_json("train", *TINY_TRAIN, "--eval-every", "5", "--objective", "lpa" if name == "a" else "e2e", "-o", tmp_path / f"{name}.safetensors")
     report = tmp_path / "curves.html"
-    run_json("compare", "--run", f"A={tmp_path / 'a.safetensors'}", "--run", f"B={tmp_path / 'b.safetensors'}", "-o", report)
+    run_json("compare", "--no-measure", "--run", f"A={tmp_path / 'a.safetensors'}", "--run", f"B={tmp_path / 'b.safetensors'}", "-o", report)
     assert "Training curves" in report.read_text()
 
 
 def test_compare_with_many_groups_renders(tmp_path):
     """15 groups (the reproduce ablation's count) once made plotly refuse the heatmap grid's spacing."""
+    traces = {}
+    for name in ("mlp-stripe-lpa", "mlp-stripe-e2e"):
+        traces[name] = tmp_path / f"{name}.h5"
+        trace_checkpoint(SAMPLES / f"{name}.safetensors", traces[name])
     runs = []
     for i in range(15):
-        runs += ["--run", f"G{i}={SAMPLES / ('mlp-stripe-lpa.safetensors' if i % 2 else 'mlp-stripe-e2e.safetensors')}"]
+        runs += ["--run", f"G{i}={traces['mlp-stripe-lpa' if i % 2 else 'mlp-stripe-e2e']}"]
     report = tmp_path / "many.html"
-    data = run_json("compare", *runs, "-o", report)
+    data = run_json("compare", "--no-measure", *runs, "-o", report, "--bootstrap", "200")
     assert len(data["heatmaps"]["groups"]) == 15 and report.read_text().count("G14") >= 1
 
 
 def test_run_names_are_escaped_everywhere(digit_traces, tmp_path):
     report = tmp_path / "evil.html"
-    result = run("compare", "--run", f"{EVIL}={digit_traces['resnet-digits-lpa']}", "--run", f"E2E={digit_traces['resnet-digits-e2e']}",
+    result = run("compare", "--no-measure", "--run", f"{EVIL}={digit_traces['resnet-digits-lpa']}", "--run", f"E2E={digit_traces['resnet-digits-e2e']}",
                  "-o", report, "--quiet")
     assert result.exit_code == 0, result.output
     html = report.read_text()
@@ -93,20 +102,20 @@ def test_run_names_are_escaped_everywhere(digit_traces, tmp_path):
 
 
 def test_compare_globs_and_refusals(digit_traces, tmp_path):
-    data = run_json("compare", "--run", f"LPA={SAMPLES}/resnet-digits-l*", "--run", f"E2E={SAMPLES}/resnet-digits-e*", "-o", tmp_path / "g.html")
+    data = run_json("compare", "--no-measure", "--run", f"LPA={SAMPLES}/resnet-digits-l*", "--run", f"E2E={SAMPLES}/resnet-digits-e*", "-o", tmp_path / "g.html")
     assert data["groups"]["E2E"] == [str(SAMPLES / "resnet-digits-e2e.safetensors")]
     other = SAMPLES / "vit-digits-e2e.safetensors"
-    ok = run("compare", "--run", f"A={digit_traces['resnet-digits-lpa']}", "--run", f"B={other}", "-o", tmp_path / "x.html", "--quiet")
+    ok = run("compare", "--no-measure", "--run", f"A={digit_traces['resnet-digits-lpa']}", "--run", f"B={other}", "-o", tmp_path / "x.html", "--quiet")
     assert ok.exit_code == 0  # same test set, different architectures: comparable
-    assert_clean_error(run("compare", "--run", f"A={digit_traces['resnet-digits-lpa']}", "--run", f"B={SAMPLES / 'mlp-stripe-lpa.safetensors'}",
+    assert_clean_error(run("compare", "--no-measure", "--run", f"A={digit_traces['resnet-digits-lpa']}", "--run", f"B={SAMPLES / 'mlp-stripe-lpa.safetensors'}",
                            "-o", tmp_path / "y.html"), "cannot be compared")
     sub = tmp_path / "sub.h5"
     trace_checkpoint(SAMPLES / "resnet-digits-e2e.safetensors", sub, limit=100)
-    assert_clean_error(run("compare", "--run", f"A={digit_traces['resnet-digits-lpa']}", "--run", f"B={sub}", "-o", tmp_path / "z.html"), "--force")
-    assert run("compare", "--run", f"A={digit_traces['resnet-digits-lpa']}", "--run", f"B={sub}", "-o", tmp_path / "z.html", "--force", "--quiet").exit_code == 0
-    assert_clean_error(run("compare", "--run", f"A={digit_traces['resnet-digits-lpa']}", "-o", tmp_path / "w.html"), "two groups")
-    assert_clean_error(run("compare", "--run", "A", "--run", "B=x", "-o", tmp_path / "w.html"), "NAME=PATH")
-    assert_clean_error(run("compare", "--run", f"A={tmp_path}/none*", "--run", "B=x", "-o", tmp_path / "w.html"), "matches no file")
+    assert_clean_error(run("compare", "--no-measure", "--run", f"A={digit_traces['resnet-digits-lpa']}", "--run", f"B={sub}", "-o", tmp_path / "z.html"), "--force")
+    assert run("compare", "--no-measure", "--run", f"A={digit_traces['resnet-digits-lpa']}", "--run", f"B={sub}", "-o", tmp_path / "z.html", "--force", "--quiet").exit_code == 0
+    assert_clean_error(run("compare", "--no-measure", "--run", f"A={digit_traces['resnet-digits-lpa']}", "-o", tmp_path / "w.html"), "two groups")
+    assert_clean_error(run("compare", "--no-measure", "--run", "A", "--run", "B=x", "-o", tmp_path / "w.html"), "NAME=PATH")
+    assert_clean_error(run("compare", "--no-measure", "--run", f"A={tmp_path}/none*", "--run", "B=x", "-o", tmp_path / "w.html"), "matches no file")
 
 
 def test_pareto_front():

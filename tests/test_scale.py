@@ -17,7 +17,7 @@ import torch
 from lpa_cli.checkpoint import load_checkpoint, read_info
 from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
 from lpa_cli.train import train
-from tests.cli_helpers import TINY_TRAIN, assert_clean_error, run
+from tests.cli_helpers import TINY_TRAIN, assert_clean_error, run, run_json
 
 
 def _cfg(**train_settings) -> RunConfig:
@@ -111,17 +111,23 @@ def _torchrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
 
 
-def test_fsdp_equals_ddp(tmp_path):
-    """Two CPU processes (gloo): FSDP gives DDP's model to float tolerance, saved as one ordinary file."""
+def test_fsdp_equals_ddp_equals_one_process(tmp_path):
+    """Two CPU processes (gloo) split each global batch: DDP gives one process's model, and FSDP gives
+    DDP's, to float tolerance, saved as one ordinary file; only rank 0 prints and writes."""
     args = [*TINY_TRAIN, "--arch", "gpt", "--task", "text", "--set", "model.options.heads=2", "--set", "task.options.context=16"]
     ddp = _torchrun(tmp_path, *args, "--parallel", "ddp", "-o", str(tmp_path / "ddp.safetensors"))
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     fsdp = _torchrun(tmp_path, *args, "--parallel", "fsdp", "-o", str(tmp_path / "fsdp.safetensors"), "--snapshot-every", "10")
     assert fsdp.returncode == 0, fsdp.stderr[-2000:]
     a, b = load_checkpoint(tmp_path / "ddp.safetensors"), load_checkpoint(tmp_path / "fsdp.safetensors")
-    assert json.loads(fsdp.stdout)["training"]["parameters"] == sum(p.numel() for p in b.model.parameters())
+    report = json.loads(fsdp.stdout)  # one JSON document: rank 1 printed nothing
+    assert report["training"]["world_size"] == 2 and report["training"]["parameters"] == sum(p.numel() for p in b.model.parameters())
+    single = tmp_path / "single.safetensors"
+    run_json("train", *args, "-o", single)
+    c = load_checkpoint(single)
     for name, value in a.model.state_dict().items():
         torch.testing.assert_close(b.model.state_dict()[name], value, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(c.model.state_dict()[name], value, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow
