@@ -75,7 +75,25 @@ def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log library messages to stderr."),
 ) -> None:
     """lpa: train once, use N models."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now, so commands run in-process (tests, notebooks) one after
+    another never log into a stream an earlier one closed."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
 
 
 COMMANDS = {  # name -> module:function (each module is torch-free at import time)

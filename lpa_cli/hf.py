@@ -617,8 +617,8 @@ def export_hf(ckpt, small, output: Path, force: bool = False) -> dict[str, Any]:
     (output / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     tokenizer = read_tokenizer(ckpt.info)
     written = ["config.json", "model.safetensors"]
-    if tokenizer is not None and tokenizer.kind == "hf":
-        (output / "tokenizer.json").write_text(tokenizer.json_text)
+    if tokenizer is not None:
+        (output / "tokenizer.json").write_text(tokenizer.hf_json())
         written.append("tokenizer.json")
         files = dict(files)
         files.setdefault("tokenizer_config.json", json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))

@@ -52,6 +52,22 @@ class Tokenizer:
             return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
         return self._tok.decode(ids, skip_special_tokens=False)
 
+    def hf_json(self) -> str:
+        """A ``tokenizer.json`` for Hugging Face's libraries: the stored one, or for bytes a byte-level
+        BPE without merges whose token ids are the byte values."""
+        if self.kind == "hf":
+            return self.json_text
+        try:
+            from tokenizers import Tokenizer as HFTokenizer
+            from tokenizers import decoders, models, pre_tokenizers
+        except ImportError:
+            raise UsageError(HF_HINT) from None
+        vocab = {ch: b for b, ch in _bytes_to_unicode().items()}
+        tok = HFTokenizer(models.BPE(vocab=vocab, merges=[]))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        return tok.to_str()
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "json": self.json_text, "bos_id": self.bos_id, "eos_id": self.eos_id}
 
@@ -63,6 +79,19 @@ class Tokenizer:
 
 
 BYTES = Tokenizer("bytes", 256)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map of the 256 byte values to printable characters (the byte-level BPE alphabet)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
 
 
 def _hf_from_str(text: str):

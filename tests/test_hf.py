@@ -372,3 +372,20 @@ def test_pretrained_minilm_finetunes_traces_and_exports(tmp_path):
     with torch.no_grad():
         np.testing.assert_allclose(bert3(input_ids=test.x, attention_mask=test.mask).logits.numpy(),
                                    c.model.predictions(test.x, [3], attention_mask=test.mask)[0].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_byte_level_model_exports_a_tokenizer_that_reads_bytes(tmp_path):
+    """A decoder trained from scratch on bytes exports a tokenizer.json whose ids are the UTF-8 bytes."""
+    ckpt = tmp_path / "bytes.safetensors"
+    run_json("train", "--task", "text", "--arch", "decoder", "--depth", "2", "--width", "32", *TRAIN, "-o", ckpt)
+    out = tmp_path / "hf"
+    run_json("export", ckpt, "--at", "2", "--format", "hf", "-o", out)
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = "Licence — naïve ✓ 12\n"
+    ids = tok(text)["input_ids"]
+    assert ids == list(text.encode("utf-8"))
+    assert tok.decode(ids) == text
+    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x).logits.numpy(), load_checkpoint(ckpt).model.predictions(x, [2])[0].numpy(), rtol=1e-5, atol=1e-5)
