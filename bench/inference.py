@@ -20,7 +20,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from common import quick_args, setup, summary
 
 ROOT = Path(__file__).resolve().parents[1]

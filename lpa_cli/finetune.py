@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from analyzers.errors import CheckpointError, UsageError
-from lpa_cli.config import ModelConfig, RunConfig
+from lpa_cli.config import RunConfig
 from lpa_cli.models import build_model, zero_init_branches
 from lpa_cli.models.protocol import ResidualModel
 

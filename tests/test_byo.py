@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from lpa_cli import LPALoss, ResidualModel
-from lpa_cli.batch import Batch
 from lpa_cli.config import ObjectiveConfig
 from lpa_cli.objectives import build_objective
 from lpa_cli.torchvision_models import from_resnet

@@ -1,12 +1,9 @@
 """Evaluation logs, resume after SIGKILL, torchrun, devices."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch

@@ -18,6 +18,9 @@ import pytest
 
 from tests.cli_helpers import run
 
+for _module, _extra in (("transformers", "hf"), ("peft", "hf"), ("tensorboard", "track"), ("mlflow", "track")):
+    pytest.importorskip(_module, reason=f"the README uses the {_extra} extra (pip install 'lpa[{_extra}]')")
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 STEPS = 8
 SKIP = {  # first matching fragment -> why the line does not run here

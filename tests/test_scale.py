@@ -3,7 +3,6 @@ compilation, FSDP against DDP, and resume with all of them."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
