@@ -273,6 +273,11 @@ def _bert_names(depth: int, opts: dict, kind: str) -> dict[str, str]:
     return names
 
 
+# GPT-2 layer tensors other than the fused q/k/v: (lpa name, GPT-2 name, stored as a Conv1D, i.e. transposed)
+_GPT2_LAYER = [("attn.o_proj", "attn.c_proj", True), ("mlp.up", "mlp.c_fc", True), ("mlp.down", "mlp.c_proj", True),
+               ("norm1", "ln_1", False), ("norm2", "ln_2", False)]
+
+
 def _gpt2_to_lpa(hf: dict[str, Tensor], depth: int, opts: dict, kind: str) -> dict[str, Tensor]:
     """GPT-2 keeps q, k and v in one Conv1D (weights stored as (in, out)): split and transpose."""
     out = {"embed.tok.weight": hf["transformer.wte.weight"], "embed.pos.weight": hf["transformer.wpe.weight"],
@@ -289,11 +294,9 @@ def _gpt2_to_lpa(hf: dict[str, Tensor], depth: int, opts: dict, kind: str) -> di
         for j, p in enumerate("qkv"):
             out[f"{a}attn.{p}_proj.weight"] = qkv_w[:, j * width : (j + 1) * width].t().contiguous()
             out[f"{a}attn.{p}_proj.bias"] = qkv_b[j * width : (j + 1) * width].contiguous()
-        out[a + "attn.o_proj.weight"], out[a + "attn.o_proj.bias"] = hf[h + "attn.c_proj.weight"].t().contiguous(), hf[h + "attn.c_proj.bias"]
-        out[a + "mlp.up.weight"], out[a + "mlp.up.bias"] = hf[h + "mlp.c_fc.weight"].t().contiguous(), hf[h + "mlp.c_fc.bias"]
-        out[a + "mlp.down.weight"], out[a + "mlp.down.bias"] = hf[h + "mlp.c_proj.weight"].t().contiguous(), hf[h + "mlp.c_proj.bias"]
-        for n, m in (("norm1", "ln_1"), ("norm2", "ln_2")):
-            out[f"{a}{n}.weight"], out[f"{a}{n}.bias"] = hf[f"{h}{m}.weight"], hf[f"{h}{m}.bias"]
+        for ours, theirs, conv1d in _GPT2_LAYER:
+            out[f"{a}{ours}.weight"] = hf[f"{h}{theirs}.weight"].t().contiguous() if conv1d else hf[f"{h}{theirs}.weight"]
+            out[f"{a}{ours}.bias"] = hf[f"{h}{theirs}.bias"]
     return out
 
 
@@ -308,11 +311,9 @@ def _gpt2_to_hf(ours: dict[str, Tensor], depth: int, opts: dict, kind: str) -> d
         h, a = f"transformer.h.{i}.", f"blocks.{i}."
         hf[h + "attn.c_attn.weight"] = torch.cat([ours[f"{a}attn.{p}_proj.weight"] for p in "qkv"], dim=0).t().contiguous()
         hf[h + "attn.c_attn.bias"] = torch.cat([ours[f"{a}attn.{p}_proj.bias"] for p in "qkv"])
-        hf[h + "attn.c_proj.weight"], hf[h + "attn.c_proj.bias"] = ours[a + "attn.o_proj.weight"].t().contiguous(), ours[a + "attn.o_proj.bias"]
-        hf[h + "mlp.c_fc.weight"], hf[h + "mlp.c_fc.bias"] = ours[a + "mlp.up.weight"].t().contiguous(), ours[a + "mlp.up.bias"]
-        hf[h + "mlp.c_proj.weight"], hf[h + "mlp.c_proj.bias"] = ours[a + "mlp.down.weight"].t().contiguous(), ours[a + "mlp.down.bias"]
-        for n, m in (("norm1", "ln_1"), ("norm2", "ln_2")):
-            hf[f"{h}{m}.weight"], hf[f"{h}{m}.bias"] = ours[f"{a}{n}.weight"], ours[f"{a}{n}.bias"]
+        for mine, theirs, conv1d in _GPT2_LAYER:
+            hf[f"{h}{theirs}.weight"] = ours[f"{a}{mine}.weight"].t().contiguous() if conv1d else ours[f"{a}{mine}.weight"]
+            hf[f"{h}{theirs}.bias"] = ours[f"{a}{mine}.bias"]
     return hf
 
 
