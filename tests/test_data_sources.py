@@ -4,6 +4,7 @@ Pillow, lazily read .npy/.h5 arrays, worker processes, and evaluation on a fixed
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from analyzers.errors import DataError
 from lpa_cli.config import TaskConfig
 from lpa_cli.tasks import data_spec, load_task
+from lpa_cli.tasks.splits import MappedArray, Windows
 from lpa_cli.tasks.text import builtin_corpus
 from lpa_cli.tokenizer import load_tokenizer
 from tests.cli_helpers import TINY_TRAIN, assert_clean_error, run, run_json
@@ -69,7 +71,7 @@ def test_token_files_sample_windows_with_memmap_deterministically(tmp_path):
     out = tmp_path / "c.bin"
     run_json("data", "tokenize", _texts(tmp_path)[0], "-o", out)
     task = load_task(TaskConfig(name=f"tokens:{out}", options={"context": 32}))
-    assert task.train.sampling == "random" and isinstance(task.train.tokens, np.memmap)
+    assert task.train.sampling == "random" and isinstance(task.train.tokens, MappedArray)
     from lpa_cli.tasks.splits import batch_indices
 
     idx = batch_indices(len(task.train), 8, 0, 5, "random")
@@ -79,6 +81,30 @@ def test_token_files_sample_windows_with_memmap_deterministically(tmp_path):
     for row, start in zip(b.x, idx.tolist()):
         assert row.tolist() == tokens[start : start + 32].tolist()
     assert torch.equal(b.x[:, 1:], b.y[:, :-1])
+
+    held = Windows(torch.from_numpy(np.asarray(tokens, dtype=np.int64)), 32, 1, 0, task.train.count + 32)
+    h = held.batch(idx)
+    assert torch.equal(h.x, b.x) and torch.equal(h.y, b.y) and b.x.dtype == h.x.dtype == torch.int64
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc/self/maps")
+def test_token_and_npy_reads_leave_no_mapping_behind(tmp_path):
+    """A map kept open holds every page it touched in RSS; reads must unmap (and pickle for workers)."""
+    import pickle
+
+    out = tmp_path / "c.bin"
+    run_json("data", "tokenize", _texts(tmp_path)[0], "-o", out)
+    task = load_task(TaskConfig(name=f"tokens:{out}", options={"context": 16}))
+    b = task.train.batch(torch.arange(4))
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)
+    np.save(tmp_path / "d.npy", x)
+    np.save(tmp_path / "d.y.npy", np.arange(20) % 2)
+    arrays = load_task(TaskConfig(name=f"file:{tmp_path / 'd.npy'}"))
+    rows = arrays.train.batch(torch.arange(3))
+    maps = Path("/proc/self/maps").read_text()
+    assert str(out) not in maps and "d.npy" not in maps
+    assert torch.equal(pickle.loads(pickle.dumps(task.train)).batch(torch.arange(4)).x, b.x)
+    assert torch.equal(rows.x, torch.from_numpy(x[arrays.train.rows_index[:3]]))
 
 
 def test_bad_token_files(tmp_path):

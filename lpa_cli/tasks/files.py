@@ -33,7 +33,7 @@ from analyzers.errors import DataError
 from lpa_cli.config import TaskConfig
 from lpa_cli.tasks.base import Task, check_options, float_option
 from lpa_cli.tasks.images import seeded_split
-from lpa_cli.tasks.splits import ArraySplit, TensorSplit
+from lpa_cli.tasks.splits import ArraySplit, MappedArray, TensorSplit
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +85,13 @@ def _load_npy(path: Path, opts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]
         if not p.is_file():
             raise DataError(f"{p}: targets file not found (name it with --y-key FILE.npy)" if p == y_path else f"{p}: not found")
         try:
-            arrays.append(np.load(p, mmap_mode="r", allow_pickle=False))
+            a = np.load(p, mmap_mode="r", allow_pickle=False)
         except ValueError as err:
             raise DataError(f"{p}: not a usable .npy file ({err})") from None
         except OSError as err:
             raise DataError(f"{p}: cannot read ({err})") from None
+        # mapped per read so random rows do not pile up in RSS (see MappedArray)
+        arrays.append(MappedArray.of(a) if isinstance(a, np.memmap) and a.flags.c_contiguous else a)
     return arrays[0], arrays[1]
 
 
@@ -211,7 +213,7 @@ def load_file_task(source: str, cfg: TaskConfig) -> Task:
     check_options(f"file:{path.name}", cfg.options, OPTIONS)
     opts = dict(cfg.options)
     x, y = loader(path, opts)
-    lazy = y is None or isinstance(x, np.memmap)
+    lazy = y is None or isinstance(x, (np.memmap, MappedArray))
     if y is None:  # an H5Arrays reader
         arrays, xk, yk = x, str(opts.get("x_key", "x")), str(opts.get("y_key", "y"))
         x_shape, y_shape, x_dtype, y_dtype = arrays.shapes[xk], arrays.shapes[yk], arrays.dtypes[xk], arrays.dtypes[yk]

@@ -10,6 +10,7 @@ file, lazy ``.npy``/``.h5`` arrays, image files).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,10 +88,44 @@ class Subset(Split):
         return self.base.batch(self.index[index])
 
 
+class MappedArray:
+    """A read-only array in a file, mapped afresh for every read and unmapped after it.
+
+    A long-lived ``numpy.memmap`` keeps every page a read touched in the process's resident set (the
+    kernel maps whole folios around each fault), so random windows over a 2 GB token file grow RSS
+    towards 2 GB; nanoGPT re-creates its memmap per batch for the same reason. Mapping per read keeps
+    RSS flat (the file stays in the page cache, which the kernel may reclaim) at the price of one
+    mmap/munmap per batch. Pickles as its path and layout, so worker processes map it themselves.
+    """
+
+    def __init__(self, path: str | Path, dtype: Any, shape: tuple[int, ...], offset: int = 0) -> None:
+        self.path, self.dtype, self.shape, self.offset = str(path), np.dtype(dtype), tuple(int(d) for d in shape), int(offset)
+
+    @classmethod
+    def of(cls, m: np.memmap) -> "MappedArray":
+        """The same file and layout as the C-ordered memmap ``m``."""
+        return cls(m.filename, m.dtype, m.shape, m.offset)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if not self.shape[0]:
+            return np.zeros(self.shape, self.dtype)[index]
+        m = np.memmap(self.path, dtype=self.dtype, mode="r", shape=self.shape, offset=self.offset)
+        out = np.array(m[index])  # a copy: no view keeps the map alive, so it is unmapped when m goes
+        del m
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
 class Windows(Split):
     """Language-model windows over a token sequence: row i is tokens ``s .. s+T`` as inputs and
     ``s+1 .. s+T+1`` as targets, with ``s = start + i * stride``. The sequence may be a tensor or a
-    read-only ``numpy.memmap`` of a token file; only the windows of a batch are read."""
+    `MappedArray` of a token file; only the windows of a batch are read."""
 
     def __init__(self, tokens: Any, context: int, stride: int, start: int = 0, stop: int | None = None, sampling: str = "epochs") -> None:
         self.tokens = tokens
@@ -108,8 +143,8 @@ class Windows(Split):
         starts = self.start + index.long() * self.stride
         if isinstance(self.tokens, Tensor):
             w = self.tokens[starts[:, None] + torch.arange(self.context + 1)[None, :]].long()
-        else:  # a memmap: read each window's bytes, then one conversion
-            rows = np.stack([np.asarray(self.tokens[s : s + self.context + 1]) for s in starts.tolist()])
+        else:  # a mapped file: one gather reads only the windows' pages, then one conversion
+            rows = self.tokens[starts.numpy()[:, None] + np.arange(self.context + 1)[None, :]]
             w = torch.from_numpy(rows.astype(np.int64))
         return Batch(w[:, :-1].contiguous(), w[:, 1:].contiguous())
 
@@ -150,4 +185,4 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int, mode: str = "ep
     return perm[slot * batch_size : (slot + 1) * batch_size]
 
 
-__all__ = ["ArraySplit", "Split", "Subset", "TensorSplit", "Windows", "batch_indices"]
+__all__ = ["ArraySplit", "MappedArray", "Split", "Subset", "TensorSplit", "Windows", "batch_indices"]

@@ -7,7 +7,8 @@ after another, documents separated by the tokenizer's end-of-text token when it 
     {"format": "lpa-tokens", "version": 1, "dtype": "uint16", "count": 123456789, "documents": 42,
      "vocab_size": 50257, "tokenizer": {...}}
 
-Memory stays flat whatever the file's size: only the windows of a batch are read. Training rows are
+Memory stays flat whatever the file's size: only the windows of a batch are read, through a map made
+for that batch and dropped after it (`lpa_cli.tasks.splits.MappedArray`). Training rows are
 windows starting at every token offset of the first 90% (``test_fraction`` 0.1), drawn with
 replacement, seeded per step (nanoGPT's sampling, deterministic for resume); the test split is the
 non-overlapping windows of the rest.
@@ -27,7 +28,7 @@ from analyzers.atomic import atomic_path, check_writable
 from analyzers.errors import DataError, UsageError
 from lpa_cli.config import TaskConfig
 from lpa_cli.tasks.base import Task, check_options, float_option, int_option
-from lpa_cli.tasks.splits import Windows
+from lpa_cli.tasks.splits import MappedArray, Windows
 from lpa_cli.tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = "lpa-tokens"
@@ -140,7 +141,7 @@ def load_token_task(source: str, cfg: TaskConfig) -> Task:
     context = int_option(cfg.options, "context", 256, 2, 1 << 20)
     fraction = float_option(cfg.options, "test_fraction", 0.1, 0.0, 0.9)
     count = meta["count"]
-    tokens = np.memmap(path, dtype=meta["dtype"], mode="r", shape=(count,)) if count else np.zeros(0, dtype=meta["dtype"])
+    tokens = MappedArray(path, meta["dtype"], (count,))
     cut = count - int(count * fraction)
     if cut < context + 2 or count - cut < context + 1:
         raise DataError(f"{path}: {count} tokens are too few for context {context} and test fraction {fraction}")
