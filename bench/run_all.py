@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["train_overhead.py", "train_throughput.py", "allocator.py", "trace_overhead.py", "analysis.py", "lm_memory.py", "inference.py",
+SCRIPTS = ["train_overhead.py", "train_throughput.py", "allocator.py", "trace_overhead.py", "analysis.py", "lm_memory.py", "finetune.py",
+           "data_scale.py", "inference.py",
            "quickstart.py"]
 
 
