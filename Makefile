@@ -5,8 +5,6 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-# pytest-xdist processes for `make test` (CI has 2 cores; auto: one per core; 0: all in one process)
-TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test fuzz bench clean
@@ -28,7 +26,7 @@ demo: setup
 	$(BIN)/lpa train --force
 
 test: setup
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest
 
 fuzz: setup
 	$(BIN)/python -m pytest -m fuzz

@@ -8,7 +8,7 @@ group differences are paired over the shared test samples.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -191,7 +191,7 @@ class CompareResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return finite(asdict(self))
+        return finite(self)
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -13,6 +13,7 @@ Summary metrics (one value per depth): ``mse``, ``rmse``, ``r2`` (regression); `
 from __future__ import annotations
 
 import math
+from dataclasses import fields, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -71,7 +72,14 @@ def format_p(p: float) -> str:
 
 
 def finite(value: Any) -> Any:
-    """JSON has no NaN/Infinity: write them as null (also unwraps numpy scalars)."""
+    """JSON has no NaN/Infinity: write them as null. Also unwraps numpy scalars and turns dataclasses
+    into dicts of their fields, in the same single pass (``dataclasses.asdict`` first would deep-copy
+    every leaf: seconds for a compare result's heatmaps)."""
+    kind = type(value)
+    if kind is float:  # the common leaf first
+        return value if math.isfinite(value) else None
+    if kind is int or kind is str or value is None:
+        return value
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float):
@@ -80,4 +88,6 @@ def finite(value: Any) -> Any:
         return {str(k): finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [finite(v) for v in value]
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: finite(getattr(value, f.name)) for f in fields(value)}
     return value

@@ -1,20 +1,20 @@
 """Streamed data at scale: memory and speed of training from token files and image folders.
 
-Every figure comes from a fresh process running `lpa_cli.train.train` (peak RSS: ``ru_maxrss``;
-samples/s: the training steps after a warm-up, timed through the trainer's ``on_step`` hook):
-
 1. **Token files, memory.** A 2 GB and a 20 MB token file (uint16, the built-in corpus tokenised to
-   bytes and repeated; written with the sidecar `lpa data tokenize` writes), the same LPA run on
-   each through ``numpy.memmap`` (random windows over the whole file). Target: peak RSS of the 2 GB
-   run <= 1.2x the 20 MB run's. Printed beside it: the process's RSS before training (torch and the
-   model), which is the part of the peak no data source can remove.
-2. **Token files, speed.** The same windows of the 20 MB file held in memory (one int64 tensor, the
-   way the built-in text task holds them) and read from the memmap, in interleaved rounds. Target:
-   memmap samples/s >= 0.95x in-memory. Beside it, the data path alone (batches/s of each, no model).
+   bytes and repeated; with the sidecar `lpa data tokenize` writes), the same LPA run of
+   `lpa_cli.train.train` on each (random windows over the whole file), each in a fresh process,
+   alternating, 3 rounds. Target: peak RSS (``ru_maxrss``) of the 2 GB run <= 1.2x the 20 MB run's.
+   Printed beside it: the process's RSS before training (torch and the libraries), the part of the
+   peak no data source can remove.
+2. **Token files, speed.** One process trains the same model in alternating blocks of 10 steps, fed
+   by lpa's own batch iterator from the token file or from the same windows held in memory (one int64
+   tensor, as the built-in text task holds them), same step indices; the first block of each is
+   warm-up. Target: token-file samples/s >= 0.95x in-memory. Beside it, the data path alone
+   (batches/s of each source, no model), which bounds what the source can cost.
 3. **Image folders.** 3,000 PNGs of 32x32 RGB in ten class folders, read with Pillow by 2 worker
-   processes, against the same images decoded once into a tensor, training the built-in ResNet.
-   Target: folder samples/s >= 0.9x in-memory. Beside it, the decode cost alone (images/s of one
-   process reading the folder).
+   processes (`--workers 2`), against the same images decoded once into a tensor, training the
+   built-in ResNet the same way as 2. Target: folder samples/s >= 0.9x in-memory. Beside it, the
+   decode rate alone (images/s of one process reading the folder).
 
     python bench/data_scale.py [--quick]
 """
@@ -73,61 +73,75 @@ def write_image_folder(root: Path, per_class: int) -> None:
             Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).save(folder / f"{i:04d}.png")
 
 
-class _Clock:
-    """Trainer callback: the time from the end of step ``warm`` to the last step."""
-
-    def __init__(self, warm: int) -> None:
-        from lpa_cli.trackers import Callbacks
-
-        self.warm, self.t0, self.t1 = warm, None, None
-        clock = self
-
-        class Hook(Callbacks):
-            def on_step(self, step: int, loss: float | None) -> None:
-                if step == clock.warm:
-                    clock.t0 = time.perf_counter()
-                clock.t1 = time.perf_counter()
-
-        self.hook = Hook()
-
-
 def child(spec: dict) -> None:
-    """One training run in this process; prints peak RSS and samples/s as JSON."""
-    import dataclasses
+    """`lpa_cli.train.train` on a token file in this process (evaluation on 64 windows); prints peak RSS."""
+    from lpa_cli.allocator import tune_allocator
+    from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
+    from lpa_cli.train import train
 
+    tune_allocator()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    cfg = RunConfig(ModelConfig(arch="gpt", depth=4, width=128), TaskConfig(name=f"tokens:{spec['path']}", options={"context": CONTEXT}),
+                    ObjectiveConfig(name="lpa"), TrainConfig(steps=spec["steps"], batch_size=BATCH, lr=1e-3, seed=0, threads=2, eval_samples=64))
+    train(cfg, None)
+    print(json.dumps({"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "before_bytes": before}))
+
+
+def speed_child(spec: dict) -> None:
+    """Training speed of two batch sources in one process, in alternating blocks of steps over the
+    same step indices: the model, objective and Adam of the run, fed by lpa's own batch iterator
+    (`lpa_cli.train._batches`, worker processes included). Prints each source's samples/s."""
     import torch
 
     from lpa_cli.allocator import tune_allocator
     from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
+    from lpa_cli.distributed import World
+    from lpa_cli.finetune import build_initial_model, complete
+    from lpa_cli.objectives import build_objective
     from lpa_cli.tasks import load_task
     from lpa_cli.tasks.splits import TensorSplit, Windows
-    from lpa_cli.train import train
+    from lpa_cli.train import _batches
 
     tune_allocator()
-    steps, warm = spec["steps"], spec["warm"]
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
     if spec["kind"] == "tokens":
-        model = ModelConfig(arch="gpt", depth=4, width=128)
-        task_cfg = TaskConfig(name=f"tokens:{spec['path']}", options={"context": CONTEXT}, n_test=64)
-        batch, workers = BATCH, 0
+        model_cfg, task_cfg, batch = ModelConfig(arch="gpt", depth=4, width=128), TaskConfig(name=f"tokens:{spec['path']}", options={"context": CONTEXT}), BATCH
     else:
-        model = ModelConfig(arch="resnet", depth=4, width=32)
-        task_cfg = TaskConfig(name=f"folder:{spec['path']}")
-        batch, workers = IMAGE_BATCH, spec.get("workers", 0)
+        model_cfg, task_cfg, batch = ModelConfig(arch="resnet", depth=4, width=32), TaskConfig(name=f"folder:{spec['path']}"), IMAGE_BATCH
     task = load_task(task_cfg)
-    if spec["mode"] == "memory" and spec["kind"] == "tokens":  # the same windows, the tokens held as one tensor
-        w = task.train
-        held = torch.from_numpy(np.asarray(w.tokens, dtype=np.int64))
-        task = dataclasses.replace(task, train=Windows(held, w.context, w.stride, w.start, w.start + w.count + w.context, w.sampling))
-    elif spec["mode"] == "memory":  # every training image decoded once
-        every = task.train.rows(0, len(task.train))
-        task = dataclasses.replace(task, train=TensorSplit(every.x, every.y))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    cfg = RunConfig(model, task_cfg, ObjectiveConfig(name="lpa"),
-                    TrainConfig(steps=steps, batch_size=batch, lr=1e-3, seed=0, threads=2, workers=workers, eval_samples=64))
-    clock = _Clock(warm)
-    train(cfg, None, task=task, callbacks=clock.hook)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak_bytes": peak, "before_bytes": before, "samples_s": (steps - warm) * batch / (clock.t1 - clock.t0)}))
+    split = task.train
+    if spec["kind"] == "tokens":  # the same windows, the tokens held as one int64 tensor
+        held = Windows(torch.from_numpy(np.asarray(split.tokens, dtype=np.int64)), split.context, split.stride, split.start,
+                       split.start + split.count + split.context, split.sampling)
+    else:  # every training image decoded once
+        every = split.rows(0, len(split))
+        held = TensorSplit(every.x, every.y)
+    steps, block = spec["steps"], spec["block"]
+
+    def cfg(workers: int) -> RunConfig:
+        return RunConfig(model_cfg, task_cfg, ObjectiveConfig(name="lpa"), TrainConfig(steps=steps, batch_size=batch, seed=0, workers=workers))
+
+    run_cfg = complete(cfg(0), task)
+    model = build_initial_model(run_cfg, task)
+    objective = build_objective(run_cfg.objective, model.num_blocks, task.kind)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    sources = {spec["names"][0]: _batches(split, cfg(spec["workers"]), 0, World(), False), spec["names"][1]: _batches(held, cfg(0), 0, World(), False)}
+    times = {name: 0.0 for name in sources}
+    done = 0
+    for start in range(0, steps, block):
+        for name, it in sources.items():
+            t = time.perf_counter()
+            for _ in range(min(block, steps - start)):
+                b = next(it)
+                loss = objective(model, b).loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            if start:  # the first block of each is the warm-up (workers starting, allocator)
+                times[name] += time.perf_counter() - t
+        done += min(block, steps - start) if start else 0
+    print(json.dumps({name: done * batch / t for name, t in times.items()}))
 
 
 def run(spec: dict) -> dict:
@@ -161,14 +175,15 @@ def median(values: list[float]) -> float:
 
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        child(json.loads(sys.argv[2]))
+        spec = json.loads(sys.argv[2])
+        (speed_child if "block" in spec else child)(spec)
         return
     quick = quick_args(__doc__)
     from lpa_cli.tasks.text import builtin_corpus
     from lpa_cli.tasks.tokens import tokenize_files
 
     big_tokens, small_tokens = (50 << 20, 10 << 20) if quick else (1 << 30, 10 << 20)  # uint16: 2 GiB / 100 MiB (quick) vs 20 MiB
-    steps, warm, rounds = (20, 5, 1) if quick else (150, 20, 3)
+    steps, rounds, block = (20, 1, 5) if quick else (100, 3, 10)
     per_class = 30 if quick else IMAGES_PER_CLASS
     with tempfile.TemporaryDirectory(prefix="lpa-data-scale-", dir=os.environ.get("LPA_BENCH_TMP")) as tmp:
         root = Path(tmp)
@@ -180,50 +195,50 @@ def main() -> None:
         print(f"token files: {mib((root / 'big.bin').stat().st_size)} and {mib((root / 'small.bin').stat().st_size)} "
               f"written in {time.perf_counter() - t:.1f} s", flush=True)
 
-        # 1 and 2: token files. Rounds interleave the variants so machine noise hits them alike.
-        res: dict[str, list[dict]] = {"big": [], "small": [], "memory": []}
+        # 1: peak RSS, fresh processes, the two file sizes alternating.
+        res: dict[str, list[dict]] = {"big": [], "small": []}
         for _ in range(rounds):
-            res["big"].append(run({"kind": "tokens", "path": str(root / "big.bin"), "mode": "mmap", "steps": steps, "warm": warm}))
-            res["small"].append(run({"kind": "tokens", "path": str(root / "small.bin"), "mode": "mmap", "steps": steps, "warm": warm}))
-            res["memory"].append(run({"kind": "tokens", "path": str(root / "small.bin"), "mode": "memory", "steps": steps, "warm": warm}))
+            res["big"].append(run({"path": str(root / "big.bin"), "steps": steps}))
+            res["small"].append(run({"path": str(root / "small.bin"), "steps": steps}))
         for name, rows in res.items():
-            print(f"tokens {name}: " + "; ".join(f"peak {mib(r['peak_bytes'])} (before training {mib(r['before_bytes'])}), "
-                                                  f"{r['samples_s']:.0f} samples/s" for r in rows), flush=True)
+            print(f"tokens {name}: " + "; ".join(f"peak {mib(r['peak_bytes'])} (before training {mib(r['before_bytes'])})" for r in rows), flush=True)
         big, small = median([r["peak_bytes"] for r in res["big"]]), median([r["peak_bytes"] for r in res["small"]])
         floor = median([r["before_bytes"] for r in res["small"]])
         summary("data_scale.tokens.peak_rss", big / small, f"peak RSS {mib(big_tokens * 2)} file / {mib(small_tokens * 2)} file, target <= 1.2 "
                 f"({mib(big)} vs {mib(small)}; {mib(floor)} of it is the process before training)", big / small <= 1.2)
-        speed = median([m["samples_s"] / h["samples_s"] for m, h in zip(res["small"], res["memory"])])
+
+        # 2: speed, one process, blocks of steps alternating between the two sources.
+        import torch
+
         from lpa_cli.config import TaskConfig
         from lpa_cli.tasks import load_task
         from lpa_cli.tasks.splits import Windows
 
-        import torch
-
         torch.set_num_threads(2)
-        w = load_task(TaskConfig(name=f"tokens:{root / 'small.bin'}", options={"context": CONTEXT})).train
-        held = Windows(torch.from_numpy(np.asarray(w.tokens, dtype=np.int64)), w.context, w.stride, w.start, w.start + w.count + w.context, w.sampling)
+        w = load_task(TaskConfig(name=f"tokens:{root / 'big.bin'}", options={"context": CONTEXT})).train
+        small_w = load_task(TaskConfig(name=f"tokens:{root / 'small.bin'}", options={"context": CONTEXT})).train
+        held = Windows(torch.from_numpy(np.asarray(small_w.tokens, dtype=np.int64)), small_w.context, small_w.stride, small_w.start,
+                       small_w.start + small_w.count + small_w.context, small_w.sampling)
         draws = 200 if quick else 2000
         rate_mm, rate_mem = data_path_rate(w, BATCH, draws), data_path_rate(held, BATCH, draws)
-        summary("data_scale.tokens.samples_s", speed, f"training samples/s, memmap / in memory (same windows), target >= 0.95; "
-                f"data path alone {rate_mm:.0f} vs {rate_mem:.0f} batches/s ({rate_mm / rate_mem:.2f}x), against "
-                f"{median([r['samples_s'] for r in res['memory']]) / BATCH:.0f} training steps/s", speed >= 0.95)
+        speed = run({"kind": "tokens", "path": str(root / "small.bin"), "names": ["memmap", "memory"], "workers": 0,
+                     "steps": steps * 2, "block": block})
+        print(f"tokens speed: {json.dumps(speed)}", flush=True)
+        ratio = speed["memmap"] / speed["memory"]
+        summary("data_scale.tokens.samples_s", ratio, f"training samples/s, token file / the same windows in memory, target >= 0.95 "
+                f"({speed['memmap']:.0f} vs {speed['memory']:.0f}); the data path alone: {rate_mm:.0f} batches/s from the 2 GB file, "
+                f"{rate_mem:.0f} from memory, i.e. {1000 / rate_mm:.2f} ms a batch against {BATCH * 1000 / speed['memory']:.0f} ms a step", ratio >= 0.95)
 
         # 3: image folders with 2 workers against the same images in memory.
         folder = root / "images"
         write_image_folder(folder, per_class)
-        img: dict[str, list[dict]] = {"folder": [], "memory": []}
-        for _ in range(rounds):
-            img["folder"].append(run({"kind": "images", "path": str(folder), "mode": "folder", "workers": 2, "steps": steps, "warm": warm}))
-            img["memory"].append(run({"kind": "images", "path": str(folder), "mode": "memory", "steps": steps, "warm": warm}))
-        for name, rows in img.items():
-            print(f"images {name}: " + "; ".join(f"{r['samples_s']:.0f} samples/s" for r in rows), flush=True)
-        ratio = median([f["samples_s"] / m["samples_s"] for f, m in zip(img["folder"], img["memory"])])
         split = load_task(TaskConfig(name=f"folder:{folder}")).train
         decode = data_path_rate(split, IMAGE_BATCH, 10 if quick else 40) * IMAGE_BATCH
-        summary("data_scale.images.samples_s", ratio, f"training samples/s, image folder (2 workers) / in-memory tensors, target >= 0.9; "
-                f"decoding alone {decode:.0f} images/s in one process, training "
-                f"{median([r['samples_s'] for r in img['memory']]):.0f} samples/s", ratio >= 0.9)
+        img = run({"kind": "images", "path": str(folder), "names": ["folder", "memory"], "workers": 2, "steps": steps * 2, "block": block})
+        print(f"images speed: {json.dumps(img)}", flush=True)
+        ratio = img["folder"] / img["memory"]
+        summary("data_scale.images.samples_s", ratio, f"training samples/s, image folder (2 workers) / in-memory tensors, target >= 0.9 "
+                f"({img['folder']:.0f} vs {img['memory']:.0f}); decoding alone {decode:.0f} images/s in one process", ratio >= 0.9)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,6 @@ from lpa_cli.models import build_model
 from lpa_cli.registry import ARCHITECTURES
 
 os.environ["COLUMNS"] = "160"  # rich tables in CliRunner output stay on one line per row
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `make test` runs one worker per core: one torch thread each, or their thread pools fight over the cores
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
 
 # An example input for each input kind: (in_shape, out_dim, batch maker).
 INPUT_KINDS = {

@@ -1,7 +1,7 @@
 """The README's examples, run in order in a fresh directory, as a new user would after `make demo`.
 
-Budgets are cut (every `--steps` to at most STEPS) so the whole walk takes about a minute; everything
-else runs as written. Lines that are set-up (make, pip, venv), that take an hour (`lpa reproduce`),
+Budgets are cut (every `--steps` to at most STEPS, evaluation to EVAL_SAMPLES test samples, no
+`--workers` processes) so the whole walk takes under a minute; everything else runs as written. Lines that are set-up (make, pip, venv), that take an hour (`lpa reproduce`),
 or that need a launcher (`torchrun`, covered by tests/test_scale.py) or a minute of compiling
 (`--compile`, covered by the slow test in tests/test_scale.py) are skipped, each for its reason.
 """
@@ -23,6 +23,7 @@ for _module, _extra in (("transformers", "hf"), ("peft", "hf"), ("tensorboard", 
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 STEPS = 8
+EVAL_SAMPLES = 64
 SKIP = {  # first matching fragment -> why the line does not run here
     "make ": "set-up (the test suite is already running in it)",
     "python3 -m venv": "set-up",
@@ -60,12 +61,19 @@ def commands(body: str) -> list[tuple[str, str | None]]:
 
 
 def shortened(args: list[str]) -> list[str]:
+    """Cut budgets: at most STEPS steps, evaluation on EVAL_SAMPLES test samples, no worker processes
+    (tests/test_data_sources.py checks that workers give the same batches)."""
     args = list(args)
+    if "--workers" in args:
+        k = args.index("--workers")
+        del args[k : k + 2]
     if "--steps" in args:
         k = args.index("--steps") + 1
         args[k] = str(min(int(args[k]), STEPS))
     elif args[:1] == ["train"]:
         args += ["--steps", str(STEPS)]
+    if args[:1] == ["train"] and "--eval-samples" not in args:
+        args += ["--eval-samples", str(EVAL_SAMPLES)]
     return args
 
 
