@@ -226,7 +226,7 @@ def main() -> None:
         print(f"tokens speed: {json.dumps(speed)}", flush=True)
         ratio = speed["memmap"] / speed["memory"]
         summary("data_scale.tokens.samples_s", ratio, f"training samples/s, token file / the same windows in memory, target >= 0.95 "
-                f"({speed['memmap']:.0f} vs {speed['memory']:.0f}); the data path alone: {rate_mm:.0f} batches/s from the 2 GB file, "
+                f"({speed['memmap']:.0f} vs {speed['memory']:.0f}); the data path alone: {rate_mm:.0f} batches/s from the {mib(big_tokens * 2)} file, "
                 f"{rate_mem:.0f} from memory, i.e. {1000 / rate_mm:.2f} ms a batch against {BATCH * 1000 / speed['memory']:.0f} ms a step", ratio >= 0.95)
 
         # 3: image folders with 2 workers against the same images in memory.
