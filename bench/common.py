@@ -49,6 +49,39 @@ def interleaved(variants: dict[str, Callable[[], None]], repeats: int, before: C
     return {name: statistics.median(v) for name, v in times.items()}
 
 
+def run_child(script: str, spec: dict, threads: int = 2) -> dict:
+    """Run ``script --child SPEC_JSON`` in a fresh process (nothing inherited from earlier runs) and
+    return the last JSON line it printed; exit with the child's last error line if it failed."""
+    import json
+    import os
+    import subprocess
+
+    proc = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], capture_output=True, text=True,
+                          env=os.environ | {"OMP_NUM_THREADS": str(threads)})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"child {spec} failed: {(proc.stderr.strip().splitlines() or ['killed'])[-1]}")
+    return json.loads(lines[-1])
+
+
+def median_step_time(step: Callable[[], None], steps: int, warmup: int = 1) -> float:
+    """Median wall time of ``steps`` calls of ``step`` after ``warmup`` untimed ones (CUDA synchronised)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    times = []
+    for i in range(warmup + steps):
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def summary(name: str, value: float, target: str, ok: bool | None = None) -> None:
     verdict = "" if ok is None else (" ok" if ok else " MISSED")
     print(f"{name}: {value:.3g} ({target}){verdict}", flush=True)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import quick_args, summary
+from common import quick_args, run_child, summary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -73,6 +72,16 @@ def write_image_folder(root: Path, per_class: int) -> None:
             Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).save(folder / f"{i:04d}.png")
 
 
+def in_memory(windows):
+    """The same windows as ``windows`` (a token file's), the tokens held as one int64 tensor."""
+    import torch
+
+    from lpa_cli.tasks.splits import Windows
+
+    w = windows
+    return Windows(torch.from_numpy(np.asarray(w.tokens, dtype=np.int64)), w.context, w.stride, w.start, w.start + w.count + w.context, w.sampling)
+
+
 def child(spec: dict) -> None:
     """`lpa_cli.train.train` on a token file in this process (evaluation on 64 windows); prints peak RSS."""
     from lpa_cli.allocator import tune_allocator
@@ -99,7 +108,7 @@ def speed_child(spec: dict) -> None:
     from lpa_cli.finetune import build_initial_model, complete
     from lpa_cli.objectives import build_objective
     from lpa_cli.tasks import load_task
-    from lpa_cli.tasks.splits import TensorSplit, Windows
+    from lpa_cli.tasks.splits import TensorSplit
     from lpa_cli.train import _batches
 
     tune_allocator()
@@ -112,8 +121,7 @@ def speed_child(spec: dict) -> None:
     task = load_task(task_cfg)
     split = task.train
     if spec["kind"] == "tokens":  # the same windows, the tokens held as one int64 tensor
-        held = Windows(torch.from_numpy(np.asarray(split.tokens, dtype=np.int64)), split.context, split.stride, split.start,
-                       split.start + split.count + split.context, split.sampling)
+        held = in_memory(split)
     else:  # every training image decoded once
         every = split.rows(0, len(split))
         held = TensorSplit(every.x, every.y)
@@ -142,15 +150,6 @@ def speed_child(spec: dict) -> None:
                 times[name] += time.perf_counter() - t
         done += min(block, steps - start) if start else 0
     print(json.dumps({name: done * batch / t for name, t in times.items()}))
-
-
-def run(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                          env=os.environ | {"OMP_NUM_THREADS": "2"})
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"child {spec} failed: {(proc.stderr.strip().splitlines() or ['killed'])[-1]}")
-    return json.loads(lines[-1])
 
 
 def data_path_rate(split, batch: int, draws: int) -> float:
@@ -198,8 +197,8 @@ def main() -> None:
         # 1: peak RSS, fresh processes, the two file sizes alternating.
         res: dict[str, list[dict]] = {"big": [], "small": []}
         for _ in range(rounds):
-            res["big"].append(run({"path": str(root / "big.bin"), "steps": steps}))
-            res["small"].append(run({"path": str(root / "small.bin"), "steps": steps}))
+            res["big"].append(run_child(__file__, {"path": str(root / "big.bin"), "steps": steps}))
+            res["small"].append(run_child(__file__, {"path": str(root / "small.bin"), "steps": steps}))
         for name, rows in res.items():
             print(f"tokens {name}: " + "; ".join(f"peak {mib(r['peak_bytes'])} (before training {mib(r['before_bytes'])})" for r in rows), flush=True)
         big, small = median([r["peak_bytes"] for r in res["big"]]), median([r["peak_bytes"] for r in res["small"]])
@@ -212,16 +211,14 @@ def main() -> None:
 
         from lpa_cli.config import TaskConfig
         from lpa_cli.tasks import load_task
-        from lpa_cli.tasks.splits import Windows
 
         torch.set_num_threads(2)
         w = load_task(TaskConfig(name=f"tokens:{root / 'big.bin'}", options={"context": CONTEXT})).train
         small_w = load_task(TaskConfig(name=f"tokens:{root / 'small.bin'}", options={"context": CONTEXT})).train
-        held = Windows(torch.from_numpy(np.asarray(small_w.tokens, dtype=np.int64)), small_w.context, small_w.stride, small_w.start,
-                       small_w.start + small_w.count + small_w.context, small_w.sampling)
+        held = in_memory(small_w)
         draws = 200 if quick else 2000
         rate_mm, rate_mem = data_path_rate(w, BATCH, draws), data_path_rate(held, BATCH, draws)
-        speed = run({"kind": "tokens", "path": str(root / "small.bin"), "names": ["memmap", "memory"], "workers": 0,
+        speed = run_child(__file__, {"kind": "tokens", "path": str(root / "small.bin"), "names": ["memmap", "memory"], "workers": 0,
                      "steps": steps * 2, "block": block})
         print(f"tokens speed: {json.dumps(speed)}", flush=True)
         ratio = speed["memmap"] / speed["memory"]
@@ -234,7 +231,7 @@ def main() -> None:
         write_image_folder(folder, per_class)
         split = load_task(TaskConfig(name=f"folder:{folder}")).train
         decode = data_path_rate(split, IMAGE_BATCH, 10 if quick else 40) * IMAGE_BATCH
-        img = run({"kind": "images", "path": str(folder), "names": ["folder", "memory"], "workers": 2, "steps": steps * 2, "block": block})
+        img = run_child(__file__, {"kind": "images", "path": str(folder), "names": ["folder", "memory"], "workers": 2, "steps": steps * 2, "block": block})
         print(f"images speed: {json.dumps(img)}", flush=True)
         ratio = img["folder"] / img["memory"]
         summary("data_scale.images.samples_s", ratio, f"training samples/s, image folder (2 workers) / in-memory tensors, target >= 0.9 "

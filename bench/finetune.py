@@ -26,15 +26,12 @@ Targets: LPA / E2E step time <= 1.5x and peak memory <= 1.3x.
 from __future__ import annotations
 
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import quick_args, summary
+from common import median_step_time, quick_args, run_child, summary
 
 SHAPE = {"layers": 12, "width": 512, "heads": 8, "hidden": 1376, "vocab": 32000}
 QUICK_SHAPE = {"layers": 4, "width": 128, "heads": 4, "hidden": 344, "vocab": 4096}
@@ -68,19 +65,6 @@ def child(spec: dict) -> None:
     batch, context, steps, shape = spec["batch"], spec["context"], spec["steps"], spec["shape"]
     x = torch.randint(0, shape["vocab"], (batch, context), generator=torch.Generator().manual_seed(0)).to(device)
 
-    def timed(step) -> list[float]:
-        times = []
-        for i in range(steps + 1):
-            if cuda:
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            step()
-            if cuda:
-                torch.cuda.synchronize()
-            if i:
-                times.append(time.perf_counter() - t)
-        return times
-
     if spec["variant"] in ("head", "head_ce"):  # the floors: one depth's head, timed bare
         h = torch.randn(batch * context, shape["width"], device=device, requires_grad=spec["variant"] == "head_ce")
         # a head's scale (std 0.02, as initialised): unscaled logits underflow softmax into denormals
@@ -94,8 +78,7 @@ def child(spec: dict) -> None:
             else:  # the hand-written minimal head loss: matmul, cross-entropy, autograd's backward
                 torch.nn.functional.cross_entropy(h @ w.t(), y).backward()
 
-        times = timed(step)
-        print(json.dumps({"step_s": sorted(times)[len(times) // 2]}))
+        print(json.dumps({"step_s": median_step_time(step, steps)}))
         return
     if spec["variant"] == "transformers":
         from transformers import LlamaForCausalLM
@@ -127,18 +110,9 @@ def child(spec: dict) -> None:
         loss.backward()
         opt.step()
 
-    times = timed(step)
+    step_s = median_step_time(step, steps)
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak_bytes": peak, "step_s": sorted(times)[len(times) // 2]}))
-
-
-def run(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                          env=os.environ | {"OMP_NUM_THREADS": "2"})
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"child {spec['variant']} failed: {(proc.stderr.strip().splitlines() or ['killed'])[-1]}")
-    return json.loads(lines[-1])
+    print(json.dumps({"peak_bytes": peak, "step_s": step_s}))
 
 
 def gib(b: float) -> str:
@@ -155,9 +129,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lpa-finetune-") as tmp:
         make_model(Path(tmp), shape, context)
         base = {"dir": tmp, "batch": batch, "context": context, "steps": steps, "shape": shape}
-        res = {v: run(base | {"variant": v}) for v in ("e2e", "lpa", "lpa3", "transformers")}
-        head = run(base | {"variant": "head", "context": context - 1, "steps": 5})
-        head_ce = run(base | {"variant": "head_ce", "context": context - 1, "steps": 5})
+        res = {v: run_child(__file__, base | {"variant": v}) for v in ("e2e", "lpa", "lpa3", "transformers")}
+        head = run_child(__file__, base | {"variant": "head", "context": context - 1, "steps": 5})
+        head_ce = run_child(__file__, base | {"variant": "head_ce", "context": context - 1, "steps": 5})
     for name, r in res.items():
         print(f"{name}: step {r['step_s'] * 1000:.0f} ms, peak {gib(r['peak_bytes'])}", flush=True)
     e2e, lpa = res["e2e"], res["lpa"]

@@ -26,10 +26,9 @@ import os
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from common import quick_args, summary
+from common import median_step_time, quick_args, summary
 
 MEMORY_CAP = 18 << 30  # bytes of address space a child may take (this machine has 24 GB)
 DEPTH, WIDTH, HEADS = 8, 256, 4
@@ -56,18 +55,12 @@ def child(vocab: int, mode: str, objective: str, batch: int, context: int, steps
     if mode == "head":  # the floor: one depth's head, forward and backward, as three bare matmuls
         h = torch.randn(batch * context, WIDTH, device=device)
         w = torch.randn(vocab, WIDTH, device=device)
-        times = []
-        for i in range(steps + 2):
-            if cuda:
-                torch.cuda.synchronize()
-            t = time.perf_counter()
+
+        def head_step():
             logits = h @ w.t()  # (tokens, vocab)
             _ = logits @ w, logits.t() @ h  # the gradients' matmuls, for the states and for the weight
-            if cuda:
-                torch.cuda.synchronize()
-            if i > 1:
-                times.append(time.perf_counter() - t)
-        print(json.dumps({"step_s": sorted(times)[len(times) // 2]}))
+
+        print(json.dumps({"step_s": median_step_time(head_step, steps, warmup=2)}))
         return
     model = build_model(ModelConfig(arch="gpt", depth=DEPTH, width=WIDTH, options={"heads": HEADS, "tie_embeddings": False}),
                         (context,), vocab, "tokens", "lm").to(device)
@@ -76,26 +69,21 @@ def child(vocab: int, mode: str, objective: str, batch: int, context: int, steps
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, vocab, (batch, context), generator=g).to(device)
     data = Batch(x, torch.roll(x, -1, dims=1))
-    times = []
+    last = {}
+
+    def step():
+        last["loss"] = loss = obj(model, data).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
     try:
-        for i in range(steps + 1):
-            if cuda:
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            loss = obj(model, data).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if cuda:
-                torch.cuda.synchronize()
-            if i:
-                times.append(time.perf_counter() - t)
+        step_s = median_step_time(step, steps)
     except (MemoryError, RuntimeError) as err:
         print(json.dumps({"failed": f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"}))
         return
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    times.sort()
-    print(json.dumps({"peak_bytes": peak, "step_s": times[len(times) // 2], "loss": float(loss)}))
+    print(json.dumps({"peak_bytes": peak, "step_s": step_s, "loss": float(last["loss"])}))
 
 
 def run(vocab: int, mode: str, objective: str, batch: int, context: int, steps: int) -> dict:
