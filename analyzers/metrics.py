@@ -13,6 +13,7 @@ Summary metrics (one value per depth): ``mse``, ``rmse``, ``r2`` (regression); `
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import fields, is_dataclass
 from typing import Any
 
@@ -72,9 +73,10 @@ def format_p(p: float) -> str:
 
 
 def finite(value: Any) -> Any:
-    """JSON has no NaN/Infinity: write them as null. Also unwraps numpy scalars and turns dataclasses
-    into dicts of their fields, in the same single pass (``dataclasses.asdict`` first would deep-copy
-    every leaf: seconds for a compare result's heatmaps)."""
+    """JSON has no NaN/Infinity: write them as null. Also unwraps numpy scalars, turns arrays (numpy,
+    torch: anything with ``tolist``) into lists, paths into strings and dataclasses into dicts of
+    their fields, in the same single pass (``dataclasses.asdict`` first would deep-copy every leaf:
+    seconds for a compare result's heatmaps)."""
     kind = type(value)
     if kind is float:  # the common leaf first
         return value if math.isfinite(value) else None
@@ -90,4 +92,8 @@ def finite(value: Any) -> Any:
         return [finite(v) for v in value]
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: finite(getattr(value, f.name)) for f in fields(value)}
+    if hasattr(value, "__fspath__"):
+        return os.fspath(value)
+    if hasattr(value, "tolist"):
+        return finite(value.tolist())
     return value

@@ -25,26 +25,21 @@ def consoles(quiet: bool = False) -> tuple[Console, Console]:
 
 
 def print_json(data: Any) -> None:
-    """Strict JSON on stdout: NaN and infinities become null (JSON has no such numbers)."""
-    sys.stdout.write(json.dumps(finite(_plain(data)), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    """Strict JSON on stdout: NaN and infinities become null (JSON has no such numbers). Objects are
+    indented; a list of plain values stays on one line, so a per-depth curve reads as one row and
+    the C encoder writes the long ones (a compare's heatmaps hold 10^5 numbers)."""
+    sys.stdout.write(_dumps(finite(data), 0) + "\n")
     sys.stdout.flush()
 
 
-def _plain(value: Any) -> Any:
-    """Arrays, paths and dataclasses as JSON types."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if hasattr(value, "__fspath__"):
-        return str(value)
-    if hasattr(value, "__dataclass_fields__"):
-        import dataclasses
-
-        return _plain(dataclasses.asdict(value))
-    return value
+def _dumps(value: Any, level: int) -> str:
+    inner, outer = "  " * (level + 1), "  " * level
+    if isinstance(value, dict) and value:
+        items = (f"{inner}{json.dumps(k)}: {_dumps(v, level + 1)}" for k, v in value.items())
+        return "{\n" + ",\n".join(items) + "\n" + outer + "}"
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        return "[\n" + ",\n".join(inner + _dumps(v, level + 1) for v in value) + "\n" + outer + "]"
+    return json.dumps(value, allow_nan=False)
 
 
 def esc(text: Any) -> str:

@@ -1,4 +1,5 @@
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -140,14 +141,18 @@ def test_every_command_has_complete_help():
         assert result.exit_code == 0 and "Usage" in result.stdout
 
 
-def test_python_dash_m_and_installed_entry_point(tmp_path):
-    proc = subprocess_lpa("--help", module=True)
-    assert proc.returncode == 0 and "train" in proc.stdout
+def test_python_dash_m_and_installed_entry_point(tmp_path, trained):
+    # Four processes at once: each spends seconds importing torch, which two cores overlap.
     out = tmp_path / "sub.safetensors"
-    proc = subprocess_lpa("train", *TINY_TRAIN, "-o", out, "--json")
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["output"] == str(out)
-    proc = subprocess_lpa("info", out, "--json")
-    assert proc.returncode == 0 and json.loads(proc.stdout)["architecture"] == "mlp"
-    proc = subprocess_lpa("train", *TINY_TRAIN, "--objective", "nope", "-o", tmp_path / "n.safetensors")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.startswith("error:")
+    calls = {"help": (("--help",), True), "train": (("train", *TINY_TRAIN, "-o", out, "--json"), False),
+             "info": (("info", trained[0], "--json"), False),
+             "bad": (("train", *TINY_TRAIN, "--objective", "nope", "-o", tmp_path / "n.safetensors"), False)}
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = {name: pool.submit(subprocess_lpa, *args, module=module) for name, (args, module) in calls.items()}
+        proc = {name: future.result() for name, future in futures.items()}
+    assert proc["help"].returncode == 0 and "train" in proc["help"].stdout
+    assert proc["train"].returncode == 0, proc["train"].stderr
+    assert json.loads(proc["train"].stdout)["output"] == str(out) and out.exists()
+    assert proc["info"].returncode == 0 and json.loads(proc["info"].stdout)["architecture"] == "mlp"
+    bad = proc["bad"]
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.startswith("error:")

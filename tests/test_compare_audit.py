@@ -1,15 +1,21 @@
 """lpa compare and lpa audit, end to end, with independent checks of their numbers."""
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from junitparser import JUnitXml
+from torch import nn
 
 from analyzers.compare import pareto
 from analyzers.monotonicity import from_trace
 from analyzers.trace import open_trace
+from lpa_cli.batch import Batch
+from lpa_cli.cost import depth_costs
+from lpa_cli.models.protocol import ResidualModel
 from lpa_cli.trace import trace_checkpoint
 from tests.cli_helpers import TINY_TRAIN, assert_clean_error, assert_self_contained, run, run_json
 
@@ -116,6 +122,29 @@ def test_compare_globs_and_refusals(digit_traces, tmp_path):
     assert_clean_error(run("compare", "--no-measure", "--run", f"A={digit_traces['resnet-digits-lpa']}", "-o", tmp_path / "w.html"), "two groups")
     assert_clean_error(run("compare", "--no-measure", "--run", "A", "--run", "B=x", "-o", tmp_path / "w.html"), "NAME=PATH")
     assert_clean_error(run("compare", "--no-measure", "--run", f"A={tmp_path}/none*", "--run", "B=x", "-o", tmp_path / "w.html"), "matches no file")
+
+
+class _SleepingBlock(nn.Module):
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds, self.lin = seconds, nn.Linear(4, 4)
+
+    def forward(self, h):
+        time.sleep(self.seconds)
+        return h + self.lin(h)
+
+
+def test_depth_costs_count_each_prefix_and_time_its_parts():
+    """FLOPs by hand (2 per multiply-add); latency of depth k is embed + blocks 1..k + head, checked
+    with blocks that sleep a known time (sleep gives a lower bound that noise cannot break)."""
+    sleeps = [0.0, 0.02, 0.0, 0.04]
+    model = ResidualModel(nn.Linear(3, 4), [_SleepingBlock(s) for s in sleeps], nn.Linear(4, 2))
+    x = torch.randn(8, 3)
+    costs = depth_costs(model, Batch(x, torch.zeros(8)), repeats=3)
+    assert costs["flops"] == [2 * 3 * 4 + 2 * 4 * 2 + k * 2 * 4 * 4 for k in range(5)]
+    for k, ms in enumerate(costs["latency_ms"]):
+        slept = sum(sleeps[:k]) * 1000 / len(x)  # ms per sample
+        assert slept <= ms < slept + 25 / len(x), (k, ms, slept)
 
 
 def test_pareto_front():

@@ -1,20 +1,26 @@
 """The README's examples, run in order in a fresh directory, as a new user would after `make demo`.
 
-Budgets are cut (every `--steps` to at most STEPS, evaluation to EVAL_SAMPLES test samples, no
-`--workers` processes) so the whole walk takes under a minute; everything else runs as written. Lines that are set-up (make, pip, venv), that take an hour (`lpa reproduce`),
-or that need a launcher (`torchrun`, covered by tests/test_scale.py) or a minute of compiling
-(`--compile`, covered by the slow test in tests/test_scale.py) are skipped, each for its reason.
+Budgets are cut (every `--steps` to at most STEPS, evaluation to EVAL_SAMPLES test samples, traces to
+TRACE_SAMPLES samples, no `--workers` processes) so the whole walk takes well under a minute;
+everything else runs as written. `lpa` lines and Python blocks run in this process (tests/
+test_cli_train_info.py runs the installed entry point in a subprocess); the Python blocks get a
+forked RNG and keep their own thread count, so they change nothing for the tests after them. Lines
+that are set-up (make, pip, venv), that take an hour (`lpa reproduce`), or that need a launcher
+(`torchrun`, covered by tests/test_scale.py) or a minute of compiling (`--compile`, covered by the
+slow test in tests/test_scale.py) are skipped, each for its reason.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.cli_helpers import run
 
@@ -22,8 +28,9 @@ for _module, _extra in (("transformers", "hf"), ("peft", "hf"), ("tensorboard", 
     pytest.importorskip(_module, reason=f"the README uses the {_extra} extra (pip install 'lpa[{_extra}]')")
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-STEPS = 8
+STEPS = 3
 EVAL_SAMPLES = 64
+TRACE_SAMPLES = 256
 SKIP = {  # first matching fragment -> why the line does not run here
     "make ": "set-up (the test suite is already running in it)",
     "python3 -m venv": "set-up",
@@ -61,8 +68,9 @@ def commands(body: str) -> list[tuple[str, str | None]]:
 
 
 def shortened(args: list[str]) -> list[str]:
-    """Cut budgets: at most STEPS steps, evaluation on EVAL_SAMPLES test samples, no worker processes
-    (tests/test_data_sources.py checks that workers give the same batches)."""
+    """Cut budgets: at most STEPS steps, evaluation on EVAL_SAMPLES test samples, traces of at most
+    TRACE_SAMPLES samples, no worker processes (tests/test_data_sources.py checks that workers give
+    the same batches)."""
     args = list(args)
     if "--workers" in args:
         k = args.index("--workers")
@@ -74,6 +82,8 @@ def shortened(args: list[str]) -> list[str]:
         args += ["--steps", str(STEPS)]
     if args[:1] == ["train"] and "--eval-samples" not in args:
         args += ["--eval-samples", str(EVAL_SAMPLES)]
+    if args[:1] == ["trace"] and "--limit" not in args:
+        args += ["--limit", str(TRACE_SAMPLES)]
     return args
 
 
@@ -83,10 +93,11 @@ def run_bash(line: str, heredoc: str | None, cwd: Path, log: list[str]) -> None:
             log.append(f"skipped ({why}): {line}")
             return
     words = shlex.split(line, comments=True)
-    if words[0] != "lpa":  # shell: cat, head, python3 with a heredoc
-        script = line.replace("python3 ", f"{shlex.quote(sys.executable)} ", 1) if words[0] == "python3" else line
-        if heredoc is not None:
-            script += f" <<'EOF'\n{heredoc}EOF\n"
+    if words == ["python3", "-"] and heredoc is not None:
+        run_python(heredoc)
+        return
+    if words[0] != "lpa":  # shell: cat, head
+        script = line if heredoc is None else f"{line} <<'EOF'\n{heredoc}EOF\n"
         proc = subprocess.run(["bash", "-c", script], text=True, cwd=cwd, capture_output=True, timeout=300)
         assert proc.returncode == 0, f"{line}\n{proc.stderr}"
         return
@@ -98,11 +109,16 @@ def run_bash(line: str, heredoc: str | None, cwd: Path, log: list[str]) -> None:
     log.append(f"ran: lpa {shlex.join(args)}")
 
 
-def run_python(body: str, cwd: Path) -> None:
+def run_python(body: str) -> None:
+    """A Python block as a script in this process (`import torch` is paid once, not per block)."""
     body = re.sub(r"steps=(\d+)", lambda m: f"steps={min(int(m.group(1)), STEPS)}", body)
     body = re.sub(r"range\((\d+)\)", lambda m: f"range({min(int(m.group(1)), STEPS)})", body)
-    proc = subprocess.run([sys.executable, "-"], input=body, text=True, cwd=cwd, capture_output=True, timeout=300)
-    assert proc.returncode == 0, f"{body}\n{proc.stderr}"
+    threads = torch.get_num_threads()
+    try:
+        with torch.random.fork_rng(), contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(body, "<README block>", "exec"), {"__name__": "__main__"})
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_readme_examples_run_in_order(tmp_path, monkeypatch):
@@ -115,7 +131,7 @@ def test_readme_examples_run_in_order(tmp_path, monkeypatch):
     assert sum(lang == "python" for lang, _ in found) >= 2 and len(found) >= 15
     for lang, body in found:
         if lang == "python":
-            run_python(body, tmp_path)
+            run_python(body)
             continue
         for line, heredoc in commands(body):
             run_bash(line, heredoc, tmp_path, log)

@@ -13,7 +13,7 @@ def _stripe(objective: str) -> RunConfig:
         model=ModelConfig(depth=4, width=64),
         task=TaskConfig(name="surface:stripe", n_train=2048, n_test=1024),
         objective=ObjectiveConfig(name=objective),
-        train=TrainConfig(steps=600, batch_size=256, lr=5e-3, threads=2, seed=0),
+        train=TrainConfig(steps=400, batch_size=256, lr=5e-3, threads=2, seed=0),
     )
 
 
