@@ -1,13 +1,13 @@
 """The README's examples, run in order in a fresh directory, as a new user would after `make demo`.
 
-Budgets are cut (every `--steps` to at most STEPS, evaluation to EVAL_SAMPLES test samples, traces to
-TRACE_SAMPLES samples, no `--workers` processes) so the whole walk takes well under a minute;
-everything else runs as written. `lpa` lines and Python blocks run in this process (tests/
-test_cli_train_info.py runs the installed entry point in a subprocess); the Python blocks get a
-forked RNG and keep their own thread count, so they change nothing for the tests after them. Lines
-that are set-up (make, pip, venv), that take an hour (`lpa reproduce`), or that need a launcher
-(`torchrun`, covered by tests/test_scale.py) or a minute of compiling (`--compile`, covered by the
-slow test in tests/test_scale.py) are skipped, each for its reason.
+Budgets are cut (every `--steps` to at most STEPS, evaluation to EVAL_SAMPLES test samples, traces
+to TRACE_SAMPLES samples, no `--workers` processes) so the whole walk takes well under a minute;
+everything else runs as written. `lpa` lines and Python blocks run in this process
+(tests/test_cli_train_info.py runs the installed entry point in a subprocess); each Python block
+runs under a forked RNG and the thread count is restored after it, so it changes nothing for later
+tests. Lines that are set-up (make, pip, venv), that take an hour (`lpa reproduce`), or that need a
+launcher (`torchrun`, covered by tests/test_scale.py) or a minute of compiling (`--compile`, covered
+by the slow test in tests/test_scale.py) are skipped, each for its reason.
 """
 
 from __future__ import annotations
