@@ -13,13 +13,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lpa_cli.allocator import tune_allocator  # noqa: E402
 
 
-def setup(threads: int = 2) -> None:
-    """The process set-up every lpa command does (allocator tuning), plus torch threads and seed."""
+def setup(threads: int = 2):
+    """The process set-up every lpa command does (allocator tuning), plus torch threads and seed.
+    Returns the device to measure on (the GPU where there is one)."""
     import torch  # here, not at the top: the analysis benchmark must run without torch
 
     tune_allocator()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def peak_bytes() -> int:
+    """Peak memory of this process so far: the GPU allocator's peak, or the CPU resident set's."""
+    import resource
+
+    import torch
+
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def quick_args(doc: str | None) -> bool:

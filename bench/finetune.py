@@ -26,12 +26,11 @@ Targets: LPA / E2E step time <= 1.5x and peak memory <= 1.3x.
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import tempfile
 from pathlib import Path
 
-from common import median_step_time, quick_args, run_child, summary
+from common import median_step_time, peak_bytes, quick_args, run_child, setup, summary
 
 SHAPE = {"layers": 12, "width": 512, "heads": 8, "hidden": 1376, "vocab": 32000}
 QUICK_SHAPE = {"layers": 4, "width": 128, "heads": 4, "hidden": 344, "vocab": 4096}
@@ -54,14 +53,7 @@ def child(spec: dict) -> None:
     """One variant in this process: a warm-up step, then timed steps; prints peak memory and step time."""
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from lpa_cli.allocator import tune_allocator
-
-    tune_allocator()
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
+    device = setup()
     batch, context, steps, shape = spec["batch"], spec["context"], spec["steps"], spec["shape"]
     x = torch.randint(0, shape["vocab"], (batch, context), generator=torch.Generator().manual_seed(0)).to(device)
 
@@ -111,8 +103,7 @@ def child(spec: dict) -> None:
         opt.step()
 
     step_s = median_step_time(step, steps)
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak_bytes": peak, "step_s": step_s}))
+    print(json.dumps({"peak_bytes": peak_bytes(), "step_s": step_s}))
 
 
 def gib(b: float) -> str:

@@ -26,9 +26,8 @@ import os
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
-from common import median_step_time, quick_args, summary
+from common import median_step_time, peak_bytes, quick_args, setup, summary
 
 MEMORY_CAP = 18 << 30  # bytes of address space a child may take (this machine has 24 GB)
 DEPTH, WIDTH, HEADS = 8, 256, 4
@@ -40,18 +39,12 @@ def child(vocab: int, mode: str, objective: str, batch: int, context: int, steps
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from lpa_cli.allocator import tune_allocator
     from lpa_cli.batch import Batch
     from lpa_cli.config import ModelConfig, ObjectiveConfig
     from lpa_cli.models import build_model
     from lpa_cli.objectives import build_objective
 
-    tune_allocator()
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
+    device = setup()
     if mode == "head":  # the floor: one depth's head, forward and backward, as three bare matmuls
         h = torch.randn(batch * context, WIDTH, device=device)
         w = torch.randn(vocab, WIDTH, device=device)
@@ -82,8 +75,7 @@ def child(vocab: int, mode: str, objective: str, batch: int, context: int, steps
     except (MemoryError, RuntimeError) as err:
         print(json.dumps({"failed": f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"}))
         return
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak_bytes": peak, "step_s": step_s, "loss": float(last["loss"])}))
+    print(json.dumps({"peak_bytes": peak_bytes(), "step_s": step_s, "loss": float(last["loss"])}))
 
 
 def run(vocab: int, mode: str, objective: str, batch: int, context: int, steps: int) -> dict:
