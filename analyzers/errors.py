@@ -39,3 +39,7 @@ class OutputExistsError(LpaError):
 
 class OutputError(LpaError):
     """An output file could not be written (permissions, disk full, ...)."""
+
+
+class TrustError(LpaError):
+    """A file names code (a model factory) that the user has not allowed lpa to import or call."""

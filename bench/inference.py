@@ -84,7 +84,7 @@ def prediction(name: str) -> None:
     from lpa_cli.inference import classifier_tradeoffs
 
     path = ROOT / "sample_checkpoints" / f"{name}.safetensors"
-    flops = _costs(path, {})["flops"]
+    flops = _costs(path, {}, {})["flops"]
     points = classifier_tradeoffs(load_checkpoint(path), thresholds=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95), flops=flops, repeats=5)
     for p in points:
         print(f"  {name} confidence {p.setting}: accuracy {p.quality:.4f} (all depths {p.full_quality:.4f}), mean depth {p.mean_depth:.2f}, "

@@ -37,6 +37,7 @@ from analyzers.errors import CheckpointError, LpaError
 from lpa_cli import __version__
 from lpa_cli.config import RunConfig
 from lpa_cli.models import ResidualModel
+from lpa_cli.models.factory import build_from_config, check_factory
 
 FORMAT = "lpa-checkpoint"
 CUSTOM = "custom"  # config.model.arch of a model built in Python and trained through train(model=...)
@@ -367,10 +368,10 @@ def read_info(path: str | Path) -> CheckpointInfo:
     return CheckpointInfo(config, task, metrics, training, sha, aliases, parent, meta)
 
 
-def _build(path: Path, info: CheckpointInfo, device: str | torch.device | None = None) -> ResidualModel:
-    """The model the config describes (on ``device``; "meta" allocates nothing)."""
-    from lpa_cli.finetune import build_from_config
-
+def _build(path: Path, info: CheckpointInfo, device: str | torch.device | None, factory: str, trust_factory: bool) -> ResidualModel:
+    """The model the config describes (on ``device``; "meta" allocates nothing), once the user has
+    allowed the factory it names, if any."""
+    check_factory(info.config.model.factory, path, factory, trust_factory)
     task = info.task
     try:
         with torch.device(device) if device is not None else contextlib.nullcontext():
@@ -381,11 +382,13 @@ def _build(path: Path, info: CheckpointInfo, device: str | torch.device | None =
         raise _fail(path, f"its config cannot build a model ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
 
 
-def check_consistency(path: str | Path, info: CheckpointInfo | None = None, model: ResidualModel | None = None) -> None:
+def check_consistency(path: str | Path, info: CheckpointInfo | None = None, model: ResidualModel | None = None, *,
+                      factory: str = "", trust_factory: bool = False) -> None:
     """The config's model has exactly the file's tensors, names and shapes (from the header only).
 
     The model is built on the meta device, so a config that claims a huge input or a negative width is
-    refused without allocating anything.
+    refused without allocating anything. A model built by a factory is built only as `load_checkpoint`
+    allows (``factory``, ``trust_factory``).
     """
     path = Path(path)
     info = info or read_info(path)
@@ -398,7 +401,7 @@ def check_consistency(path: str | Path, info: CheckpointInfo | None = None, mode
     if model is None:
         if info.config.model.arch == CUSTOM and not info.config.model.factory:
             return  # a model built in Python: checked when the caller passes it
-        model = _build(path, info, "meta")
+        model = _build(path, info, "meta", factory, trust_factory)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(expected))
@@ -410,16 +413,20 @@ def check_consistency(path: str | Path, info: CheckpointInfo | None = None, mode
             raise _fail(path, f"config and tensors disagree: tensor {name!r} has shape {stored[name]}, the config's model needs {shape}")
 
 
-def load_checkpoint(path: str | Path, verify: bool = True, device: str | torch.device = "cpu", model: ResidualModel | None = None) -> Checkpoint:
+def load_checkpoint(path: str | Path, verify: bool = True, device: str | torch.device = "cpu", model: ResidualModel | None = None, *,
+                    factory: str = "", trust_factory: bool = False) -> Checkpoint:
     """Rebuild the model from the file alone and load its weights (hash-checked unless ``verify=False``).
 
     ``model``: load the weights into this model instead (checkpoints of models built in Python).
+    A checkpoint whose model is built by a factory (``save_model(..., factory=...)``, ``--model``) is
+    rebuilt only when ``factory`` names that same function or ``trust_factory=True``: lpa never
+    imports code because a file names it (`lpa_cli.models.factory`).
     """
     path = Path(path)
     info = read_info(path)
     if model is None and info.config.model.arch == CUSTOM and not info.config.model.factory:
         raise _fail(path, "it holds a model built in Python (no registered architecture or factory); load it with load_checkpoint(path, model=...)")
-    check_consistency(path, info, model)
+    check_consistency(path, info, model, factory=factory, trust_factory=trust_factory)
     try:
         tensors = st_load_file(str(path))
     except (SafetensorError, ValueError, RuntimeError, OSError) as err:
@@ -430,7 +437,7 @@ def load_checkpoint(path: str | Path, verify: bool = True, device: str | torch.d
         actual = tensor_hash(tensors)
         if actual != info.sha256:
             raise _fail(path, "content hash mismatch: tensor data is corrupt or was modified (use --no-verify to load anyway)")
-    model = model if model is not None else _build(path, info)
+    model = model if model is not None else _build(path, info, None, factory, trust_factory)
     for alias, target in info.aliases.items():
         tensors[alias] = tensors[target]
     model.load_state_dict(tensors, strict=True)

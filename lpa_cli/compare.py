@@ -48,9 +48,10 @@ def parse_runs(specs: list[str]) -> "OrderedDict[str, list[Path]]":
     return groups
 
 
-def _checkpoint_for(path: Path, trace, notes: list[str]) -> Path | None:
+def _checkpoint_for(path: Path, trace, notes: list[str], trust: dict[str, Any]) -> Path | None:
     """The checkpoint a run's costs and log come from: the input itself, or the one a trace names,
-    when it is still there and still the same model (its content hash)."""
+    when it is still there, still the same model (its content hash) and its model may be built
+    (a factory it names is allowed by ``trust``: `load_checkpoint`'s factory and trust_factory)."""
     if not is_trace(path):
         return path
     attrs = trace.attrs
@@ -58,26 +59,32 @@ def _checkpoint_for(path: Path, trace, notes: list[str]) -> Path | None:
     if not ckpt or not Path(ckpt).is_file() or not str(ckpt).endswith(".safetensors"):
         return None
     from lpa_cli.checkpoint import read_info
+    from lpa_cli.models.factory import check_factory
 
     try:
-        sha = read_info(ckpt).sha256
+        info = read_info(ckpt)
     except LpaError:
-        sha = None
-    if sha != attrs.get("checkpoint_sha256"):
+        info = None
+    if info is None or info.sha256 != attrs.get("checkpoint_sha256"):
         notes.append(f"{path}: the checkpoint it names ({ckpt}) is not the model that was traced (its content hash differs); "
                      "its costs and training log are not shown")
+        return None
+    try:
+        check_factory(info.config.model.factory, ckpt, **trust)
+    except LpaError as err:
+        notes.append(f"its costs and training log are not shown: {err}")
         return None
     return Path(ckpt)
 
 
-def _costs(ckpt: Path | None, cache: dict[str, Any]) -> dict[str, list[float]] | None:
+def _costs(ckpt: Path | None, cache: dict[str, Any], trust: dict[str, Any]) -> dict[str, list[float]] | None:
     if ckpt is None:
         return None
     from lpa_cli.checkpoint import load_checkpoint
     from lpa_cli.cost import depth_costs
     from lpa_cli.tasks import load_task
 
-    c = load_checkpoint(ckpt)
+    c = load_checkpoint(ckpt, **trust)
     key = c.config.model.__repr__() + json.dumps(c.task, sort_keys=True)
     if key not in cache:
         test = load_task(c.task_config()).test
@@ -98,8 +105,9 @@ def _log(ckpt: Path | None) -> list[dict[str, Any]]:
 
 
 def load_run(group: str, path: Path, metric: str | None, cost_cache: dict, notes: list[str], seed: int, bootstrap: int,
-             kind: str | None = None) -> tuple[Run, dict, str, list[int] | None]:
-    with as_trace(path, predictions="auto") as trace_path, open_trace(trace_path) as t:
+             kind: str | None = None, trust: dict[str, Any] | None = None) -> tuple[Run, dict, str, list[int] | None]:
+    trust = trust or {}
+    with as_trace(path, predictions="auto", **trust) as trace_path, open_trace(trace_path) as t:
         if kind is not None and t.kind != kind:
             raise UsageError(f"{path} is a {t.kind} run and the first run a {kind} run; they cannot be compared")
         m = check_metric(metric, t.kind)
@@ -116,8 +124,8 @@ def load_run(group: str, path: Path, metric: str | None, cost_cache: dict, notes
                 argmax = t.read("predictions").argmax(axis=-1)
         elif t.has("predictions"):
             preds, targets = t.read("predictions"), t.read("targets")
-        ckpt = _checkpoint_for(path, t, notes)
-        costs = _costs(ckpt, cost_cache)
+        ckpt = _checkpoint_for(path, t, notes, trust)
+        costs = _costs(ckpt, cost_cache, trust)
         task = t.task
         grid = task.get("meta", {}).get("grid") if isinstance(task.get("meta"), dict) else None
         run = Run(group=group, path=str(path), config=t.config, depths=t.depths, errors=errs, monotonicity=mono,
@@ -128,7 +136,7 @@ def load_run(group: str, path: Path, metric: str | None, cost_cache: dict, notes
     return run, identity, m, grid
 
 
-def measured_exits(run: Run, kind: str) -> list:
+def measured_exits(run: Run, kind: str, trust: dict[str, Any] | None = None) -> list:
     """Exit settings run for real on a run's checkpoint (`lpa_cli.inference`): confidence exits for a
     classifier; exit and self-speculative decoding for a language model, on prompts from its test split."""
     from lpa_cli.checkpoint import load_checkpoint, read_tokenizer
@@ -136,7 +144,7 @@ def measured_exits(run: Run, kind: str) -> list:
     from lpa_cli.tasks import load_task
     from lpa_cli.tokenizer import BYTES
 
-    ckpt = load_checkpoint(run.checkpoint)
+    ckpt = load_checkpoint(run.checkpoint, **(trust or {}))
     if kind == "classification":
         return classifier_tradeoffs(ckpt, flops=run.flops)
     try:
@@ -151,16 +159,18 @@ def measured_exits(run: Run, kind: str) -> list:
 
 
 def compare_runs(specs: list[str], metric: str | None = None, force: bool = False, seed: int = 0, bootstrap: int = 1000,
-                 measure: bool = True) -> CompareResult:
+                 measure: bool = True, *, factory: str = "", trust_factory: bool = False) -> CompareResult:
     """Compare groups of runs (see `analyzers.compare.compare`); with ``measure``, also run each
-    group's first checkpoint with real early exit (classifiers, language models) and time it."""
+    group's first checkpoint with real early exit (classifiers, language models) and time it.
+    ``factory``/``trust_factory``: as `lpa_cli.checkpoint.load_checkpoint`, for every checkpoint."""
+    trust = {"factory": factory, "trust_factory": trust_factory}
     groups = parse_runs(specs)
     runs: OrderedDict[str, list[Run]] = OrderedDict()
     identities, notes, cache = [], [], {}
     chosen_metric, grid, kind = metric, None, None
     for group, paths in groups.items():
         for p in paths:
-            run, identity, chosen_metric, grid = load_run(group, p, chosen_metric, cache, notes, seed, bootstrap, kind)
+            run, identity, chosen_metric, grid = load_run(group, p, chosen_metric, cache, notes, seed, bootstrap, kind, trust)
             kind = identity["kind"]
             runs.setdefault(group, []).append(run)
             identities.append((p, identity))
@@ -181,6 +191,6 @@ def compare_runs(specs: list[str], metric: str | None = None, force: bool = Fals
     if measure and first["kind"] in ("classification", "lm"):
         for group, members in runs.items():
             if members[0].checkpoint:
-                result.measured[group] = measured_exits(members[0], first["kind"])
+                result.measured[group] = measured_exits(members[0], first["kind"], trust)
     result.notes.extend(notes)
     return result

@@ -13,17 +13,17 @@ FORMATS = ("lpa", "hf")
 
 
 def export_prefix(checkpoint: str | Path, depth: int, output: str | Path, force: bool = False, verify: bool = True,
-                  format: str = "lpa") -> dict:
+                  format: str = "lpa", *, factory: str = "", trust_factory: bool = False) -> dict:
     """Write the embedding, the first ``depth`` blocks and the shared head: an lpa checkpoint
     (``format="lpa"``) or a Hugging Face model directory (``format="hf"``, for models started from
     one). Its predictions are exactly the original's depth-``depth`` predictions; an lpa checkpoint's
-    metadata says what it was cut from (``parent``).
+    metadata says what it was cut from (``parent``). ``factory``/``trust_factory``: as `load_checkpoint`.
     """
     if format not in FORMATS:
         raise UsageError(f"unknown --format {format!r}; expected {' or '.join(FORMATS)}")
     if Path(output).exists() and Path(output).resolve() == Path(checkpoint).resolve():
         raise UsageError(f"{output}: the output is the checkpoint being exported; choose another -o")
-    ckpt = load_checkpoint(checkpoint, verify=verify)
+    ckpt = load_checkpoint(checkpoint, verify=verify, factory=factory, trust_factory=trust_factory)
     n = ckpt.model.num_blocks
     if not 1 <= depth <= n:
         raise UsageError(f"--at must be between 1 and {n} for {checkpoint} ({n} blocks), got {depth}")

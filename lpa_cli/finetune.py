@@ -11,9 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,52 +20,16 @@ from torch import nn
 
 from analyzers.errors import CheckpointError, UsageError
 from lpa_cli.config import RunConfig
-from lpa_cli.models import build_model, zero_init_branches
+from lpa_cli.models.factory import build_from_config, check_factory
 from lpa_cli.models.protocol import ResidualModel
 
 log = logging.getLogger(__name__)
 
 
-def load_factory(target: str) -> Callable[..., ResidualModel]:
-    """``package.module:function``, imported from the Python path (the working directory first)."""
-    module, sep, name = target.partition(":")
-    if not sep or not module or not name:
-        raise UsageError(f"--model {target!r}: expected package.module:function")
-    cwd = str(Path.cwd())
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)  # a user's own file beside them, as `python -m` would find it
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except ImportError as err:
-        raise UsageError(f"--model {target!r}: cannot import module {module!r} ({err})") from None
-    except AttributeError:
-        raise UsageError(f"--model {target!r}: module {module!r} has no {name!r}") from None
-    if not callable(fn):
-        raise UsageError(f"--model {target!r}: {name!r} is not a function")
-    return fn
-
-
-def build_from_config(cfg: RunConfig, in_shape: tuple[int, ...], out_dim: int, input_kind: str, kind: str) -> ResidualModel:
-    """The untrained model ``cfg.model`` describes: a user factory's, or a registered architecture's."""
-    m = cfg.model
-    if m.factory:
-        fn = load_factory(m.factory)
-        try:
-            model = fn(**m.options)
-        except TypeError as err:
-            raise UsageError(f"--model {m.factory}: {err}") from None
-        if not isinstance(model, ResidualModel):
-            raise UsageError(f"--model {m.factory} returned a {type(model).__name__}, not a ResidualModel "
-                             "(wrap your modules: ResidualModel(embed, blocks, head))")
-        if m.zero_init and all(hasattr(b, "branch_outputs") for b in model.blocks):
-            zero_init_branches(model)
-        return model
-    return build_model(m, in_shape, out_dim, input_kind, kind)
-
-
-def resolve_init(cfg: RunConfig) -> RunConfig:
+def resolve_init(cfg: RunConfig, trust_factory: bool = False) -> RunConfig:
     """With ``--init``: the model settings come from where the weights do (a Hugging Face config, or
-    the lpa checkpoint's own model config)."""
+    the lpa checkpoint's own model config). A checkpoint's factory is used only when it is the one
+    ``cfg`` names (``--model``) or ``trust_factory`` allows it."""
     init = cfg.model.init
     if not init:
         return cfg
@@ -81,6 +43,7 @@ def resolve_init(cfg: RunConfig) -> RunConfig:
     from lpa_cli.checkpoint import read_info
 
     info = read_info(path)
+    check_factory(info.config.model.factory, path, cfg.model.factory, trust_factory)
     model = dataclasses.replace(info.config.model, init=str(path))
     options = dict(cfg.task.options)
     if info.task.get("input_kind") == "tokens" and cfg.task.name.partition(":")[0] in ("text", "classify", "tokens"):
@@ -119,7 +82,7 @@ def build_initial_model(cfg: RunConfig, task) -> ResidualModel:
         return model
     from lpa_cli.checkpoint import load_checkpoint
 
-    source = load_checkpoint(path)
+    source = load_checkpoint(path, factory=cfg.model.factory)  # resolve_init checked it is the one allowed
     theirs = source.model.state_dict()
     ours = model.state_dict()
     fresh = sorted(k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape)

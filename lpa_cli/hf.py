@@ -29,8 +29,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from analyzers.errors import CheckpointError, DataError, UsageError
+from analyzers.atomic import atomic_path, write_text
+from analyzers.errors import CheckpointError, DataError, LpaError, UsageError
 from lpa_cli.config import ModelConfig, RunConfig
+from lpa_cli.tasks.base import first_id_at_or_above
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ def read_config(directory: Path) -> dict[str, Any]:
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     except (ValueError, OSError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{directory}/config.json: not valid JSON ({err})") from None
+    except RecursionError:
+        raise CheckpointError(f"{directory}/config.json: nested too deeply to be a model config") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{directory}/config.json: not a JSON object")
     return config
@@ -67,11 +71,25 @@ def read_config(directory: Path) -> dict[str, Any]:
 def weight_files(directory: Path) -> list[Path]:
     """The directory's safetensors files; pickled weights alone are refused, never opened."""
     files = sorted(directory.glob("*.safetensors"))
+    for f in files:
+        _inside(directory, f)
     if not files:
         pickled = [p.name for p in directory.glob("*.bin")] + [p.name for p in directory.glob("*.pt")]
         hint = f" (found {', '.join(pickled)})" if pickled else ""
         raise CheckpointError(f"{directory}: no *.safetensors weights{hint}; lpa never loads pickled weights")
     return files
+
+
+def _inside(directory: Path, path: Path) -> Path:
+    """``path``, unless it is a symlink that leads out of ``directory``: only the blob store of a
+    Hugging Face cache (``models--*/blobs/``, where a snapshot's files link to) is followed."""
+    target = path.resolve()
+    if path.is_symlink() and not target.is_relative_to(directory.resolve()):
+        cache_blob = target.parent.name == "blobs" and target.parent.parent.name.startswith("models--")
+        if not cache_blob:
+            raise CheckpointError(f"{path}: is a symlink to {target}, outside the model directory (only a Hugging Face cache's "
+                                  "blobs are followed); copy the file into the directory")
+    return path
 
 
 def read_weights(directory: Path) -> dict[str, Tensor]:
@@ -196,7 +214,8 @@ def _llama_options(config: dict, directory: Path) -> Translation:
         "window": int(window), "layer_types": layer_types, "tie_embeddings": bool(config.get("tie_word_embeddings", False)),
         "vocab": _int(config, "vocab_size", directory),
     }
-    return Translation("decoder", depth, width, options, _int(config, "max_position_embeddings", directory, 2048))
+    positions = _int(config, "max_position_embeddings", directory, 2048)
+    return Translation("decoder", depth, width, options | {"max_positions": positions}, positions)
 
 
 def _gpt2_options(config: dict, directory: Path) -> Translation:
@@ -349,18 +368,35 @@ def family_of(config: dict, directory: Path) -> Family:
 
 
 def translate(directory: Path) -> tuple[Family, dict[str, Any], Translation]:
+    """The directory's family, config and lpa model; a config lpa cannot build a model from is refused
+    here, naming the file, before anything is allocated."""
+    from lpa_cli.models import build_model
+
     config = read_config(directory)
     weight_files(directory)
     family = family_of(config, directory)
-    return family, config, family.translate(config, directory)
+    t = family.translate(config, directory)
+    try:
+        with torch.device("meta"):  # allocates nothing, whatever sizes the file claims
+            build_model(ModelConfig(arch=t.arch, depth=t.depth, width=t.width, zero_init=False, options=t.options), (min(t.positions, 8),),
+                        int(t.options.get("vocab") or 2), "tokens", "lm" if t.arch == "decoder" else "classification")
+    except LpaError as err:
+        raise CheckpointError(f"{directory}/config.json describes a model lpa cannot build ({err})") from None
+    return family, config, t
 
 
-def _canonical(hf: dict[str, Tensor], family: Family) -> dict[str, Tensor]:
-    """Checkpoints of a base model (BertModel, LlamaModel) lack the prefix; old ones use gamma/beta."""
+def _canonical(hf: dict[str, Tensor], family: Family, directory: Path) -> dict[str, Tensor]:
+    """Checkpoints of a base model (BertModel, LlamaModel) lack the prefix; old ones use gamma/beta.
+    Every weight must be finite floating point: integer or NaN weights would trace and train into
+    garbage without a word."""
     out = {}
     for key, value in hf.items():
         if any(key.endswith(s) for s in IGNORED):
             continue
+        if not value.is_floating_point():
+            raise CheckpointError(f"{directory}: weight {key!r} is {str(value.dtype).removeprefix('torch.')}; lpa reads floating-point weights only")
+        if not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{directory}: weight {key!r} is not finite (it holds NaN or infinity)")
         key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
         head = key.split(".")[0]
         if not key.startswith(family.prefix) and head not in ("lm_head", "score", "classifier"):
@@ -398,7 +434,7 @@ def load_weights(model, directory: Path) -> None:
     checkpoint lacks (a language model fine-tuned for classification) starts fresh."""
     family, config, t = translate(directory)
     kind = "classification" if not model.tokenwise_head else "lm"
-    hf = _canonical(read_weights(directory), family)
+    hf = _canonical(read_weights(directory), family, directory)
     ours = model.state_dict()
     if family.to_lpa is not None:
         try:
@@ -500,6 +536,10 @@ def trace_hf(directory: str | Path, output: str | Path | None, *, text: str | No
         raise UsageError(f"--context {context} is longer than the {t.positions} positions {directory} can read")
     model, tokenizer, _ = load_model(directory, device, context)
     ids = _tokens(text, tokenizer)
+    bad = first_id_at_or_above(ids, model.input_vocab or ids.max().item() + 1)
+    if bad is not None:
+        raise DataError(f"{text or 'the built-in corpus'}: token id {bad[1]} at position {bad[0]} is outside the vocabulary of "
+                        f"{model.input_vocab:,} ids of {directory} (its tokenizer has {tokenizer.vocab_size:,} ids)")
     if bos and tokenizer.bos_id is None:
         raise UsageError(f"{directory}: --bos, but the model's tokenizer has no BOS token")
     span = context if bos else context + 1  # text tokens per window
@@ -611,20 +651,19 @@ def export_hf(ckpt, small, output: Path, force: bool = False) -> dict[str, Any]:
         config["architectures"] = [family.lm_class]
     config["torch_dtype"] = "float32"
     config.pop("transformers_version", None)
-    output.mkdir(parents=True, exist_ok=True)
-    tmp = output / ".model.safetensors.tmp"
-    save_file(hf, tmp, metadata={"format": "pt"})
-    tmp.replace(output / "model.safetensors")
-    (output / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    # Every file through the atomic writer: a file in the folder that is a symlink is replaced, never written through.
+    with atomic_path(output / "model.safetensors", force=True) as tmp:
+        save_file(hf, tmp, metadata={"format": "pt"})
+    write_text(output / "config.json", json.dumps(config, indent=2, sort_keys=True), force=True)
     tokenizer = read_tokenizer(ckpt.info)
     written = ["config.json", "model.safetensors"]
     if tokenizer is not None:
-        (output / "tokenizer.json").write_text(tokenizer.hf_json())
-        written.append("tokenizer.json")
-        files = dict(files)
+        files = {"tokenizer.json": tokenizer.hf_json()} | dict(files)
         files.setdefault("tokenizer_config.json", json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
         for name, text in files.items():
-            (output / name).write_text(text)
+            if Path(name).name != name:
+                raise CheckpointError(f"{ckpt.path}: stored tokenizer file name {name!r} is not a plain file name")
+            write_text(output / name, text, force=True)
             written.append(name)
     return {"files": written, "family": family.name, "class": config["architectures"][0]}
 

@@ -187,9 +187,13 @@ def check_decodable(model: ResidualModel) -> None:
 
 
 def max_positions(model: ResidualModel) -> int | None:
-    """Positions a learned position table allows (None: rotary models have no table)."""
+    """Positions the model reads: its learned position table's size, or the bound a rotary model
+    recorded (an import's max_position_embeddings); None when it names none."""
     pos = getattr(model.embed, "pos", None)
-    return int(pos.num_embeddings) if isinstance(pos, torch.nn.Embedding) else None
+    if isinstance(pos, torch.nn.Embedding):
+        return int(pos.num_embeddings)
+    limit = getattr(model.embed, "max_positions", None)
+    return int(limit) if limit else None
 
 
 class _Decoder:
@@ -235,17 +239,25 @@ def _probs(logits: Tensor, temperature: float, top_k: int) -> Tensor:
 def generate(model: ResidualModel, tokenizer, prompt: str, *, max_new_tokens: int = 64, strategy: str = "full", threshold: float = 0.9,
              min_exit_depth: int = 1, draft_depth: int = 0, speculate: int = 4, temperature: float = 0.0, top_k: int = 0, seed: int = 0,
              stop_at_eos: bool = False) -> Generation:
-    """Decode ``max_new_tokens`` tokens after ``prompt`` with ``strategy`` (see the module's docs)."""
+    """Decode ``max_new_tokens`` tokens after ``prompt`` with ``strategy`` (see the module's docs).
+    ``draft_depth`` 0: half the blocks draft."""
     if strategy not in STRATEGIES:
         raise UsageError(f"unknown --strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
     check_decodable(model)
     N = model.num_blocks
-    if strategy == "self-speculative" and not 1 <= draft_depth <= N - 1:
-        raise UsageError(f"--draft-depth must be between 1 and {N - 1} (the model has {N} blocks), got {draft_depth}")
-    if strategy == "exit" and not 1 <= min_exit_depth <= N:
-        raise UsageError(f"--min-exit-depth must be between 1 and {N}")
-    if speculate < 1 or max_new_tokens < 1 or temperature < 0 or top_k < 0 or not 0 < threshold <= 1:
-        raise UsageError("--speculate and --max-new-tokens must be >= 1, --temperature and --top-k >= 0, --threshold in (0, 1]")
+    draft_depth = draft_depth or max(1, N // 2)
+    vocab = model.input_vocab or tokenizer.vocab_size
+    for ok, option, value, allowed in (
+        (strategy != "self-speculative" or 1 <= draft_depth <= N - 1, "--draft-depth", draft_depth, f"between 1 and {N - 1} (the model has {N} blocks)"),
+        (strategy != "exit" or 1 <= min_exit_depth <= N, "--exit-depth", min_exit_depth, f"between 1 and {N}"),
+        (max_new_tokens >= 1, "--max-new-tokens", max_new_tokens, ">= 1"),
+        (speculate >= 1, "--speculate", speculate, ">= 1"),
+        (math.isfinite(temperature) and temperature >= 0, "--temperature", temperature, "a finite number >= 0 (0: greedy)"),
+        (0 <= top_k <= vocab, "--top-k", top_k, f"between 0 and the vocabulary's {vocab}"),
+        (0 < threshold <= 1, "--threshold", threshold, "in (0, 1]"),
+    ):
+        if not ok:
+            raise UsageError(f"{option} must be {allowed}, got {value}")
     if not prompt:
         raise UsageError("the prompt is empty")
     ids = tokenizer.encode(prompt)
@@ -349,13 +361,15 @@ def _speculate(model, dec: _Decoder, token: int, device, k: int, n: int, tempera
 # --- the commands' library calls ---------------------------------------------------------------------------
 
 
-def generate_checkpoint(checkpoint, prompt: str, *, verify: bool = True, device: str = "cpu", **kwargs) -> Generation:
-    """`generate` on an lpa checkpoint of a language model, with the tokenizer stored in it."""
+def generate_checkpoint(checkpoint, prompt: str, *, verify: bool = True, device: str = "cpu", factory: str = "",
+                        trust_factory: bool = False, **kwargs) -> Generation:
+    """`generate` on an lpa checkpoint of a language model, with the tokenizer stored in it
+    (``factory``/``trust_factory``: as `load_checkpoint`)."""
     from lpa_cli.checkpoint import load_checkpoint, read_tokenizer
     from lpa_cli.runtime import resolve_device
     from lpa_cli.tokenizer import BYTES
 
-    ckpt = load_checkpoint(checkpoint, verify=verify, device=resolve_device(device))
+    ckpt = load_checkpoint(checkpoint, verify=verify, device=resolve_device(device), factory=factory, trust_factory=trust_factory)
     if ckpt.kind != "lm":
         raise UsageError(f"{checkpoint}: a {ckpt.kind} model is not a language model; lpa predict runs classifiers and regressors")
     tokenizer = read_tokenizer(ckpt.info) or BYTES  # byte models written before tokenizers were stored
@@ -383,22 +397,25 @@ class PredictReport:
 
 def predict_checkpoint(checkpoint, rule: str, *, data: str | None = None, split: str = "test", output=None, baseline: bool = True,
                        batch_size: int = 256, limit: int = 0, verify: bool = True, force: bool = False, device: str = "cpu",
-                       repeats: int = 3) -> PredictReport:
+                       repeats: int = 3, factory: str = "", trust_factory: bool = False) -> PredictReport:
     """Run a checkpoint's classifier or regressor with real early exit on its test split (or ``data``),
     write one CSV row per sample to ``output``, and measure the speed against all depths
-    (``baseline``; the faster of ``repeats`` runs each)."""
+    (``baseline``; the faster of ``repeats`` runs each). ``factory``/``trust_factory``: as `load_checkpoint`."""
     from analyzers.atomic import check_writable, write_text
     from lpa_cli.checkpoint import load_checkpoint
     from lpa_cli.runtime import resolve_device
     from lpa_cli.tasks import data_spec, load_task
     from lpa_cli.trace import data_task_config
 
+    if batch_size < 1 or limit < 0:
+        raise UsageError(f"--batch-size must be >= 1 (got {batch_size})" if batch_size < 1 else f"--limit must be >= 0 (0: all), got {limit}")
     if output is not None:
         check_writable(output, force)
-    ckpt = load_checkpoint(checkpoint, verify=verify, device=resolve_device(device))
+    ckpt = load_checkpoint(checkpoint, verify=verify, device=resolve_device(device), factory=factory, trust_factory=trust_factory)
     kind = ckpt.kind
     exit_rule = ExitRule.parse(rule, ckpt.model.num_blocks, kind)
     task = load_task(data_task_config(ckpt, data_spec(data)) if data else ckpt.task_config())
+    task.check_token_ids(ckpt.model.input_vocab, str(checkpoint))
     rows = task.split(split)
     runs = [predict(ckpt.model, rows, exit_rule, kind, batch_size, limit) for _ in range(repeats)]
     best = min(runs, key=lambda r: r.seconds)

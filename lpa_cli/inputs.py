@@ -15,8 +15,10 @@ from analyzers.trace import is_trace
 
 
 @contextlib.contextmanager
-def as_trace(path: str | Path, verify: bool = True, states: bool = False, predictions: bool | str = False) -> Iterator[Path]:
-    """Yield a trace path for ``path``: itself, or a temporary trace of a checkpoint's test split.
+def as_trace(path: str | Path, verify: bool = True, states: bool = False, predictions: bool | str = False, *, factory: str = "",
+             trust_factory: bool = False) -> Iterator[Path]:
+    """Yield a trace path for ``path``: itself, or a temporary trace of a checkpoint's test split
+    (``factory``/``trust_factory``: as `lpa_cli.checkpoint.load_checkpoint`).
 
     ``predictions="auto"`` keeps per-depth predictions except for language models (whose logits are
     large and whose analyses need only errors and confidences).
@@ -37,5 +39,5 @@ def as_trace(path: str | Path, verify: bool = True, states: bool = False, predic
             from lpa_cli.checkpoint import read_info
 
             predictions = read_info(path).task["kind"] != "lm"
-        trace_checkpoint(path, out, verify=verify, predictions=bool(predictions), states=states)
+        trace_checkpoint(path, out, verify=verify, predictions=bool(predictions), states=states, factory=factory, trust_factory=trust_factory)
         yield out

@@ -31,7 +31,8 @@ def describe(path: str | Path, verify: bool = False) -> dict[str, Any]:
 
     path = Path(path)
     info = read_info(path)
-    check_consistency(path, info)  # the config describes exactly these tensors
+    if not info.config.model.factory:  # a factory is never imported to describe a file (docs/security.md)
+        check_consistency(path, info)  # the config describes exactly these tensors
     header, _ = read_header(path)
     params = sum(math.prod(e["shape"]) for k, e in header.items() if k != "__metadata__")
     cfg = info.config
@@ -42,7 +43,8 @@ def describe(path: str | Path, verify: bool = False) -> dict[str, Any]:
         "architecture": cfg.model.arch,
         "depth": cfg.model.depth,
         "width": cfg.model.width,
-        "model": dataclasses.asdict(cfg.model) | {"options": resolved_options(cfg.model)},
+        "model": dataclasses.asdict(cfg.model) | {"options": resolved_options(cfg.model),
+                                                  "factory_imported": False if cfg.model.factory else None},
         "head_applies": info.metadata.get("head_applies", ""),
         "task": info.task,
         "objective": dataclasses.asdict(cfg.objective),

@@ -344,18 +344,22 @@ def trace_checkpoint(
     data: str | None = None,
     verify: bool = True,
     device: str = "cpu",
+    factory: str = "",
+    trust_factory: bool = False,
     **kwargs: Any,
 ) -> TraceResult:
-    """Trace an lpa checkpoint on its own task's split (or on ``data``, a task spec or data file)."""
+    """Trace an lpa checkpoint on its own task's split (or on ``data``, a task spec or data file).
+    ``factory``/``trust_factory``: as `load_checkpoint`."""
     from lpa_cli.checkpoint import load_checkpoint
     from lpa_cli.runtime import resolve_device
     from lpa_cli.tasks import data_spec, load_task
 
     if split not in ("train", "test"):
         raise UsageError(f"--split must be train or test, got {split!r}")
-    ckpt = load_checkpoint(checkpoint, verify=verify, device=resolve_device(device))
+    ckpt = load_checkpoint(checkpoint, verify=verify, device=resolve_device(device), factory=factory, trust_factory=trust_factory)
     task_cfg = data_task_config(ckpt, data_spec(data)) if data else ckpt.task_config()
     task = load_task(task_cfg)
+    task.check_token_ids(ckpt.model.input_vocab, str(checkpoint))
     if task.kind != ckpt.kind or tuple(task.in_shape) != tuple(ckpt.task["in_shape"]):
         raise UsageError(f"data {task.name} ({task.kind}, inputs {task.in_shape}) does not fit the checkpoint ({ckpt.kind}, inputs {tuple(ckpt.task['in_shape'])})")
     output = Path(output) if output else Path(checkpoint).with_suffix(f".{split}.h5")

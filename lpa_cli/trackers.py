@@ -105,6 +105,10 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+class TrackerError(UsageError):
+    """An experiment tracker refused (its server, its store, its settings)."""
+
+
 class TensorBoardTracker(Tracker):
     def __init__(self, logdir: Path) -> None:
         try:
@@ -112,7 +116,12 @@ class TensorBoardTracker(Tracker):
         except ImportError:
             raise UsageError("--log tensorboard needs the optional extra: pip install 'lpa[track]' (or pip install tensorboard)") from None
         self.logdir = logdir
-        self.writer = SummaryWriter(str(logdir))
+        if logdir.exists() and not logdir.is_dir():
+            raise TrackerError(f"--log tensorboard: {logdir} exists and is not a folder (move it, or choose another -o)")
+        try:
+            self.writer = SummaryWriter(str(logdir))
+        except OSError as err:
+            raise TrackerError(f"--log tensorboard: cannot write event files in {logdir} ({err.strerror or err})") from None
         self.config: dict[str, Any] = {}
         self.last_metrics: dict[str, list[float]] = {}
 
@@ -131,10 +140,6 @@ class TensorBoardTracker(Tracker):
         if final:
             self.writer.add_hparams(self.config, final, run_name=".")
         self.writer.close()
-
-
-class TrackerError(UsageError):
-    """An experiment tracker refused (its server, its store, its settings)."""
 
 
 def _one_line(err: Exception) -> str:
@@ -156,6 +161,10 @@ class MlflowTracker(Tracker):
             self.uri = (folder / "mlruns").resolve().as_uri()
         else:
             self.uri = os.environ["MLFLOW_TRACKING_URI"]
+            _reachable(self.uri)
+            # MLflow retries a failed request for minutes by default; a run should fail in seconds instead
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:
@@ -181,6 +190,23 @@ class MlflowTracker(Tracker):
         if self.run is not None:
             self.run = None
             self._call("ending the run", self.mlflow.end_run)
+
+
+def _reachable(uri: str, timeout: float = 5.0) -> None:
+    """An HTTP(S) tracking server answers a TCP connection within ``timeout`` seconds, or a one-line
+    error says so before training starts (other stores are local, or checked by MLflow itself)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(uri)
+    if url.scheme not in ("http", "https"):
+        return
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "localhost", port), timeout=timeout).close()
+    except OSError as err:
+        raise TrackerError(f"--log mlflow: the MLflow server at {url.hostname}:{port} (MLFLOW_TRACKING_URI) does not answer "
+                           f"({err.strerror or err}); start it, or unset MLFLOW_TRACKING_URI to log to ./mlruns beside the output") from None
 
 
 def make_trackers(names: list[str], output: Path | None) -> list[Tracker]:

@@ -156,19 +156,22 @@ def train(
     resume: bool = False,
     snapshot_every: int = 500,
     callbacks: Callbacks | None = None,
+    trust_factory: bool = False,
 ) -> TrainResult:
     """Train ``cfg`` and (when ``output`` is given) save a self-describing checkpoint there.
 
     ``model``: a ready `ResidualModel` to train instead of building one from ``cfg.model`` (its
     checkpoint then loads with ``load_checkpoint(path, model=...)`` unless ``cfg.model`` builds the
     same model, e.g. through ``cfg.model.factory``). ``task``: data already loaded. The process's
-    torch thread count and RNG states are restored when training ends.
+    torch thread count and RNG states are restored when training ends. ``trust_factory``: with
+    ``cfg.model.init`` an lpa checkpoint whose model a factory builds, use the factory it names even
+    when ``cfg.model.factory`` does not name the same one (`lpa_cli.models.factory`).
     """
     if snapshot_every < 0:
         raise UsageError(f"--snapshot-every must be >= 0, got {snapshot_every}")
     from lpa_cli.finetune import resolve_init
 
-    cfg = resolve_init(cfg)
+    cfg = resolve_init(cfg, trust_factory)
     world = join()
     output = Path(output) if output is not None else None
     lock = contextlib.nullcontext()
@@ -197,6 +200,7 @@ def _train(cfg, output, model, task, force, resume, snapshot_every, callbacks, w
     if model is None:
         cfg = complete(cfg, task)
         model = build_initial_model(cfg, task)
+    task.check_token_ids(model.input_vocab, f"the model{' from ' + cfg.model.init if cfg.model.init else ''}")
     cfg = _with_model_description(cfg, model)
     model.to(device)
     trainable, finish = prepare_training(model, cfg)
@@ -235,8 +239,9 @@ def _train(cfg, output, model, task, force, resume, snapshot_every, callbacks, w
             out, runner = _step(runner, step_module, batch, step, depth_gen, device, cfg, scaler, world, fsdp)
             loss = float(out.loss)
             if not math.isfinite(loss):
+                kept = f"{output} is unchanged" if output is not None and output.exists() else "no checkpoint was written"
                 raise TrainingError(f"training diverged at step {step + 1}: the loss is {loss} (lower --lr, try --clip-grad 1, "
-                                    "or check the data); no checkpoint was written")
+                                    f"or check the data); {kept}")
             if scaler is not None:
                 scaler.unscale_(opt)
             if t.grad_clip > 0:

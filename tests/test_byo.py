@@ -145,11 +145,11 @@ def test_a_users_own_loop_as_in_the_docs(tmp_path):
     ckpt = tmp_path / "mine.safetensors"
     save_model(ckpt, model, kind="classification", in_shape=(3, 16, 16), out_dim=10, data=f"file:{data}",
                factory="tests.test_byo:make_resnet")
-    trace = run_json("trace", ckpt, "-o", tmp_path / "mine.h5")
+    trace = run_json("trace", ckpt, "-o", tmp_path / "mine.h5", "--model", "tests.test_byo:make_resnet")
     assert trace["metrics"]["acc"][-1] > 0.6
     result = run("monotonicity", tmp_path / "mine.h5", "--metric", "ce")
     assert result.exit_code == 0, result.output
-    assert_clean_error(run("trace", ckpt, "--states", "-o", tmp_path / "s.h5"), "different shapes")
+    assert_clean_error(run("trace", ckpt, "--states", "-o", tmp_path / "s.h5", "--trust-factory"), "different shapes")
 
 
 def test_model_factory_on_the_command_line(tmp_path):
@@ -161,7 +161,8 @@ def test_model_factory_on_the_command_line(tmp_path):
     assert result["config"]["model"]["options"] == {"widths": [8, 8]}
     info = run_json("info", out)
     assert info["model"]["factory"] == "tests.test_byo:make_resnet" and info["depth"] == 2
-    assert run("trace", out, "-o", tmp_path / "f.h5", "--quiet").exit_code == 0
+    assert info["model"]["factory_imported"] is False
+    assert run("trace", out, "-o", tmp_path / "f.h5", "--quiet", "--model", "tests.test_byo:make_resnet").exit_code == 0
     for target, needle in (("no_such_module_xyz:make", "cannot import module"), ("tests.test_byo:nothing", "has no 'nothing'"),
                            ("tests.test_byo:not_a_model", "not a ResidualModel"), ("nocolon", "package.module:function")):
         assert_clean_error(run("train", "--model", target, "--data", data, "--steps", "1", "-o", tmp_path / "x.safetensors"), needle)

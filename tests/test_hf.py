@@ -305,7 +305,7 @@ def test_padded_batches_through_the_python_tracing_api(tmp_path):
     output_hidden_states at the real tokens (without the mask they would not)."""
     from lpa_cli.hf import load_weights, resolve_init
     from lpa_cli.config import RunConfig, TaskConfig
-    from lpa_cli.finetune import build_from_config
+    from lpa_cli.models.factory import build_from_config
     from lpa_cli.trace import trace_modules
 
     bert = build("bert")

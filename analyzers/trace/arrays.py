@@ -20,6 +20,23 @@ from analyzers.errors import DataError
 from analyzers.trace.reader import H5_ERRORS
 
 
+def _check_written(path: Path, key: str, dataset: h5py.Dataset) -> None:
+    """A dataset whose declared data was never written (a few KB claiming 10^9 rows) reads back as fill
+    values for as long as anyone cares to wait: refuse it from its storage, which the header tells."""
+    if dataset.is_virtual or dataset.external or dataset.size == 0:
+        return
+    shape = tuple(int(d) for d in dataset.shape)
+    if dataset.chunks is None:
+        if dataset.id.get_storage_size() < dataset.size * dataset.dtype.itemsize:  # contiguous data cannot be compressed
+            raise DataError(f"{path}: dataset {key!r} declares shape {shape}, but its data was never written")
+        return
+    expected = math.prod(math.ceil(n / c) for n, c in zip(shape, dataset.chunks))
+    written = dataset.id.get_num_chunks()
+    if written < expected:
+        raise DataError(f"{path}: dataset {key!r} declares shape {shape}, but {expected - written:,} of its {expected:,} chunks "
+                        "were never written")
+
+
 class H5Arrays:
     """Named datasets of an HDF5 file: shapes and dtypes from the header, rows on demand."""
 
@@ -35,6 +52,8 @@ class H5Arrays:
                 raise DataError(f"{self.path}: missing dataset(s) {', '.join(missing)} (use --x-key/--y-key or --set task.options.x_key=...)")
             self.shapes = {k: tuple(int(d) for d in f[k].shape) for k in keys}
             self.dtypes = {k: np.dtype(f[k].dtype) for k in keys}
+            for k in keys:
+                _check_written(self.path, k, f[k])
         for k in keys:
             if self.dtypes[k].kind not in "biuf":
                 raise DataError(f"{self.path}: dataset {k!r} has dtype {self.dtypes[k]}, expected numbers")

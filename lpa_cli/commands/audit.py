@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from lpa_cli.commands.options import ExitZero, Force, Json, Quiet, Verify
+from lpa_cli.commands.options import ExitZero, Factory, Force, Json, Quiet, TrustFactory, Verify
 from lpa_cli.render import consoles, esc, fmt, print_json
 
 
@@ -34,6 +34,8 @@ def audit_command(
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with a \\[tool.lpa.audit] table (default: ./pyproject.toml).")] = None,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write JUnit XML here (one test case per rule x input).")] = None,
     verify: Verify = True,
+    factory: Factory = None,
+    trust_factory: TrustFactory = False,
     force: Force = False,
     exit_zero: ExitZero = False,
     json_: Json = False,
@@ -51,7 +53,7 @@ def audit_command(
         if any(junit.exists() and junit.resolve() == p.resolve() for p in protected):
             raise UsageError(f"{junit}: --junit would overwrite an input or the audit config; choose another path")
         check_writable(junit, force)
-    cases = audit(inputs, config, verify)
+    cases = audit(inputs, config, verify, factory=factory or "", trust_factory=trust_factory)
     if junit:
         write_text(junit, junit_xml(cases), force=force)
     if os.environ.get("GITHUB_ACTIONS") == "true":

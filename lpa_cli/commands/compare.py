@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from lpa_cli.commands.options import Force, Json, Output, Quiet, Seed
+from lpa_cli.commands.options import Factory, Force, Json, Output, Quiet, Seed, TrustFactory
 from lpa_cli.render import consoles, esc, fmt, print_json
 
 
@@ -20,6 +20,8 @@ def compare_command(
     seed: Seed = None,
     measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Also run early exit for real on each group's first "
                                           "checkpoint and time it (classifiers, language models).")] = True,
+    factory: Factory = None,
+    trust_factory: TrustFactory = False,
     force: Force = False,
     json_: Json = False,
     quiet: Quiet = False,
@@ -37,7 +39,8 @@ def compare_command(
     target = check_writable(output or Path("compare.html"), force)
     if any(target.exists() and target.resolve() == p.resolve() for paths in parse_runs(run).values() for p in paths):
         raise UsageError(f"{target}: the report would overwrite one of the runs; choose another -o")
-    result = compare_runs(run, metric=metric, force=force, seed=seed or 0, bootstrap=bootstrap, measure=measure)
+    result = compare_runs(run, metric=metric, force=force, seed=seed or 0, bootstrap=bootstrap, measure=measure,
+                          factory=factory or "", trust_factory=trust_factory)
     compare_page(result).save(target, force=force)
     if json_:
         print_json(result.to_dict() | {"report": str(target)})

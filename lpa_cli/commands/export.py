@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lpa_cli.commands.options import Force, Json, Quiet, Verify
+from lpa_cli.commands.options import Factory, Force, Json, Quiet, TrustFactory, Verify
 from lpa_cli.render import consoles, depth_table, esc, print_json
 
 
@@ -18,6 +18,8 @@ def export_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="The smaller checkpoint (.safetensors), or a directory with --format hf.")],
     format_: Annotated[str, typer.Option("--format", help="lpa (a checkpoint) or hf (a Hugging Face model directory).")] = "lpa",
     verify: Verify = True,
+    factory: Factory = None,
+    trust_factory: TrustFactory = False,
     force: Force = False,
     json_: Json = False,
     quiet: Quiet = False,
@@ -25,7 +27,7 @@ def export_command(
     """Export the prefix of depth k: its predictions equal the original's depth-k predictions."""
     from lpa_cli.export import export_prefix
 
-    result = export_prefix(checkpoint, at, output, force=force, verify=verify, format=format_)
+    result = export_prefix(checkpoint, at, output, force=force, verify=verify, format=format_, factory=factory or "", trust_factory=trust_factory)
     if json_:
         print_json(result)
         return

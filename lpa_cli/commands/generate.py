@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lpa_cli.commands.options import Device, Json, Quiet, Seed, Verify
+from lpa_cli.commands.options import Device, Factory, Json, Quiet, Seed, TrustFactory, Verify
 from lpa_cli.render import consoles, esc, print_json
 
 
@@ -19,13 +19,16 @@ def generate_command(
     strategy: Annotated[str, typer.Option("--strategy", help="full, exit (leave at the first confident depth) or self-speculative.")] = "full",
     threshold: Annotated[float, typer.Option("--threshold", help="exit: the next-token probability at which a token leaves.")] = 0.9,
     exit_depth: Annotated[int, typer.Option("--exit-depth", help="exit: the shallowest depth a token may leave at.")] = 1,
-    draft_depth: Annotated[int, typer.Option("--draft-depth", help="self-speculative: blocks that draft (1..N-1).")] = 0,
+    draft_depth: Annotated[Optional[int], typer.Option("--draft-depth", help="self-speculative: blocks that draft, 1..N-1 "
+                                                       "(default: half the blocks).", show_default=False)] = None,
     speculate: Annotated[int, typer.Option("--speculate", help="self-speculative: tokens drafted per round.")] = 4,
     temperature: Annotated[float, typer.Option("--temperature", help="0: greedy; above 0: sampling.")] = 0.0,
     top_k: Annotated[int, typer.Option("--top-k", help="Sample from the k most likely tokens (0: all).")] = 0,
     seed: Seed = None,
     device: Device = None,
     verify: Verify = True,
+    factory: Factory = None,
+    trust_factory: TrustFactory = False,
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -41,12 +44,13 @@ def generate_command(
     if prompt_file is not None:
         try:
             prompt = prompt_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise UsageError(f"{prompt_file}: cannot read the prompt ({err})") from None
-    if strategy == "self-speculative" and not draft_depth:
-        raise UsageError("--strategy self-speculative needs --draft-depth (the blocks that draft, 1..N-1)")
-    g = generate_checkpoint(checkpoint, prompt, verify=verify, device=device or "cpu", max_new_tokens=max_new_tokens, strategy=strategy,
-                            threshold=threshold, min_exit_depth=exit_depth, draft_depth=draft_depth, speculate=speculate,
+        except UnicodeDecodeError as err:
+            raise UsageError(f"{prompt_file}: the prompt is not UTF-8 text (byte {err.start})") from None
+        except OSError as err:
+            raise UsageError(f"{prompt_file}: cannot read the prompt ({err.strerror or err})") from None
+    g = generate_checkpoint(checkpoint, prompt, verify=verify, device=device or "cpu", factory=factory or "", trust_factory=trust_factory,
+                            max_new_tokens=max_new_tokens, strategy=strategy,
+                            threshold=threshold, min_exit_depth=exit_depth, draft_depth=draft_depth or 0, speculate=speculate,
                             temperature=temperature, top_k=top_k, seed=seed or 0)
     if json_:
         print_json({"text": g.text, "tokens": g.tokens, "prompt_tokens": g.prompt_tokens, "strategy": g.strategy, "seconds": g.seconds,

@@ -30,7 +30,7 @@ def _settings_table(d: dict) -> Table:
     t = d["train"]
     rows = [
         ("architecture", f"{d['architecture']}  ({model_opts}, zero_init={d['model']['zero_init']})"
-                         + (f", factory {d['model']['factory']}" if d["model"].get("factory") else "")
+                         + (f", factory {d['model']['factory']} (not imported)" if d["model"].get("factory") else "")
                          + (f", started from {d['model']['init']}" if d["model"].get("init") else "")),
         ("blocks / depths", f"{d['depth']} blocks, depths 0..{d['depth']}"),
         ("width", str(d["width"])),

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from analyzers.metrics import format_p
-from lpa_cli.commands.options import Depths, ExitZero, Force, Json, Quiet, Seed, Verify
+from lpa_cli.commands.options import Depths, ExitZero, Factory, Force, Json, Quiet, Seed, TrustFactory, Verify
 from lpa_cli.render import bars, consoles, esc, fmt, print_json
 
 
@@ -65,6 +65,8 @@ def monotonicity_command(
     report: Annotated[bool, typer.Option("--report", help="Write a self-contained HTML report next to the (first) input.")] = False,
     report_path: Annotated[Optional[Path], typer.Option("--report-path", help="Write the HTML report here.")] = None,
     verify: Verify = True,
+    factory: Factory = None,
+    trust_factory: TrustFactory = False,
     force: Force = False,
     exit_zero: ExitZero = False,
     json_: Json = False,
@@ -81,7 +83,7 @@ def monotonicity_command(
     if target is not None:
         check_writable(target, force)  # before the work, not after it
     results = [
-        analyze(p, lens=lens, verify=verify, metric=metric, depths=depths, tolerance=tolerance, alpha=alpha,
+        analyze(p, lens=lens, verify=verify, factory=factory or "", trust_factory=trust_factory, metric=metric, depths=depths, tolerance=tolerance, alpha=alpha,
                 within=within, bootstrap=bootstrap, seed=seed or 0)
         for p in inputs
     ]

@@ -23,4 +23,9 @@ Depths = Annotated[
 ]
 Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda[:i].", envvar="LPA_DEVICE")]
 ExitZero = Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even when a check fails.")]
+# lpa imports no code a file names: a checkpoint whose model a factory builds needs one of these two.
+Factory = Annotated[Optional[str], typer.Option("--model", help="The package.module:function that builds the checkpoint's model, "
+                                                "when it names one (it must match; lpa imports no code a file names).")]
+TrustFactory = Annotated[bool, typer.Option("--trust-factory", envvar="LPA_TRUST_FACTORY",
+                                            help="Import and call the model factory a checkpoint names (only for files you trust).")]
 Verify = Annotated[bool, typer.Option("--verify/--no-verify", help="Check each checkpoint's content hash (sha256 of its tensors) on load.")]

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lpa_cli.commands.options import Device, Force, Json, Output, Quiet, Verify
+from lpa_cli.commands.options import Device, Factory, Force, Json, Output, Quiet, TrustFactory, Verify
 from lpa_cli.render import consoles, esc, print_json
 
 
@@ -22,6 +22,8 @@ def predict_command(
     baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also time every sample through all depths.")] = True,
     device: Device = None,
     verify: Verify = True,
+    factory: Factory = None,
+    trust_factory: TrustFactory = False,
     force: Force = False,
     json_: Json = False,
     quiet: Quiet = False,
@@ -31,7 +33,8 @@ def predict_command(
     from lpa_cli.inference import predict_checkpoint
 
     r = predict_checkpoint(checkpoint, exit_, data=data, split=split, output=output, baseline=baseline, batch_size=batch_size,
-                           limit=limit, verify=verify, force=force, device=device or "cpu")
+                           limit=limit, verify=verify, force=force, device=device or "cpu",
+                           factory=factory or "", trust_factory=trust_factory)
     if json_:
         print_json(r)
         return

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from lpa_cli.commands.options import Depths, Device, Force, Json, Output, Quiet, Verify
+from lpa_cli.commands.options import Depths, Device, Factory, Force, Json, Output, Quiet, TrustFactory, Verify
 from lpa_cli.render import consoles, depth_table, esc, print_json
 
 
@@ -48,6 +48,8 @@ def trace_command(
                                       "(its first text token is then predicted from BOS alone).")] = False,
     device: Device = None,
     verify: Verify = True,
+    factory: Factory = None,
+    trust_factory: TrustFactory = False,
     force: Force = False,
     json_: Json = False,
     quiet: Quiet = False,
@@ -74,7 +76,8 @@ def trace_command(
 
             result = trace_hf(checkpoint, output, text=text, context=context, bos=bos, device=device or "cpu", progress=report, **options)
         else:
-            result = trace_checkpoint(checkpoint, output, split=split, data=data, verify=verify, device=device or "cpu", progress=report, **options)
+            result = trace_checkpoint(checkpoint, output, split=split, data=data, verify=verify, device=device or "cpu", progress=report,
+                                      factory=factory or "", trust_factory=trust_factory, **options)
     if json_:
         print_json(result.to_dict())
         return

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lpa_cli.commands.options import Depths, Device, Force, Json, Output, Quiet, Seed
+from lpa_cli.commands.options import Depths, Device, Force, Json, Output, Quiet, Seed, TrustFactory
 from lpa_cli.config import ALIGNMENTS, HEAD_LOSSES, PARALLEL, PRECISIONS, TRACKERS, TRAIN_ONLY, RunConfig, resolve
 from lpa_cli.registry import ARCHITECTURES, OBJECTIVES, TASK_HELP, WEIGHTINGS
 from lpa_cli.render import consoles, depth_table, esc, print_json
@@ -66,6 +66,7 @@ def train_command(
     arch: Annotated[Optional[str], typer.Option("--arch", help=f"Architecture: {ARCHITECTURES.help()}.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Your own model: package.module:function returning a "
                                                  "ResidualModel; --set model.options.KEY=VALUE are its keyword arguments.")] = None,
+    trust_factory: TrustFactory = False,
     init: Annotated[Optional[Path], typer.Option("--init", help="Start from these weights: a Hugging Face model directory "
                                                  "(local safetensors) or an lpa checkpoint.")] = None,
     task: Annotated[Optional[str], typer.Option("--task", help=f"Task spec: {TASK_HELP}.")] = None,
@@ -138,6 +139,7 @@ def train_command(
 
     Settings come from built-in defaults, then --config, then flags, then --set.
     """
+    from lpa_cli.models.factory import check_factory
     from lpa_cli.tasks import data_spec
     from lpa_cli.train import is_main_process, train
 
@@ -159,6 +161,7 @@ def train_command(
                   "eval_samples": eval_samples, "train_only": train_only, "lora_rank": lora_rank, "log": log or None},
     }
     cfg = resolve(config, flags, set_ or [])
+    check_factory(cfg.model.factory, config or "--set model.factory", model or "", trust_factory)  # only --model names code
     output = output or default_output(cfg)
     main_process = is_main_process()  # under torchrun only rank 0 talks
     out, err = consoles(quiet or json_ or not main_process)
@@ -173,7 +176,8 @@ def train_command(
         transient=True,  # gone when training ends: the table follows, and an error stays one line
     )
     with progress:
-        result = train(cfg, output, force=force, resume=resume, snapshot_every=snapshot_every, callbacks=ProgressCallbacks(progress, err))
+        result = train(cfg, output, force=force, resume=resume, snapshot_every=snapshot_every, callbacks=ProgressCallbacks(progress, err),
+                       trust_factory=trust_factory)
     if not main_process:
         return
     if json_:

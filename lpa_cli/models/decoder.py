@@ -32,7 +32,7 @@ class DecoderOptions:
     norm: str = "rmsnorm"  # rmsnorm | layernorm
     norm_eps: float = 1e-6
     positions: str = "rope"  # rope | learned
-    max_positions: int = 0  # learned positions: table size (0: the task's context)
+    max_positions: int = 0  # positions the model reads: the learned table's size (0: the task's context); rope: a bound (0: none)
     rope_theta: float = 10000.0
     rope_scaling: dict = field(default_factory=dict)  # {"rope_type": "linear"|"llama3", "factor": ...}
     qkv_bias: bool = False
@@ -61,10 +61,11 @@ class DecoderOptions:
 
 
 class DecoderEmbed(nn.Module):
-    def __init__(self, vocab: int, width: int, max_positions: int) -> None:
+    def __init__(self, vocab: int, width: int, max_positions: int, table: bool = True) -> None:
         super().__init__()
         self.tok = nn.Embedding(vocab, width)
-        self.pos = nn.Embedding(max_positions, width) if max_positions else None
+        self.pos = nn.Embedding(max_positions, width) if max_positions and table else None
+        self.max_positions = max_positions or None  # what generation may not run past (rotary models too)
         nn.init.normal_(self.tok.weight, std=0.02)
         if self.pos is not None:
             nn.init.normal_(self.pos.weight, std=0.02)
@@ -166,14 +167,15 @@ def build_decoder(depth: int, width: int, in_shape: tuple[int, ...], out_dim: in
         raise ValueError("classification needs the token vocabulary: set model.options.vocab")
     head_dim = opts.head_dim or width // opts.heads
     rotary = Rotary(head_dim, opts.rope_theta, opts.rope_scaling or None) if opts.positions == "rope" else None
-    max_positions = (opts.max_positions or in_shape[0]) if opts.positions == "learned" else 0
+    learned = opts.positions == "learned"
+    max_positions = (opts.max_positions or in_shape[0]) if learned else opts.max_positions
     if max_positions and in_shape[0] > max_positions:
         raise ValueError(f"context {in_shape[0]} exceeds the model's {max_positions} positions")
     types = list(opts.layer_types) or ["sliding" if opts.window else "full"] * depth
     if len(types) != depth:
         raise ValueError(f"layer_types lists {len(types)} layers for {depth} blocks")
     hidden = mlp_hidden(width, opts)
-    embed = DecoderEmbed(vocab, width, max_positions)
+    embed = DecoderEmbed(vocab, width, max_positions, table=learned)
     blocks = [DecoderBlock(width, opts, hidden, rotary, opts.window if t == "sliding" else 0) for t in types]
     norm = make_norm(opts.norm, width, opts.norm_eps)
     if kind == "classification":

@@ -59,6 +59,13 @@ class ResidualModel(nn.Module):
         return len(self.blocks)
 
     @property
+    def input_vocab(self) -> int | None:
+        """How many token ids the embedding reads (lpa's token models and imports name it ``tok``);
+        None when it is not a token embedding lpa knows."""
+        tok = getattr(self.embed, "tok", None)
+        return tok.num_embeddings if isinstance(tok, nn.Embedding) else None
+
+    @property
     def num_depths(self) -> int:
         return len(self.blocks) + 1
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from analyzers.errors import DataError
 from lpa_cli.config import TaskConfig
 from lpa_cli.registry import TASK_HELP
-from lpa_cli.tasks.base import Task
+from lpa_cli.tasks.base import Task, regular_file
 
 
 def _loader(kind: str) -> Callable[[str, TaskConfig], Task]:
@@ -88,6 +88,8 @@ def load_task(cfg: TaskConfig) -> Task:
         raise DataError(f"unknown task {cfg.name!r}; expected {TASK_HELP}")
     if kind == "surface":
         return _loader(kind)(arg or "stripe", cfg)
+    if arg and (kind != "text" or arg != "builtin"):
+        regular_file(arg)
     return _loader(kind)(arg, cfg)
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from analyzers.errors import DataError
 from lpa_cli.tasks.splits import Split
@@ -38,6 +42,24 @@ class Task:
         if name == "test":
             return self.test
         raise DataError(f"unknown split {name!r}; expected train or test")
+
+    def check_token_ids(self, vocab: int | None, model: str) -> None:
+        """Every token id of the data is below ``vocab`` (``model``'s embedding size): an id beyond it
+        would index out of range, or with a single bad id let a run finish without a word."""
+        if vocab is None or self.input_kind != "tokens":
+            return
+        seen: set[int] = set()
+        for split in (self.train, self.test):
+            seq = getattr(split, "tokens", None)
+            seq = seq if seq is not None else split.tensors()[0].reshape(-1)
+            if id(seq) in seen:
+                continue
+            seen.add(id(seq))
+            found = first_id_at_or_above(seq, vocab)
+            if found is not None:
+                tok = f" (the tokenizer has {self.tokenizer.vocab_size:,} ids)" if self.tokenizer is not None else ""
+                raise DataError(f"{self.name}: token id {found[1]} at position {found[0]} is outside the vocabulary of "
+                                f"{vocab:,} ids of {model}{tok}")
 
     def info(self) -> dict[str, Any]:
         """What a checkpoint records about its task (enough to rebuild the model without the data)."""
@@ -85,3 +107,27 @@ def float_option(options: dict[str, Any], key: str, default: float, low: float, 
     if not low <= value <= high:  # NaN fails this too
         raise DataError(f"task.options.{key} must be between {low:g} and {high:g}, got {value!r}")
     return value
+
+
+def regular_file(path: str | Path) -> Path:
+    """``path``, unless it exists as something that is neither a file nor a folder: a device such as
+    /dev/zero or a FIFO never ends, so reading one would run until killed."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return path  # missing: the loader says so in its own words
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DataError(f"{path}: not a regular file (a device, pipe or socket); lpa reads data from files only")
+    return path
+
+
+def first_id_at_or_above(tokens: Any, limit: int, block: int = 1 << 24) -> tuple[int, int] | None:
+    """(position, id) of the first id >= ``limit`` in a 1-D token sequence (a tensor, an array or a
+    `MappedArray` of a token file, read ``block`` ids at a time so memory stays flat); None if none is."""
+    for start in range(0, len(tokens), block):
+        chunk = np.asarray(tokens[start : start + block])
+        over = np.flatnonzero(chunk >= limit)
+        if over.size:
+            return start + int(over[0]), int(chunk[over[0]])
+    return None

@@ -3,13 +3,17 @@
 Classes are the sub-folder names in sorted order. With ``root/train/<class>`` and ``root/test/<class>``
 those are the splits; otherwise a seeded split holds out ``test_fraction`` (0.2) of the images.
 Images are converted to RGB (``grayscale = true``: one channel), resized to ``size`` x ``size``
-(default: the first image's size, which every image must then share) and scaled to [0, 1]. Every
-file's header is checked when the task is loaded, so an unreadable image stops the run before
-training starts.
+and scaled to [0, 1]. Without ``size``, every image is resized to the folder's most common image
+size (a warning says so when sizes differ); a most common size above `MAX_DEFAULT_SIDE` pixels a
+side is refused until ``size`` is set, so one odd file never decides a huge input. Every file's
+header is checked when the task is loaded, so an unreadable image (or a decompression bomb, which
+Pillow refuses) stops the run before training starts.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,8 @@ from lpa_cli.tasks.base import Task, check_options, float_option, int_option
 from lpa_cli.tasks.images import seeded_split
 from lpa_cli.tasks.splits import Split
 
+log = logging.getLogger(__name__)
+MAX_DEFAULT_SIDE = 1024  # larger images train only at a size the user chooses (task.options.size)
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 OPTIONS = ("size", "grayscale", "test_fraction")
 
@@ -69,18 +75,30 @@ class ImageFolderSplit(Split):
         return Batch(x, self.labels[index])
 
 
-def _verify(files: list[Path]) -> tuple[int, int]:
-    """Every file opens as an image (header only); returns the first image's size."""
+def _verify(files: list[Path]) -> Counter:
+    """Every file opens as an image (header only); returns how many images have each (width, height)."""
     Image = _pil()
-    first = None
+    sizes: Counter = Counter()
     for f in files:
         try:
             with Image.open(f) as im:
                 im.verify()
-                first = first or im.size
+                sizes[im.size] += 1
         except Exception as err:  # noqa: BLE001 - Pillow reports bad files with many exception types
             raise DataError(f"{f}: unreadable image ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
-    return first
+    return sizes
+
+
+def _default_size(root: Path, sizes: Counter) -> tuple[int, int]:
+    """The most common image size (the smallest of equally common ones), within `MAX_DEFAULT_SIDE`."""
+    size = min(sizes, key=lambda s: (-sizes[s], s[0] * s[1]))
+    if max(size) > MAX_DEFAULT_SIDE:
+        raise DataError(f"{root}: images are {size[0]}x{size[1]}; lpa does not pick an input that large by itself: "
+                        f"set --set task.options.size=N (every image is resized to N x N)")
+    if len(sizes) > 1:
+        log.warning("%s: images come in %d sizes; every image is resized to %dx%d, the most common (set task.options.size to choose)",
+                    root, len(sizes), *size)
+    return size
 
 
 def load_image_folder(source: str, cfg: TaskConfig) -> Task:
@@ -104,9 +122,9 @@ def load_image_folder(source: str, cfg: TaskConfig) -> Task:
         raise DataError(f"{root}: needs at least two class folders with images (found {len(classes)}: {', '.join(classes) or 'none'})")
     if not train_files:
         raise DataError(f"{root}: no images ({', '.join(sorted(EXTENSIONS))})")
-    first = _verify(train_files + test_files)
+    sizes = _verify(train_files + test_files)
     side = int_option(cfg.options, "size", 0, 0, 4096)
-    size = (side, side) if side else first
+    size = (side, side) if side else _default_size(root, sizes)
     if not split_dirs:
         n = len(train_files)
         n_test = cfg.n_test or max(1, round(n * float_option(cfg.options, "test_fraction", 0.2, 0.0, 1.0)))

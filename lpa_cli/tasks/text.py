@@ -23,7 +23,7 @@ import torch
 
 from analyzers.errors import DataError
 from lpa_cli.config import TaskConfig
-from lpa_cli.tasks.base import Task, check_options, int_option
+from lpa_cli.tasks.base import Task, check_options, int_option, regular_file
 from lpa_cli.tasks.splits import Windows
 from lpa_cli.tokenizer import BYTES, Tokenizer, load_tokenizer
 
@@ -46,7 +46,7 @@ def read_text(source: str) -> tuple[str, str, str]:
     parts = []
     for f in files:
         try:
-            raw = f.read_bytes()
+            raw = regular_file(f).read_bytes()
         except FileNotFoundError:
             raise DataError(f"{f}: text file not found") from None
         except OSError as err:

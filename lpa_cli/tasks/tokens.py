@@ -27,11 +27,12 @@ import numpy as np
 from analyzers.atomic import atomic_path, check_writable
 from analyzers.errors import DataError, UsageError
 from lpa_cli.config import TaskConfig
-from lpa_cli.tasks.base import Task, check_options, float_option, int_option
+from lpa_cli.tasks.base import Task, check_options, first_id_at_or_above, float_option, int_option, regular_file
 from lpa_cli.tasks.splits import MappedArray, Windows
 from lpa_cli.tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = "lpa-tokens"
+MAX_VOCAB = 1 << 24  # 16.7M ids: far above any real vocabulary (Gemma's 262k), far below an absurd allocation
 VERSION = 1
 OPTIONS = ("context", "test_fraction")
 
@@ -51,7 +52,7 @@ def _documents(paths: Iterable[Path]) -> Iterator[tuple[Path, str]]:
             raise DataError(f"{p}: directory holds no .txt files")
         for f in files:
             try:
-                yield f, f.read_text(encoding="utf-8")
+                yield f, regular_file(f).read_text(encoding="utf-8")
             except FileNotFoundError:
                 raise DataError(f"{f}: text file not found") from None
             except UnicodeDecodeError as err:
@@ -71,6 +72,9 @@ def tokenize_files(texts: list[str | Path], tokenizer: str | Path, output: str |
         raise UsageError("give at least one text file or directory")
     tok = load_tokenizer(str(tokenizer))
     output = Path(output)
+    for t in texts:
+        if Path(t).exists() and Path(t).resolve() in (output.resolve(), sidecar(output).resolve()):
+            raise UsageError(f"{output}: is the input {t}; choose another -o (lpa never writes over its own input)")
     check_writable(output, force)
     check_writable(sidecar(output), force)
     dtype = _dtype(tok.vocab_size)
@@ -125,6 +129,9 @@ def read_sidecar(path: Path) -> dict[str, Any]:
         raise DataError(f"{side}: malformed sidecar ({err})") from None
     if dtype not in (np.dtype("<u2"), np.dtype("<u4")) or count < 0 or vocab < 1:
         raise DataError(f"{side}: malformed sidecar (dtype {dtype}, count {count}, vocab {vocab})")
+    most = min(1 << (8 * dtype.itemsize), MAX_VOCAB)
+    if vocab > most:  # refused before an embedding of that size is allocated
+        raise DataError(f"{side}: vocab_size {vocab} is more than {dtype.name} ids hold or lpa builds (at most {most:,})")
     size = path.stat().st_size if path.is_file() else -1
     if size != count * dtype.itemsize:
         raise DataError(f"{path}: holds {size} bytes but its sidecar says {count} tokens of {dtype.name} "
@@ -142,6 +149,10 @@ def load_token_task(source: str, cfg: TaskConfig) -> Task:
     fraction = float_option(cfg.options, "test_fraction", 0.1, 0.0, 0.9)
     count = meta["count"]
     tokens = MappedArray(path, meta["dtype"], (count,))
+    bad = first_id_at_or_above(tokens, meta["vocab_size"])  # one pass up front, not an IndexError by chance later
+    if bad is not None:
+        raise DataError(f"{path}: token id {bad[1]} at position {bad[0]} is outside the vocabulary of {meta['vocab_size']:,} ids "
+                        "its sidecar declares")
     cut = count - int(count * fraction)
     if cut < context + 2 or count - cut < context + 1:
         raise DataError(f"{path}: {count} tokens are too few for context {context} and test fraction {fraction}")
