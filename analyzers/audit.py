@@ -168,8 +168,12 @@ def check(path: str, rules: dict[str, Any], result: MonotonicityResult, accuracy
                           f"final {result.metric} {result.curve[-1]:.4g} is {ratio:.3g}x the reference's {reference.curve[-1]:.4g} (limit {limit:g}x)"))
     if "max_deploy_depth" in rules:
         limit = rules["max_deploy_depth"]
-        cases.append(Case(path, "max_deploy_depth", result.deploy_depth <= limit, result.deploy_depth, limit,
-                          f"shallowest depth within {result.within:.0%} of the final error is {result.deploy_depth} (limit {limit})"))
+        if result.no_descent:
+            cases.append(Case(path, "max_deploy_depth", False, "no descent", limit,
+                              "no deploy depth: the model never learned (its final depth is no better than a constant predictor)"))
+        else:
+            cases.append(Case(path, "max_deploy_depth", result.deploy_depth <= limit, result.deploy_depth, limit,
+                              f"shallowest depth within {result.within:.0%} of the final error is {result.deploy_depth} (limit {limit})"))
     return cases
 
 

@@ -189,6 +189,7 @@ class CompareResult:
     first_correct: dict[str, list[float]] = field(default_factory=dict)  # classification: share of samples first right at each depth
     measured: dict[str, list[TradeOff]] = field(default_factory=dict)  # group -> exit settings run for real (first seed)
     notes: list[str] = field(default_factory=list)
+    never_learned: list[str] = field(default_factory=list)  # groups whose every run ends no better than a constant predictor
 
     def to_dict(self) -> dict[str, Any]:
         return finite(self)
@@ -388,6 +389,12 @@ def compare(groups: dict[str, list[Run]], metric: str, kind: str, alpha: float =
     diff, shared = config_diff(runs)
     curves = group_curves(groups, metric, alpha, paired, seed)
     gaps, finals = paired_gaps(groups, metric, alpha, paired)
+    never = [g for g, members in groups.items() if all(r.monotonicity.no_descent for r in members)]
+    for f in finals:  # no winner is declared against a model that learned nothing
+        dead = [g for g in (f.vs, f.group) if g in never]
+        if dead:
+            f.statement = (f"{' and '.join(dead)} never learned (no descent: its final depth is no better than a constant predictor), "
+                           f"so no winner is declared: {metric} {f.vs_value:.4g} ({f.vs}) vs {f.value:.4g} ({f.group})")
     cost = {}
     for g, members in groups.items():
         flops = members[0].flops
@@ -423,4 +430,4 @@ def compare(groups: dict[str, list[Run]], metric: str, kind: str, alpha: float =
                 first_correct[g] = total.tolist()
     training = {r.path: r.log for r in runs if r.log}
     return CompareResult(metric, kind, {g: [r.path for r in m] for g, m in groups.items()}, diff, shared, curves, gaps, finals,
-                         per_run, cost, exits, heatmaps, training, first_correct)
+                         per_run, cost, exits, heatmaps, training, first_correct, never_learned=never)

@@ -13,7 +13,10 @@ formulas, is in docs/monotonicity.md. In short:
 - per sample, each judged against its own descent: how many trajectories never rise beyond the
   tolerance, when each sample first gets within the tolerance of its final error, and for classification "destructive overthinking"
   (right at some depth < N, wrong at N) and "wasteful" depth (right already before N);
-- the shallowest depth whose error is within ``within`` (5%) of the final error.
+- the shallowest depth whose error is within ``within`` (5%) of the final error;
+- "no descent": a curve whose final depth is no better than the constant predictor (the class prior, the targets' mean, the unigram distribution: `constant_baseline`)
+  within its bootstrap interval, is its own verdict. It is not monotone descent, and a model that
+  learned nothing has no deploy depth worth the name.
 
 The tolerance is relative to the curve's total descent (curve[first] - min(curve)), so a noise-level
 wiggle on a converged plateau is not a violation while a rise that undoes part of the descent is.
@@ -130,6 +133,8 @@ class MonotonicityResult:
     bootstrap: int = 0
     seed: int = 0
     notes: list[str] = field(default_factory=list)
+    baseline: float | None = None  # the constant predictor's error (tested error's units), when known
+    no_descent: bool = False  # the final depth is no better than the constant predictor
 
     def __post_init__(self) -> None:
         D = len(self.depths)
@@ -145,7 +150,7 @@ class MonotonicityResult:
 
     @property
     def verdict(self) -> str:
-        return "monotone" if self.monotone else "not monotone"
+        return "no descent" if self.no_descent else "monotone" if self.monotone else "not monotone"
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -208,13 +213,15 @@ def test_monotonicity(
     bootstrap: int = 1000,
     seed: int = 0,
     source: str = "",
+    baseline: float | None = None,
 ) -> MonotonicityResult:
     """Test "error falls with depth" from per-sample errors.
 
     ``chunks()`` yields ``(errors, correct)`` row blocks: ``errors`` of shape (rows, D) holds the
     per-sample error the metric is based on (``se``, ``ce`` or ``1 - correct``); ``correct`` (or None)
     the per-sample correctness for classification. One streaming pass.
-    ``tolerance`` is relative to the curve's total descent.
+    ``tolerance`` is relative to the curve's total descent. ``baseline``: the constant predictor's mean
+    error (`constant_baseline`); a final depth no better than it is "no descent".
     """
     metric = check_metric(metric, kind)
     depths = list(depths)
@@ -313,6 +320,10 @@ def test_monotonicity(
     iso_rmse = float(np.sqrt(np.mean((mean - iso) ** 2)))
 
     final = mean[-1]
+    at_baseline = baseline is not None and float(hi[-1]) >= baseline * (1 - 1e-9)  # the interval's upper end reaches it
+    no_descent = at_baseline
+    if at_baseline:
+        notes.append(f"the final depth's error ({final:.4g}) is no better than a constant predictor's ({baseline:.4g}): the model learned nothing")
     if metric == "acc":
         target = (1 - final) * (1 - within)
         deploy_index = next(k for k in range(D) if 1 - mean[k] >= target - 1e-12)
@@ -322,7 +333,8 @@ def test_monotonicity(
         source=source, metric=metric, kind=kind, n=n, depths=depths,
         curve=reported.tolist(), ci_low=np.asarray(r_lo).tolist(), ci_high=np.asarray(r_hi).tolist(), error_curve=mean.tolist(),
         steps=steps, tolerance=tol_abs, tolerance_rel=tolerance, descent=descent, alpha=alpha,
-        monotone=not any(s.significant for s in steps), monotone_strict=not any(s.significant_strict for s in steps),
+        monotone=not no_descent and not any(s.significant for s in steps),
+        monotone_strict=not no_descent and not any(s.significant_strict for s in steps),
         kendall_tau=float(tau.statistic), kendall_p=float(tau.pvalue), sen_slope=float(slope.slope),
         isotonic_rmse=iso_rmse, isotonic_rel=iso_rmse / descent if descent > 0 else 0.0,
         sample_monotone_share=monotone_samples / n, first_within=first_within.tolist(),
@@ -330,8 +342,38 @@ def test_monotonicity(
         overthinking_share=overthinking / n if is_classification else None,
         wasteful_share=wasteful / n if is_classification else None,
         first_correct=first_correct[:D].tolist() if is_classification else None,
-        bootstrap=bootstrap, seed=seed, notes=notes,
+        bootstrap=bootstrap, seed=seed, notes=notes, baseline=baseline, no_descent=no_descent,
     )
+
+
+def constant_baseline(trace, base: str) -> float | None:
+    """The mean per-sample error (``se``, ``ce`` or ``err``) of the best constant predictor on the
+    trace's own targets: the targets' mean (regression), the class prior (classification), the
+    unigram distribution of the target tokens (language models). None when it does not apply."""
+    if not trace.has("targets") or (trace.kind == "regression") != (base == "se"):
+        return None
+    total, sq, counts, n = 0.0, 0.0, np.zeros(0, dtype=np.int64), 0
+    for block in trace.iter_rows("targets", rows=1 << 16):  # streamed: an LM trace holds n x T targets
+        if trace.kind == "regression":
+            y = np.asarray(block, dtype=np.float64).reshape(len(block), -1)
+            total, sq, n = total + y.sum(axis=0), sq + (y * y).sum(axis=0), n + len(y)
+            continue
+        labels = np.asarray(block).reshape(-1).astype(np.int64)
+        labels = labels[labels >= 0]  # LM targets mark padding with a negative index
+        c = np.bincount(labels)
+        counts = np.pad(counts, (0, max(0, c.size - counts.size)))
+        counts[: c.size] += c
+    if trace.kind == "regression":
+        return float(np.mean(sq / n - (total / n) ** 2)) if n else None
+    if counts.sum() == 0:
+        return None
+    p = counts / counts.sum()
+    if base == "err":
+        return float(1.0 - p.max())
+    if base == "ce":
+        p = p[p > 0]
+        return float(-(p * np.log(p)).sum())
+    return None
 
 
 def from_arrays(errors: np.ndarray, depths: Sequence[int] | None = None, kind: str = "regression", correct: np.ndarray | None = None, chunk_rows: int = 65536, **kwargs: Any) -> MonotonicityResult:
@@ -385,4 +427,5 @@ def from_trace(trace, metric: str | None = None, depths: str | None = None, chun
             e = 1.0 - errs["correct"] if base == "err" else errs[base]
             yield e, errs.get("correct") if classification else None
 
-    return test_monotonicity(chunks, trace.n, chosen, trace.kind, metric, source=str(trace.path), **kwargs)
+    baseline = constant_baseline(trace, base) if lens is None else None
+    return test_monotonicity(chunks, trace.n, chosen, trace.kind, metric, source=str(trace.path), baseline=baseline, **kwargs)

@@ -31,6 +31,17 @@ class Batch:
         """A subset of the rows (a slice or an index tensor)."""
         return Batch(self.x[index], self.y[index], None if self.mask is None else self.mask[index])
 
+    def trimmed(self) -> Batch:
+        """Right-padded token rows cut to the longest real row (dynamic padding): every row keeps its
+        tokens and positions, and the columns that only padding filled are not computed at all."""
+        if self.mask is None or self.x.ndim != 2:
+            return self
+        used = self.mask.any(dim=0).nonzero()
+        width = int(used[-1]) + 1 if used.numel() else 1
+        if width == self.x.shape[1]:
+            return self
+        return Batch(self.x[:, :width], self.y[:, :width] if self.y.ndim == 2 else self.y, self.mask[:, :width])
+
     def split(self, parts: int) -> list[Batch]:
         """``parts`` nearly equal consecutive micro-batches (gradient accumulation)."""
         n = len(self)

@@ -110,6 +110,7 @@ class ObjectiveConfig:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULES = ("cosine", "linear", "constant")
 PARALLEL = ("ddp", "fsdp")
 TRAIN_ONLY = ("all", "blocks", "head")
 TRACKERS = ("jsonl", "tensorboard", "mlflow")
@@ -122,7 +123,8 @@ class TrainConfig:
     lr: float = 2e-3
     optimizer: str = "adam"  # adam | adamw | sgd
     weight_decay: float = 0.0
-    schedule: str = "cosine"  # cosine | constant
+    schedule: str = "cosine"  # cosine | linear (decay to 0, HF Trainer's) | constant
+    epochs: float = 0.0  # > 0: this many passes over the training split decide the steps (replacing `steps`)
     warmup: int = 0
     grad_clip: float = 0.0  # 0: off
     eval_every: int = 0  # 0: evaluate only at the end
@@ -148,8 +150,9 @@ class TrainConfig:
         if self.optimizer not in ("adam", "adamw", "sgd"):
             raise UsageError(f"unknown optimizer {self.optimizer!r}; expected adam, adamw or sgd")
         _finite(self.weight_decay, "train.weight_decay", 0)
-        if self.schedule not in ("cosine", "constant"):
-            raise UsageError(f"unknown schedule {self.schedule!r}; expected cosine or constant")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
+        _finite(self.epochs, "train.epochs", 0, 10_000)
         _count(self.warmup, "train.warmup")
         _finite(self.grad_clip, "--clip-grad", 0)
         _count(self.eval_every, "--eval-every")
@@ -298,10 +301,11 @@ def merge(base: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[st
     return out
 
 
-def resolve(toml_path: str | Path | None, flags: dict[str, dict[str, Any]], sets: list[str] = ()) -> RunConfig:
-    """defaults < TOML file < flags (None means 'not given') < --set items."""
-    base = load_toml(toml_path) if toml_path else {}
-    merged = merge(base, flags)
+def resolve(toml_path: str | Path | None, flags: dict[str, dict[str, Any]], sets: list[str] = (),
+            base: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+    """defaults < ``base`` (e.g. fine-tuning defaults) < TOML file < flags (None means 'not given') < --set items."""
+    merged = merge(base or {}, load_toml(toml_path) if toml_path else {})
+    merged = merge(merged, flags)
     set_overrides: dict[str, dict[str, Any]] = {}
     for item in sets:
         section, key, value = parse_set(item)

@@ -26,6 +26,44 @@ from lpa_cli.models.protocol import ResidualModel
 log = logging.getLogger(__name__)
 
 
+# What a fine-tune of a pretrained transformer starts from when the user sets nothing: Hugging Face
+# Trainer's defaults (AdamW at 5e-5, batch 8, linear decay to 0, no warmup or weight decay, 3 epochs).
+# The toy tasks' defaults (Adam at 2e-3, batch 512, 2000 steps) would wreck pretrained weights.
+FINETUNE_DEFAULTS = {"optimizer": "adamw", "lr": 5e-5, "batch_size": 8, "schedule": "linear", "warmup": 0, "weight_decay": 0.0,
+                     "epochs": 3.0}
+TRANSFORMERS = ("gpt", "decoder", "encoder", "vit")
+
+
+def finetune_defaults(init: str | Path | None, steps_given: bool = False) -> dict[str, dict[str, object]]:
+    """The training defaults for starting from ``init``: `FINETUNE_DEFAULTS` for a pretrained
+    transformer (a Hugging Face directory, or an lpa checkpoint of a transformer), else none; the
+    user's own step count (``steps_given``) replaces the epochs."""
+    if not init:
+        return {}
+    path = Path(init)
+    pretrained = path.is_dir()
+    if path.is_file():
+        from lpa_cli.checkpoint import read_info
+
+        pretrained = read_info(path).config.model.arch in TRANSFORMERS
+    if not pretrained:
+        return {}
+    return {"train": {k: v for k, v in FINETUNE_DEFAULTS.items() if not (steps_given and k == "epochs")}}
+
+
+def describe_defaults(cfg: RunConfig, defaults: dict[str, dict[str, object]]) -> str:
+    """One line naming the fine-tuning defaults ``cfg`` kept (the user overrode the others)."""
+    t = cfg.train
+    kept = {k: v for k, v in defaults.get("train", {}).items() if getattr(t, k) == v}
+    if not kept:
+        return ""
+    names = {"optimizer": "optimizer {}", "lr": "lr {:g}", "batch_size": "batch {}", "schedule": "{} decay", "warmup": "warmup {}",
+             "weight_decay": "weight decay {:g}", "epochs": "{:g} epochs"}
+    flags = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--steps"}
+    override = ", ".join(flags[k] for k in kept if k in flags) + ", --set train.KEY=VALUE"
+    return f"fine-tuning defaults for a pretrained model: {', '.join(names[k].format(v) for k, v in kept.items())} (override with {override})"
+
+
 def resolve_init(cfg: RunConfig, trust_factory: bool = False) -> RunConfig:
     """With ``--init``: the model settings come from where the weights do (a Hugging Face config, or
     the lpa checkpoint's own model config). A checkpoint's factory is used only when it is the one

@@ -27,6 +27,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -238,9 +239,9 @@ def _probs(logits: Tensor, temperature: float, top_k: int) -> Tensor:
 @torch.no_grad()
 def generate(model: ResidualModel, tokenizer, prompt: str, *, max_new_tokens: int = 64, strategy: str = "full", threshold: float = 0.9,
              min_exit_depth: int = 1, draft_depth: int = 0, speculate: int = 4, temperature: float = 0.0, top_k: int = 0, seed: int = 0,
-             stop_at_eos: bool = False) -> Generation:
+             stop_at_eos: bool = False, progress: Callable[[int, int], None] | None = None) -> Generation:
     """Decode ``max_new_tokens`` tokens after ``prompt`` with ``strategy`` (see the module's docs).
-    ``draft_depth`` 0: half the blocks draft."""
+    ``draft_depth`` 0: half the blocks draft; ``progress(tokens so far, budget)`` follows the decoding."""
     if strategy not in STRATEGIES:
         raise UsageError(f"unknown --strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
     check_decodable(model)
@@ -280,20 +281,24 @@ def generate(model: ResidualModel, tokenizer, prompt: str, *, max_new_tokens: in
     depths: list[int] = []
     drafted = accepted = rounds = 0
     t1 = time.perf_counter()
+    tick = progress or (lambda done, total: None)
     if strategy == "full":
         while len(out) < budget and out[-1] != eos:
             h = dec.run(dec.embed(torch.tensor([[out[-1]]], device=device), dec.position), 0, N)
             out.append(_pick(model.read(h)[0, -1], temperature, top_k, gen))
+            tick(len(out), budget)
     elif strategy == "exit":
         while len(out) < budget and out[-1] != eos:
             token, depth = _exit_step(model, dec, out[-1], device, threshold, min_exit_depth, temperature, top_k, gen)
             out.append(token)
             depths.append(depth)
+            tick(len(out), budget)
     else:
         while len(out) < budget and out[-1] != eos:
             new, n_draft, n_ok = _speculate(model, dec, out[-1], device, draft_depth, min(speculate, budget - len(out)), temperature, top_k, gen)
             out.extend(new)
             drafted, accepted, rounds = drafted + n_draft, accepted + n_ok, rounds + 1
+            tick(len(out), budget)
     seconds = time.perf_counter() - t1
     out = out[:budget]
     if eos is not None and eos in out:

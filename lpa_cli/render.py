@@ -108,3 +108,49 @@ def depth_table(metrics: dict[str, list[float]], title: str = "per-depth test me
 def _spans_decades(values: list[float]) -> bool:
     finite = [v for v in values if v is not None and math.isfinite(v) and v > 0]
     return bool(finite) and max(finite) / min(finite) > 10
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class LogProgress:
+    """Progress as plain lines, for a log rather than a terminal (nohup, CI, a notebook cell, `> log
+    2>&1`), where a live bar shows nothing: one line every ``every`` units (a tenth of the total by
+    default) and at least every ``seconds``, with the rate and the time left."""
+
+    def __init__(self, console: Console, what: str, total: int, unit: str = "steps", every: int = 0, seconds: float = 30.0,
+                 clock=None) -> None:
+        import time
+
+        self.console, self.what, self.total, self.unit = console, what, max(1, int(total)), unit
+        self.every = every or max(1, self.total // 10)
+        self.seconds = seconds
+        self.clock = clock or time.monotonic
+        self.began = self.last = self.clock()
+        self.start = None
+        self.shown = -1
+
+    def update(self, done: int, detail: str = "", rate_unit: str = "", per_unit: float = 1.0) -> None:
+        """Report ``done`` of the total (``detail``: e.g. the loss per depth); ``per_unit`` converts the
+        rate into ``rate_unit`` (samples per step, say)."""
+        now = self.clock()
+        if self.start is None:
+            self.start, self.began = done, now
+            return
+        due = done >= self.total or (done - self.start) % self.every == 0 or now - self.last >= self.seconds
+        if not due or done == self.shown:
+            return
+        self.last, self.shown = now, done
+        elapsed = now - self.began
+        rate = (done - self.start) / elapsed if elapsed > 0 else 0.0
+        parts = [f"{self.what} {done:,}/{self.total:,}"]
+        if detail:
+            parts.append(detail)
+        if rate > 0:
+            parts.append(f"{rate * per_unit:,.1f} {rate_unit or self.unit}/s")
+            parts.append(f"ETA {duration((self.total - done) / rate)}" if done < self.total else f"took {duration(elapsed)}")
+        self.console.print(escape("  ".join(parts)), soft_wrap=True, highlight=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import re
+import time
 import shutil
 import statistics
 from collections.abc import Callable
@@ -264,6 +265,19 @@ class CheckpointStore:
         self._load().setdefault(cfg.to_json(), path)
 
 
+class _Heartbeat(Callbacks):
+    """A progress line at least every ``seconds`` of a training run, so a log shows a study is alive."""
+
+    def __init__(self, name: str, progress: Callable[[str], None], seconds: float = 30.0) -> None:
+        self.name, self.progress, self.seconds = name, progress, seconds
+        self.last = time.monotonic()
+
+    def on_progress(self, step: int, loss: float, per_depth: dict) -> None:
+        if time.monotonic() - self.last >= self.seconds:
+            self.last = time.monotonic()
+            self.progress(f"training {self.name}: step {step}, loss {loss:.4g}")
+
+
 def _checkpoint(cfg: RunConfig, path: Path, store: CheckpointStore, progress: Callable[[str], None]) -> Path:
     """Train ``cfg`` into ``path`` unless a checkpoint with the same configuration exists."""
     if path.exists():
@@ -280,7 +294,7 @@ def _checkpoint(cfg: RunConfig, path: Path, store: CheckpointStore, progress: Ca
             shutil.copyfile(source, tmp)
         return path
     progress(f"training {path.name}")
-    train(cfg, path, force=True, callbacks=Callbacks())
+    train(cfg, path, force=True, callbacks=_Heartbeat(path.name, progress))
     store.add(cfg, path)
     return path
 

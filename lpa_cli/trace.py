@@ -224,6 +224,8 @@ def trace_split(
     device = next(model.parameters()).device
     model.eval()
     batch_size = batch_size or DEFAULT_BATCH[kind]
+    if states:
+        split = split.padded()  # per-token states: one width for every batch
     first = split.rows(0, 1)
     with torch.no_grad():
         mask = None if first.mask is None else first.mask.to(device)

@@ -24,9 +24,15 @@ from analyzers.metrics import finite
 class Callbacks:
     """Hooks the trainer calls; the base class does nothing (the command line adds a progress bar)."""
 
+    def on_plan(self, plan: dict[str, Any]) -> None:
+        """Before the first step: parameters, samples and tokens per step, steps, device (`train`)."""
+
     def on_start(self, total_steps: int, start_step: int) -> None: ...
 
     def on_step(self, step: int, loss: float | None) -> None: ...
+
+    def on_progress(self, step: int, loss: float, per_depth: dict[int, Any]) -> None:
+        """After every step, with each depth's loss term (tensors: read them only when shown)."""
 
     def on_eval(self, step: int, metrics: dict[str, list[float]]) -> None: ...
 

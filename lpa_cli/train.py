@@ -10,6 +10,7 @@ global batch across ranks; only rank 0 writes.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -66,8 +67,10 @@ def learning_rate(cfg: RunConfig, step: int) -> float:
         return t.lr * (step + 1) / t.warmup
     if t.schedule == "constant" or t.steps <= t.warmup:
         return t.lr
-    progress = (step - t.warmup) / max(1, t.steps - t.warmup)
-    return t.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    progress = min(1.0, (step - t.warmup) / max(1, t.steps - t.warmup))
+    if t.schedule == "linear":
+        return t.lr * (1.0 - progress)
+    return t.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def make_optimizer(cfg: RunConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -196,6 +199,10 @@ def _train(cfg, output, model, task, force, resume, snapshot_every, callbacks, w
 
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     task = task or load_task(cfg.task)
+    if t.epochs:  # passes over the data decide the steps, now that the data is known
+        per_step = t.batch_size or len(task.train)
+        t = dataclasses.replace(t, steps=max(1, math.ceil(t.epochs * len(task.train) / per_step)))
+        cfg = dataclasses.replace(cfg, train=t)
     seed_everything(t.seed)
     if model is None:
         cfg = complete(cfg, task)
@@ -226,6 +233,12 @@ def _train(cfg, output, model, task, force, resume, snapshot_every, callbacks, w
         tr.start(cfg.to_dict(), start)
     runner = _compiled(step_module) if t.compile else step_module
     model.train()
+    watch = _LossWatch()
+    log_every = max(1, t.steps // 100)
+    per_step = t.batch_size or len(task.train)
+    callbacks.on_plan({"parameters": sum(p.numel() for p in model.parameters()), "trainable": sum(p.numel() for p in trainable),
+                       "samples_per_step": per_step, "tokens_per_step": per_step * task.in_shape[0] if task.input_kind == "tokens" else None,
+                       "steps": t.steps, "start": start, "device": str(device), "processes": world.size, "precision": t.precision})
     callbacks.on_start(t.steps, start)
     began = time.perf_counter()
     last_loss: float | None = None
@@ -254,6 +267,12 @@ def _train(cfg, output, model, task, force, resume, snapshot_every, callbacks, w
             last_loss = loss
             done = step + 1
             callbacks.on_step(done, loss if done % 10 == 0 or done == t.steps else None)
+            callbacks.on_progress(done, loss, out.per_depth)
+            watch.add(loss)
+            if world.main and done % log_every == 0 and done < t.steps and not (t.eval_every and done % t.eval_every == 0):
+                per_depth = {k: float(v) for k, v in out.per_depth.items()}  # the log's training curve between evaluations
+                for tr in trackers:
+                    tr.record(done, lr, loss, per_depth, {}, time.perf_counter() - began)
             if t.eval_every and done % t.eval_every == 0 and done < t.steps:
                 metrics = _evaluate(model, step_module, task, cfg, fsdp)
                 if world.main:
@@ -266,6 +285,9 @@ def _train(cfg, output, model, task, force, resume, snapshot_every, callbacks, w
         callbacks.on_end()
         elapsed = time.perf_counter() - began
         metrics = _evaluate(model, step_module, task, cfg, fsdp)
+        warnings = watch.judge(metrics, task) if world.main else []
+        for w in warnings:
+            log.warning("%s", w)
         finish(model)
         state = full_model_state(step_module, t.parallel, world) if fsdp else None
         if state is not None:
@@ -278,7 +300,7 @@ def _train(cfg, output, model, task, force, resume, snapshot_every, callbacks, w
             "world_size": world.size,
             "lpa_version": __version__,
             "torch_version": torch.__version__.split("+")[0],
-        }
+        } | ({"warnings": warnings} if warnings else {})
         info = task.info()
         sha = ""
         if world.main:
@@ -297,6 +319,35 @@ def _train(cfg, output, model, task, force, resume, snapshot_every, callbacks, w
         for tr in trackers:
             tr.close()
     return TrainResult(output, cfg, info, metrics, training | {"seconds": round(elapsed, 3)}, sha, model)
+
+
+class _LossWatch:
+    """Whether a run learned anything: its first and last ten step losses, and the final depth's test
+    metrics against a constant predictor (judged once, at the end)."""
+
+    def __init__(self) -> None:
+        self.first: list[float] = []
+        self.last: collections.deque = collections.deque(maxlen=10)
+
+    def add(self, loss: float) -> None:
+        if len(self.first) < 10:
+            self.first.append(loss)
+        self.last.append(loss)
+
+    def judge(self, metrics: dict[str, list[float]], task) -> list[str]:
+        out = []
+        if len(self.first) >= 10 and len(self.last) == 10:
+            a, b = sum(self.first) / 10, sum(self.last) / 10
+            if b >= 0.99 * a:
+                out.append(f"the training loss did not fall ({a:.4g} over the first ten steps, {b:.4g} over the last ten): "
+                           "check --lr (a pretrained model wants about 5e-5) and the data")
+        r2, ce = metrics.get("r2"), metrics.get("ce")
+        if task.kind == "regression" and r2 and r2[-1] is not None and r2[-1] <= 0.01:
+            out.append(f"the final depth's R^2 is {r2[-1]:.3g}: no better than predicting the mean")
+        if task.kind == "classification" and ce and ce[-1] is not None and ce[-1] >= 0.98 * math.log(task.out_dim):
+            out.append(f"the final depth's cross-entropy is {ce[-1]:.4g}, chance level for {task.out_dim} classes (ln {task.out_dim} = "
+                       f"{math.log(task.out_dim):.4g}): the model learned nothing")
+        return out
 
 
 def _hf_metadata(cfg: RunConfig) -> dict[str, str]:

@@ -72,7 +72,7 @@ def test_compare_surface_has_heatmaps_and_training_curves(tmp_path):
     assert data["training"]  # the samples' .jsonl logs
     html = report.read_text()
     assert "Predictions by depth" in html
-    assert "Training curves" not in html  # one final record per run is no curve
+    assert "Training curves" in html and "Not shown: no run" in html  # one final record per run is no curve, and it says so
 
 
 def test_training_curves_need_logs_with_several_evaluations(tmp_path):
@@ -81,6 +81,17 @@ def test_training_curves_need_logs_with_several_evaluations(tmp_path):
     report = tmp_path / "curves.html"
     run_json("compare", "--no-measure", "--run", f"A={tmp_path / 'a.safetensors'}", "--run", f"B={tmp_path / 'b.safetensors'}", "-o", report)
     assert "Training curves" in report.read_text()
+
+
+def test_runs_without_evaluations_log_a_training_loss_curve(tmp_path):
+    for name in ("a", "b"):
+        run_json("train", *TINY_TRAIN, "--objective", "lpa" if name == "a" else "e2e", "-o", tmp_path / f"{name}.safetensors")
+    records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert len(records) >= 10 and all(len(r["train_loss_per_depth"]) == 4 for r in records[:-1])
+    report = tmp_path / "curves.html"
+    run_json("compare", "--no-measure", "--run", f"A={tmp_path / 'a.safetensors'}", "--run", f"B={tmp_path / 'b.safetensors'}", "-o", report)
+    html = report.read_text()
+    assert "training loss at the final depth" in html and "Not shown" not in html
 
 
 def test_compare_with_many_groups_renders(tmp_path):

@@ -359,7 +359,7 @@ def test_pretrained_minilm_finetunes_traces_and_exports(tmp_path):
     bert = transformers.AutoModelForSequenceClassification.from_pretrained(full).eval()
     from lpa_cli.tasks import load_task
 
-    test = load_task(c.config.task).test.rows(0, 4)
+    test = load_task(c.config.task).test.padded().rows(0, 4)  # the trace keeps states at the full context
     with torch.no_grad(), open_trace(tmp_path / "t.h5") as t:
         ref = bert(input_ids=test.x, attention_mask=test.mask, output_hidden_states=True)
         states, real = t.read("states"), test.mask.bool().numpy()

@@ -133,28 +133,46 @@ def heatmap_figure(r: CompareResult) -> go.Figure:
     return fig
 
 
-def _curve_points(r: CompareResult) -> dict[str, list[tuple[int, float]]]:
-    """Each run's (step, final-depth test metric) from its log; runs with fewer than two points have no curve."""
-    key = r.metric if r.metric in ("mse", "ce") else ("acc" if r.kind != "regression" else "mse")
+def _curve_key(r: CompareResult) -> str:
+    return r.metric if r.metric in ("mse", "ce") else ("acc" if r.kind != "regression" else "mse")
+
+
+def _test_points(records: list[dict], key: str) -> list[tuple[int, float]]:
+    pts = []
+    for rec in records:
+        test = rec.get("test") or {}
+        values = test.get(key) or next(iter(test.values()), None)
+        if isinstance(values, list) and values and values[-1] is not None:
+            pts.append((rec["step"], values[-1]))
+    return pts
+
+
+def _curve_points(r: CompareResult) -> tuple[dict[str, list[tuple[int, float]]], str]:
+    """Each run's (step, final-depth test metric) from its log, or, for runs evaluated only at the end,
+    (step, final-depth training loss); runs with fewer than two points have no curve. Also says which."""
+    key = _curve_key(r)
+    tests = {path: _test_points(records, key) for path, records in r.training.items()}
+    if any(len(p) >= 2 for p in tests.values()):
+        return {path: pts for path, pts in tests.items() if len(pts) >= 2}, f"test {key}"
     out = {}
     for path, records in r.training.items():
         pts = []
         for rec in records:
-            test = rec.get("test") or {}
-            values = test.get(key) or next(iter(test.values()), None)
-            if isinstance(values, list) and values and values[-1] is not None:
-                pts.append((rec["step"], values[-1]))
+            per_depth = rec.get("train_loss_per_depth") or {}
+            if per_depth:
+                last = max(per_depth, key=int)
+                if per_depth[last] is not None:
+                    pts.append((rec["step"], per_depth[last]))
         if len(pts) >= 2:
             out[path] = pts
-    return out
+    return out, "training loss"
 
 
-def training_figure(r: CompareResult, points: dict[str, list[tuple[int, float]]]) -> go.Figure:
-    key = r.metric if r.metric in ("mse", "ce") else ("acc" if r.kind != "regression" else "mse")
+def training_figure(r: CompareResult, points: dict[str, list[tuple[int, float]]], key: str) -> go.Figure:
     fig = go.Figure()
     for i, (path, pts) in enumerate(points.items()):
         fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=_name(path), line={"color": _colour(i)}))
-    fig.update_layout(title=f"training: test {key} at the final depth", xaxis_title="step", yaxis_title=key, height=360)
+    fig.update_layout(title=f"training: {key} at the final depth", xaxis_title="step", yaxis_title=key, height=360)
     return fig
 
 
@@ -164,6 +182,9 @@ def training_figure(r: CompareResult, points: dict[str, list[tuple[int, float]]]
 def summary_section(page: Page, r: CompareResult) -> None:
     groups = ", ".join(f"{g} ({len(p)} run{'s' if len(p) > 1 else ''})" for g, p in r.groups.items())
     page.paragraph(f"Groups: {groups}. Metric: {r.metric} ({r.kind}). Every number is also in the embedded JSON.", "note")
+    for g in r.never_learned:
+        page.paragraph(f"{g} never learned: every run's final depth is no better than a constant predictor (verdict: no descent). "
+                       "Its comparisons below declare no winner.", "bad")
 
 
 def diff_section(page: Page, r: CompareResult) -> None:
@@ -289,10 +310,13 @@ def heatmap_section(page: Page, r: CompareResult) -> None:
 
 
 def training_section(page: Page, r: CompareResult) -> None:
-    points = _curve_points(r)
+    points, key = _curve_points(r)
+    page.heading("Training curves")
     if points:
-        page.heading("Training curves")
-        page.figure(training_figure(r, points))
+        page.figure(training_figure(r, points, key))
+    else:
+        page.paragraph("Not shown: no run's training log (<checkpoint>.jsonl beside the checkpoint) is at hand, or none records "
+                       "per-depth training losses.", "note")
 
 
 def shared_section(page: Page, r: CompareResult) -> None:

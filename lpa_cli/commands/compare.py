@@ -54,6 +54,8 @@ def compare_command(
     for k in depths:
         table.add_row(str(k), *[fmt(c.mean[c.depths.index(k)], result.metric) if k in c.depths else "-" for c in result.curves.values()])
     out.print(table)
+    for g in result.never_learned:
+        out.print(f"[bold red]{esc(g)} never learned[/bold red]: its final depth is no better than a constant predictor (no descent)")
     for f in result.final:
         out.print(esc(f.statement))
     for x in result.runs:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lpa_cli.commands.options import Force, Json, Quiet
-from lpa_cli.render import consoles, esc, print_json
+from lpa_cli.render import LogProgress, consoles, esc, print_json
 
 data_app = typer.Typer(help="Prepare data sets: tokenise text into a token file that training reads through a memory map.",
                        no_args_is_help=True)
@@ -29,11 +29,19 @@ def tokenize_command(
     """
     from lpa_cli.tasks.tokens import tokenize_files
 
-    result = tokenize_files([str(t) for t in texts], tokenizer, output, force=force)
+    out, err = consoles(quiet or json_)
+    lines: list[LogProgress] = []
+
+    def report(done: int, total: int) -> None:  # a line per tenth of the files, and at least every 30 s
+        if not lines:
+            lines.append(LogProgress(err, "tokenized", total, "files"))
+            lines[0].update(0)
+        lines[0].update(done)
+
+    result = tokenize_files([str(t) for t in texts], tokenizer, output, force=force, progress=report)
     if json_:
         print_json(result)
         return
-    out, _ = consoles(quiet)
     out.print(f"wrote [bold]{esc(result['output'])}[/bold]: {result['tokens']:,} tokens from {result['documents']} document(s), "
               f"{result['dtype']}, vocabulary {result['vocab_size']:,} ({esc(result['tokenizer'])}); sidecar {esc(result['sidecar'])}")
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from lpa_cli.commands.options import Device, Factory, Json, Quiet, Seed, TrustFactory, Verify
-from lpa_cli.render import consoles, esc, print_json
+from lpa_cli.render import LogProgress, consoles, esc, print_json
 
 
 def generate_command(
@@ -48,16 +48,26 @@ def generate_command(
             raise UsageError(f"{prompt_file}: the prompt is not UTF-8 text (byte {err.start})") from None
         except OSError as err:
             raise UsageError(f"{prompt_file}: cannot read the prompt ({err.strerror or err})") from None
+    out, err = consoles(quiet)
+    lines: list[LogProgress] = []
+
+    def report(done: int, total: int) -> None:  # plain lines where stderr is a log, not a terminal
+        if err.is_terminal or json_:
+            return
+        if not lines:
+            lines.append(LogProgress(err, "generated", total, "tokens"))
+            lines[0].update(0)
+        lines[0].update(done)
+
     g = generate_checkpoint(checkpoint, prompt, verify=verify, device=device or "cpu", factory=factory or "", trust_factory=trust_factory,
                             max_new_tokens=max_new_tokens, strategy=strategy,
                             threshold=threshold, min_exit_depth=exit_depth, draft_depth=draft_depth or 0, speculate=speculate,
-                            temperature=temperature, top_k=top_k, seed=seed or 0)
+                            temperature=temperature, top_k=top_k, seed=seed or 0, progress=report)
     if json_:
         print_json({"text": g.text, "tokens": g.tokens, "prompt_tokens": g.prompt_tokens, "strategy": g.strategy, "seconds": g.seconds,
                     "prefill_seconds": g.prefill_seconds, "tokens_per_s": g.tokens_per_s, "acceptance_rate": g.acceptance_rate,
                     "mean_exit_depth": g.mean_exit_depth, "stopped": g.stopped, "exit_depths": g.depths})
         return
-    out, err = consoles(quiet)
     out.print(esc(prompt + g.text), soft_wrap=True)
     parts = [f"{len(g.tokens)} tokens, {g.tokens_per_s:,.1f} tokens/s ({g.strategy})"]
     if g.acceptance_rate is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,27 +10,71 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lpa_cli.commands.options import Depths, Device, Force, Json, Output, Quiet, Seed, TrustFactory
-from lpa_cli.config import ALIGNMENTS, HEAD_LOSSES, PARALLEL, PRECISIONS, TRACKERS, TRAIN_ONLY, RunConfig, resolve
+from lpa_cli.config import ALIGNMENTS, HEAD_LOSSES, PARALLEL, PRECISIONS, TRACKERS, TRAIN_ONLY, RunConfig, TrainConfig, resolve
 from lpa_cli.registry import ARCHITECTURES, OBJECTIVES, TASK_HELP, WEIGHTINGS
-from lpa_cli.render import consoles, depth_table, esc, print_json
+from lpa_cli.render import LogProgress, duration, consoles, depth_table, esc, print_json
+
+
+def _count(n: float) -> str:
+    return next(f"{n / d:.1f}{u}" for d, u in ((1e9, "B"), (1e6, "M"), (1e3, "k"), (1, "")) if n >= d or d == 1)
 
 
 class ProgressCallbacks:
-    """A rich progress bar (step, loss, ETA) on stderr, plus per-depth tables at each evaluation."""
+    """Progress on stderr: the plan and a time estimate up front; then a live bar (step, loss, ETA) on
+    a terminal, or a plain line every tenth of the run and at least every 30 s in a log (step, loss
+    per depth, samples/s, ETA); per-depth tables at each evaluation."""
 
-    def __init__(self, progress: Progress, console) -> None:
+    ESTIMATE_AFTER = (5, 10.0)  # steps, seconds: whichever comes first
+
+    def __init__(self, progress: Progress, console, defaults: str = "") -> None:
         self.progress = progress
         self.console = console
+        self.defaults = defaults  # the fine-tuning defaults in force, said once the run is set up
         self.task_id = None
+        self.log: LogProgress | None = None
+        self.plan: dict = {}
+        self.estimated = False
+        self.began = 0.0
+
+    def on_plan(self, plan: dict) -> None:
+        self.plan = plan
+        if self.defaults:
+            self.console.print(esc(self.defaults), soft_wrap=True, highlight=False)
+        tokens = f" ({_count(plan['tokens_per_step'])} tokens)" if plan.get("tokens_per_step") else ""
+        procs = f" x {plan['processes']} processes" if plan["processes"] > 1 else ""
+        resumed = f", resuming at step {plan['start']}" if plan["start"] else ""
+        self.console.print(esc(f"plan: {_count(plan['parameters'])} parameters ({_count(plan['trainable'])} trained), "
+                               f"{plan['samples_per_step']:,} samples{tokens} per step, {plan['steps']:,} steps{resumed} on "
+                               f"{plan['device']}{procs} ({plan['precision']})"), soft_wrap=True, highlight=False)
 
     def on_start(self, total_steps: int, start_step: int) -> None:
-        self.task_id = self.progress.add_task("training", total=total_steps, completed=start_step, loss="-")
+        self.began = time.monotonic()
+        if self.console.is_terminal:
+            self.task_id = self.progress.add_task("training", total=total_steps, completed=start_step, loss="-")
+        else:
+            self.log = LogProgress(self.console, "step", total_steps, unit="steps")
+            self.log.update(start_step)
 
     def on_step(self, step: int, loss: float | None) -> None:
+        if self.task_id is None:
+            return
         if loss is None:
             self.progress.update(self.task_id, completed=step)
         else:
             self.progress.update(self.task_id, completed=step, loss=f"{loss:.3e}")
+
+    def on_progress(self, step: int, loss: float, per_depth: dict) -> None:
+        done = step - self.plan.get("start", 0)
+        elapsed = time.monotonic() - self.began
+        if not self.estimated and (done >= self.ESTIMATE_AFTER[0] or elapsed >= self.ESTIMATE_AFTER[1]) and done > 0:
+            self.estimated = True
+            left = (self.plan.get("steps", step) - step) * elapsed / done
+            self.console.print(esc(f"estimate: {elapsed / done:.3g} s/step over the first {done} steps; about {duration(left)} to go"),
+                               soft_wrap=True, highlight=False)
+        if self.log is not None:
+            depths = " ".join(f"{k}:{float(v):.3g}" for k, v in sorted(per_depth.items()))
+            self.log.update(step, f"loss {loss:.4g}" + (f" (depths {depths})" if depths else ""), "samples",
+                            self.plan.get("samples_per_step", 1))
 
     def on_eval(self, step: int, metrics: dict[str, list[float]]) -> None:
         self.console.print(depth_table(metrics, title=f"step {step}: per-depth test metrics"))
@@ -139,6 +184,7 @@ def train_command(
 
     Settings come from built-in defaults, then --config, then flags, then --set.
     """
+    from lpa_cli.finetune import describe_defaults, finetune_defaults
     from lpa_cli.models.factory import check_factory
     from lpa_cli.tasks import data_spec
     from lpa_cli.train import is_main_process, train
@@ -162,9 +208,13 @@ def train_command(
     }
     cfg = resolve(config, flags, set_ or [])
     check_factory(cfg.model.factory, config or "--set model.factory", model or "", trust_factory)  # only --model names code
+    defaults = finetune_defaults(cfg.model.init, steps_given=cfg.train.steps != TrainConfig().steps or bool(cfg.train.epochs))
+    if defaults:  # a pretrained model: fine-tuning defaults under whatever the user set
+        cfg = resolve(config, flags, set_ or [], base=defaults)
     output = output or default_output(cfg)
     main_process = is_main_process()  # under torchrun only rank 0 talks
     out, err = consoles(quiet or json_ or not main_process)
+
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -176,7 +226,8 @@ def train_command(
         transient=True,  # gone when training ends: the table follows, and an error stays one line
     )
     with progress:
-        result = train(cfg, output, force=force, resume=resume, snapshot_every=snapshot_every, callbacks=ProgressCallbacks(progress, err),
+        result = train(cfg, output, force=force, resume=resume, snapshot_every=snapshot_every,
+                       callbacks=ProgressCallbacks(progress, err, describe_defaults(cfg, defaults) if defaults else ""),
                        trust_factory=trust_factory)
     if not main_process:
         return

@@ -2,7 +2,8 @@
 
 Options: ``text_column`` (``text``), ``label_column`` (``label``), ``tokenizer`` (``bytes``, or a
 tokenizer.json / model directory; ``lpa train --init DIR`` sets the model's own), ``context``
-(128: tokens per text, padded with a mask), ``truncate`` (false: a longer text is an error naming
+(128: the most tokens a text may have; each batch is padded only to its longest text, with a
+mask), ``truncate`` (false: a longer text is an error naming
 its row; true: cut it), ``test`` (a second file for the test split; default a seeded split holding
 out ``test_fraction``, 0.2). Labels are the sorted distinct training labels; a test label never seen
 in training is an error. Texts are encoded with the tokenizer's own special tokens (BERT's
@@ -119,7 +120,7 @@ def load_classification_task(source: str, cfg: TaskConfig) -> Task:
     y_test = torch.tensor([index[v] for v in test_labels])
     return Task(
         name=f"classify:{path}", kind="classification", input_kind="tokens",
-        train=TensorSplit(x_train, y_train, m_train), test=TensorSplit(x_test, y_test, m_test), out_dim=len(classes),
+        train=TensorSplit(x_train, y_train, m_train, dynamic=True), test=TensorSplit(x_test, y_test, m_test, dynamic=True), out_dim=len(classes),
         in_shape=(context,), description=f"text classification {path.name}: {len(texts)} rows, {len(classes)} classes ({tokenizer.name})",
         meta={"classes": classes, "context": context, "tokenizer": tokenizer.name, "source": str(path)},
         tokenizer=tokenizer,

@@ -44,6 +44,11 @@ class Split:
         for start in range(0, n, batch_size):
             yield start, self.rows(start, min(n, start + batch_size))
 
+    def padded(self) -> Split:
+        """The same rows, every batch padded to the full context (what a trace of per-token states
+        needs); splits that do not pad dynamically are that already."""
+        return self
+
     def tensors(self) -> tuple[Tensor, Tensor]:
         """All rows as (x, y) tensors (small splits only: everything is read into memory)."""
         b = self.rows(0, len(self))
@@ -60,21 +65,28 @@ class Split:
 
 
 class TensorSplit(Split):
-    """Rows held in memory as tensors (optionally a padding mask)."""
+    """Rows held in memory as tensors (optionally a padding mask). With ``dynamic`` padding a batch of
+    padded token rows is cut to its longest row (`Batch.trimmed`)."""
 
-    def __init__(self, x: Tensor, y: Tensor, mask: Tensor | None = None) -> None:
+    def __init__(self, x: Tensor, y: Tensor, mask: Tensor | None = None, dynamic: bool = False) -> None:
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
-        self.x, self.y, self.mask = x, y, mask
+        self.x, self.y, self.mask, self.dynamic = x, y, mask, dynamic
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    def _out(self, b: Batch) -> Batch:
+        return b.trimmed() if self.dynamic else b
+
     def batch(self, index: Tensor) -> Batch:
-        return Batch(self.x[index], self.y[index], None if self.mask is None else self.mask[index])
+        return self._out(Batch(self.x[index], self.y[index], None if self.mask is None else self.mask[index]))
 
     def rows(self, start: int, stop: int) -> Batch:
-        return Batch(self.x[start:stop], self.y[start:stop], None if self.mask is None else self.mask[start:stop])
+        return self._out(Batch(self.x[start:stop], self.y[start:stop], None if self.mask is None else self.mask[start:stop]))
+
+    def padded(self) -> Split:
+        return TensorSplit(self.x, self.y, self.mask) if self.dynamic else self
 
 
 class Subset(Split):
@@ -86,6 +98,9 @@ class Subset(Split):
 
     def batch(self, index: Tensor) -> Batch:
         return self.base.batch(self.index[index])
+
+    def padded(self) -> Split:
+        return Subset(self.base.padded(), self.index)
 
 
 class MappedArray:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +62,12 @@ def _documents(paths: Iterable[Path]) -> Iterator[tuple[Path, str]]:
 
 
 def tokenize_files(texts: list[str | Path], tokenizer: str | Path, output: str | Path, force: bool = False,
-                   chunk_chars: int = 1 << 22) -> dict[str, Any]:
+                   chunk_chars: int = 1 << 22, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Tokenise text files (or directories of .txt files) into ``output`` and its sidecar.
 
     Each file is encoded in pieces of about ``chunk_chars`` characters cut at line ends, so memory
     stays bounded; both files are written under temporary names and renamed when complete.
+    ``progress(files done, files)`` follows the files.
     """
     if not texts:
         raise UsageError("give at least one text file or directory")
@@ -81,6 +82,7 @@ def tokenize_files(texts: list[str | Path], tokenizer: str | Path, output: str |
     count = documents = 0
     with atomic_path(output, force=force) as tmp:
         with open(tmp, "wb") as f:
+            files = [f for t in texts for f in (sorted(Path(t).rglob("*.txt")) if Path(t).is_dir() else [Path(t)])]
             for _, text in _documents(Path(t) for t in texts):
                 if documents and tok.eos_id is not None:
                     f.write(np.asarray([tok.eos_id], dtype=dtype).tobytes())
@@ -96,6 +98,8 @@ def tokenize_files(texts: list[str | Path], tokenizer: str | Path, output: str |
                     f.write(ids.astype(dtype).tobytes())
                     count += ids.size
                     start = stop
+                if progress:
+                    progress(documents + 1, len(files))
                 documents += 1
             f.flush()
             os.fsync(f.fileno())
