@@ -1,0 +1,158 @@
+"""Fine-tuning a pretrained model just works: fine-tuning defaults, dynamic padding, progress in logs,
+the plan up front, and a baseline that learned nothing is called so (issue 26)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lpa_cli.config import TaskConfig
+from tests.cli_helpers import TINY_TRAIN, assert_clean_error, lpa_executable, run, run_json
+
+transformers = pytest.importorskip("transformers", reason="the hf extra is not installed (pip install 'lpa[hf]')")
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    """A tiny random BERT with a real WordPiece-free tokenizer (the test's BPE)."""
+    from tests.test_hf import bpe_tokenizer, build, save
+
+    path = save(build("bert"), tmp_path_factory.mktemp("bert"), "bert")
+    bpe_tokenizer(path)
+    return path
+
+
+def _texts(path: Path, n: int = 64) -> Path:
+    rng = np.random.default_rng(0)
+    rows = ["text,label"]
+    for i in range(n):
+        words = " ".join(rng.choice(["warm", "sunny", "bright", "cold", "wet", "grey"], size=int(rng.integers(1, 6))))
+        rows.append(f"{words} {i},{'warm' if i % 2 else 'cold'}")
+    path.write_text("\n".join(rows))
+    return path
+
+
+def test_a_pretrained_model_gets_fine_tuning_defaults_recorded_in_its_checkpoint(bert_dir, tmp_path):
+    data = _texts(tmp_path / "d.csv")
+    result = run("train", "--init", bert_dir, "--data", data, "--threads", "1", "--set", "task.options.context=64", "-o", tmp_path / "m.safetensors",
+                 env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "fine-tuning defaults for a pretrained model: optimizer adamw, lr 5e-05, batch 8, linear decay" in result.stderr
+    train = run_json("info", tmp_path / "m.safetensors")["train"]
+    assert (train["optimizer"], train["lr"], train["batch_size"], train["schedule"], train["epochs"]) == ("adamw", 5e-5, 8, "linear", 3.0)
+    n_train = run_json("info", tmp_path / "m.safetensors")["task"]["n_train"]
+    assert train["steps"] == int(np.ceil(3 * n_train / 8))  # three epochs, HF Trainer's default
+    # what the user sets wins, and --steps replaces the epochs
+    mine = run_json("train", "--init", bert_dir, "--data", data, "--threads", "1", "--lr", "1e-4", "--steps", "3", "--set",
+                    "task.options.context=64", "-o", tmp_path / "n.safetensors")["config"]["train"]
+    assert (mine["lr"], mine["steps"], mine["epochs"], mine["batch_size"]) == (1e-4, 3, 0.0, 8)
+
+
+def test_toy_tasks_keep_their_defaults(tmp_path):
+    cfg = run_json("train", *TINY_TRAIN, "-o", tmp_path / "m.safetensors")["config"]["train"]
+    assert (cfg["optimizer"], cfg["lr"], cfg["schedule"], cfg["epochs"]) == ("adam", 2e-3, "cosine", 0.0)
+
+
+def test_linear_schedule_decays_to_zero():
+    from lpa_cli.config import RunConfig
+    from lpa_cli.train import learning_rate
+
+    cfg = RunConfig.from_dict({"train": {"lr": 1.0, "steps": 10, "schedule": "linear", "warmup": 2}})
+    lrs = [learning_rate(cfg, s) for s in range(10)]
+    assert lrs[:2] == [0.5, 1.0] and lrs[2] == 1.0 and lrs[-1] == pytest.approx(1 / 8) and all(a > b for a, b in zip(lrs[2:], lrs[3:]))
+
+
+@pytest.mark.parametrize("arch", ["encoder", "decoder"])
+def test_dynamic_padding_gives_the_same_predictions(tmp_path, arch):
+    """Each batch padded to its own longest row: the per-depth predictions equal those of rows padded
+    to the full context, row for row."""
+    from lpa_cli.models import build_model
+    from lpa_cli.config import ModelConfig
+    from lpa_cli.tasks import load_task
+
+    task = load_task(TaskConfig(name=f"classify:{_texts(tmp_path / 'd.csv')}", options={"context": 128}))
+    dynamic, full = task.test, task.test.padded()
+    torch.manual_seed(0)
+    options = {"vocab": 256} | ({"pool": "mean"} if arch == "encoder" else {})
+    model = build_model(ModelConfig(arch=arch, depth=3, width=16, zero_init=False, options=options), (128,), 2, "tokens", "classification").eval()
+    a, b = dynamic.rows(0, len(dynamic)), full.rows(0, len(full))
+    assert a.x.shape[1] < b.x.shape[1] == 128  # the batch really is shorter
+    with torch.no_grad():
+        pa = model.predictions(a.x, attention_mask=a.mask)
+        pb = model.predictions(b.x, attention_mask=b.mask)
+    for k in range(4):
+        torch.testing.assert_close(pa[k], pb[k], rtol=1e-5, atol=1e-6)
+    # and batch by batch, as training and evaluation read it
+    widths = {dynamic.rows(s, s + 4).x.shape[1] for s in range(0, len(dynamic), 4)}
+    assert len(widths) > 1 and max(widths) <= a.x.shape[1]
+
+
+def test_progress_lines_when_stderr_is_a_log(tmp_path):
+    """`lpa train ... 2> log`: the plan, an estimate, and plain progress lines with loss per depth,
+    samples/s and ETA; --quiet silences them."""
+    args = [lpa_executable(), "train", "--depth", "3", "--width", "16", "--steps", "40", "--batch-size", "64", "--threads", "1",
+            "--set", "task.n_train=256", "--set", "task.n_test=64"]
+    proc = subprocess.run(args + ["-o", str(tmp_path / "m.safetensors")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("plan: ") and "samples per step, 40 steps on cpu" in lines[0]
+    assert any(line.startswith("estimate: ") for line in lines)
+    steps = [line for line in lines if line.startswith("step ")]
+    assert len(steps) >= 5 and steps[-1].startswith("step 40/40") and "(depths 0:" in steps[0] and "samples/s" in steps[0]
+    quiet = subprocess.run(args + ["--quiet", "-o", str(tmp_path / "q.safetensors")], capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0 and not any(line.startswith(("plan", "estimate", "step")) for line in quiet.stderr.splitlines())
+
+
+def test_progress_lines_of_trace_tokenize_and_generate(tmp_path):
+    from tests.test_inference import SAMPLES
+
+    text = tmp_path / "t.txt"
+    text.write_text("some words to read " * 200)
+    exe = lpa_executable()
+    for args, needle in (([exe, "trace", str(SAMPLES / "mlp-stripe-lpa.safetensors"), "-o", str(tmp_path / "t.h5")], "traced 4,096/4,096"),
+                         ([exe, "data", "tokenize", str(text), "-o", str(tmp_path / "c.bin")], "tokenized 1/1"),
+                         ([exe, "generate", str(SAMPLES / "gpt-text-lpa.safetensors"), "--prompt", "the", "--max-new-tokens", "20"], "generated 20/20")):
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and needle in proc.stderr, proc.stderr
+
+
+def test_reproduce_heartbeat():
+    from lpa_cli.reproduce import _Heartbeat
+
+    said = []
+    beat = _Heartbeat("x.safetensors", said.append, seconds=0.0)
+    beat.on_progress(7, 0.5, {})
+    assert said == ["training x.safetensors: step 7, loss 0.5"]
+
+
+def test_a_model_that_learned_nothing_is_called_so(tmp_path):
+    """E2E at a learning rate that learns nothing: train warns, monotonicity says "no descent" (exit 1),
+    audit fails monotone and max_deploy_depth, compare declares no winner against it."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 4)).astype("float32")
+    np.savez(tmp_path / "d.npz", x=x, y=(x[:, 0] > 0).astype("int64"))
+    base = ["--data", tmp_path / "d.npz", "--depth", "3", "--width", "16", "--batch-size", "64", "--threads", "1"]
+    dead = run("train", *base, "--objective", "e2e", "--steps", "30", "--lr", "1e-9", "-o", tmp_path / "dead.safetensors")
+    assert dead.exit_code == 0 and "did not fall" in dead.stderr and "chance level" in dead.stderr
+    info = run_json("info", tmp_path / "dead.safetensors")
+    assert any("did not fall" in w for w in info["training"]["warnings"])
+    run_json("train", *base, "--steps", "200", "-o", tmp_path / "good.safetensors")
+    mono = run("monotonicity", tmp_path / "dead.safetensors", "--json")
+    assert mono.exit_code == 1 and json.loads(mono.stdout)["verdict"] == "no descent"
+    assert run("monotonicity", tmp_path / "dead.safetensors", "--exit-zero").exit_code == 0
+    assert json.loads(run("monotonicity", tmp_path / "good.safetensors", "--json").stdout)["verdict"] != "no descent"
+    (tmp_path / "audit.toml").write_text("[tool.lpa.audit]\nmonotone = true\nmax_deploy_depth = 3\n")
+    audit = run("audit", tmp_path / "dead.safetensors", "--config", tmp_path / "audit.toml", "--json")
+    cases = {c["rule"]: c for c in json.loads(audit.stdout)["cases"]}
+    assert audit.exit_code == 1 and not cases["monotone"]["passed"] and not cases["max_deploy_depth"]["passed"]
+    report = tmp_path / "r.html"
+    cmp = run_json("compare", "--no-measure", "--run", f"E2E={tmp_path / 'dead.safetensors'}", "--run", f"LPA={tmp_path / 'good.safetensors'}",
+                   "-o", report)
+    assert cmp["never_learned"] == ["E2E"] and "no winner is declared" in cmp["final"][0]["statement"]
+    assert "E2E never learned" in report.read_text()
