@@ -170,6 +170,8 @@ class Generation:
     rounds: int = 0
     stopped: str = "max_new_tokens"  # or "context" (the model's positions ran out) or "eos"
     depths: list[int] = field(default_factory=list)
+    repeats: int = 1  # timed runs after a warm-up; seconds and tokens_per_s are their median
+    tokens_per_s_range: tuple[float, float] | None = None  # the slowest and fastest of them
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -363,11 +365,28 @@ def _speculate(model, dec: _Decoder, token: int, device, k: int, n: int, tempera
     return emit, n, m
 
 
+def measure(model: ResidualModel, tokenizer, prompt: str, *, repeats: int = 3, warmup: int = 1,
+            progress: Callable[[int, int], None] | None = None, **kwargs) -> Generation:
+    """`generate` timed the way lpa reports decoding speed everywhere (`lpa generate`, `lpa compare`,
+    bench/inference.py): ``warmup`` untimed runs (first-call allocations, caches; ``progress`` follows
+    the first), then ``repeats`` runs; the median time, with the range. The output is the same every
+    run (greedy, or seeded)."""
+    if repeats < 1 or warmup < 0:
+        raise UsageError(f"--repeats must be >= 1, got {repeats}")
+    for i in range(warmup):
+        generate(model, tokenizer, prompt, progress=progress if i == 0 else None, **kwargs)
+    runs = sorted((generate(model, tokenizer, prompt, **kwargs) for _ in range(repeats)), key=lambda g: g.seconds)
+    g = runs[len(runs) // 2]
+    g.repeats = repeats
+    g.tokens_per_s_range = (runs[-1].tokens_per_s, runs[0].tokens_per_s)
+    return g
+
+
 # --- the commands' library calls ---------------------------------------------------------------------------
 
 
 def generate_checkpoint(checkpoint, prompt: str, *, verify: bool = True, device: str = "cpu", factory: str = "",
-                        trust_factory: bool = False, **kwargs) -> Generation:
+                        trust_factory: bool = False, repeats: int = 1, **kwargs) -> Generation:
     """`generate` on an lpa checkpoint of a language model, with the tokenizer stored in it
     (``factory``/``trust_factory``: as `load_checkpoint`)."""
     from lpa_cli.checkpoint import load_checkpoint, read_tokenizer
@@ -378,7 +397,8 @@ def generate_checkpoint(checkpoint, prompt: str, *, verify: bool = True, device:
     if ckpt.kind != "lm":
         raise UsageError(f"{checkpoint}: a {ckpt.kind} model is not a language model; lpa predict runs classifiers and regressors")
     tokenizer = read_tokenizer(ckpt.info) or BYTES  # byte models written before tokenizers were stored
-    return generate(ckpt.model, tokenizer, prompt, **kwargs)
+    return measure(ckpt.model, tokenizer, prompt, repeats=repeats, warmup=1 if repeats > 1 else 0, **kwargs) if repeats > 1 else \
+        generate(ckpt.model, tokenizer, prompt, **kwargs)
 
 
 @dataclass
@@ -505,10 +525,10 @@ def lm_tradeoffs(ckpt, prompts: list[str], max_new_tokens: int = 48, thresholds=
     N = ckpt.model.num_blocks
 
     def run(**kw) -> tuple[list[list[int]], float, list[int]]:
-        gens = [generate(ckpt.model, tok, p, max_new_tokens=max_new_tokens, **kw) for p in prompts]
+        gens = [measure(ckpt.model, tok, p, max_new_tokens=max_new_tokens, **kw) for p in prompts]
         return [g.tokens for g in gens], sum(g.seconds for g in gens), [d for g in gens for d in g.depths]
 
-    full_tokens, full_s, _ = min((run() for _ in range(2)), key=lambda r: r[1])
+    full_tokens, full_s, _ = run()
 
     def agreement(tokens: list[list[int]]) -> float:
         same = sum(a == b for x, y in zip(tokens, full_tokens) for a, b in zip(x, y))
@@ -516,10 +536,10 @@ def lm_tradeoffs(ckpt, prompts: list[str], max_new_tokens: int = 48, thresholds=
 
     out = []
     for t in thresholds:
-        tokens, s, depths = min((run(strategy="exit", threshold=t) for _ in range(2)), key=lambda r: r[1])
+        tokens, s, depths = run(strategy="exit", threshold=t)
         d = torch.tensor(depths or [N])
         out.append(TradeOff("exit", f"{t:g}", agreement(tokens), 1.0, float(d.float().mean()), full_s / s, _flops_speedup(flops, d)))
     for k in drafts or sorted({1, max(1, N // 2)}):
-        tokens, s, _ = min((run(strategy="self-speculative", draft_depth=k, speculate=speculate) for _ in range(2)), key=lambda r: r[1])
+        tokens, s, _ = run(strategy="self-speculative", draft_depth=k, speculate=speculate)
         out.append(TradeOff("self-speculative", f"draft {k}, speculate {speculate}", agreement(tokens), 1.0, None, full_s / s, None))
     return out

@@ -24,7 +24,8 @@ def analyze(path: str | Path, *, lens: str | None = None, verify: bool = True, f
     return result
 
 
-def write_report(results: list[MonotonicityResult], target: str | Path, inputs: list[Path], force: bool = False) -> Path:
+def write_report(results: list[MonotonicityResult], target: str | Path, inputs: list[Path], force: bool = False,
+                 plotlyjs: str = "embed") -> Path:
     """The HTML report of ``results`` at ``target`` (never over one of the inputs; over another file
     only with ``force``)."""
     from analyzers.report.monotonicity import monotonicity_page
@@ -33,4 +34,4 @@ def write_report(results: list[MonotonicityResult], target: str | Path, inputs: 
     for p in inputs:
         if Path(p).exists() and target.exists() and target.resolve() == Path(p).resolve():
             raise UsageError(f"{target}: the report would overwrite one of the inputs; choose another --report-path")
-    return monotonicity_page(results).save(target, force=force)
+    return monotonicity_page(results).save(target, force=force, plotlyjs=plotlyjs)

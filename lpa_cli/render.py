@@ -154,3 +154,20 @@ class LogProgress:
             parts.append(f"{rate * per_unit:,.1f} {rate_unit or self.unit}/s")
             parts.append(f"ETA {duration((self.total - done) / rate)}" if done < self.total else f"took {duration(elapsed)}")
         self.console.print(escape("  ".join(parts)), soft_wrap=True, highlight=False)
+
+
+def distinct_names(paths: list[str]) -> list[str]:
+    """Paths shortened to what tells them apart: the folder and the suffix they all share are dropped
+    (runs/gpt-lpa.safetensors, runs/gpt-e2e.safetensors -> gpt-lpa, gpt-e2e), so a narrow table
+    column never cuts two inputs to the same ``runs/gp…``."""
+    import os
+
+    if len(paths) < 2:
+        return [str(p) for p in paths]
+    parts = [str(p) for p in paths]
+    folder = os.path.commonpath([os.path.dirname(p) or "." for p in parts]) if all(os.path.dirname(p) for p in parts) else ""
+    names = [os.path.relpath(p, folder) if folder else p for p in parts]
+    suffix = os.path.commonprefix([n[::-1] for n in names])[::-1]
+    suffix = suffix[suffix.find("."):] if "." in suffix else ""
+    out = [n[: len(n) - len(suffix)] if suffix and len(n) > len(suffix) else n for n in names]
+    return out if len(set(out)) == len(out) else parts

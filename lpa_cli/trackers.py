@@ -1,7 +1,8 @@
 """Experiment trackers: callbacks of the trainer that record per-depth losses and metrics.
 
-``--log jsonl`` (the default) appends one JSON record per evaluation to ``<output>.jsonl``;
-``tensorboard`` writes event files under ``<output>.tb/`` (scalars ``train/loss/depth_k``,
+``--log jsonl`` (the default) appends one JSON record per evaluation, and the training losses about
+100 times a run, to the output with the suffix ``.jsonl`` (``runs/m.safetensors`` -> ``runs/m.jsonl``);
+``tensorboard`` writes event files under ``runs/m.tb/`` (scalars ``train/loss/depth_k``,
 ``test/<metric>/depth_k``, the config as hyper-parameters); ``mlflow`` logs the same to the MLflow
 tracking URI of the environment (``MLFLOW_TRACKING_URI``; unset, a local ``mlruns/`` folder beside
 the output), with the final checkpoint as an artifact. TensorBoard and MLflow are optional extras
@@ -53,7 +54,7 @@ class Tracker(Callbacks):
 
 
 class JsonlTracker(Tracker):
-    """One JSON object per evaluation in ``<output>.jsonl`` (strict JSON: non-finite numbers are null)."""
+    """One JSON object per record in the run's ``.jsonl`` log (strict JSON: non-finite numbers are null)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -14,6 +14,10 @@ import plotly
 import plotly.io as pio
 
 from analyzers.atomic import write_text
+from analyzers.errors import UsageError
+
+PLOTLYJS = ("embed", "directory")  # where a report's plotly.js lives: inside it, or shared beside it
+BUNDLE = "plotly.min.js"
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -91,17 +95,32 @@ class Page:
         text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
         self.parts.append(f'<script type="application/json" id="{esc(element_id)}">{text}</script>')
 
-    def render(self) -> str:
-        js = plotly.offline.get_plotlyjs()
+    def render(self, plotlyjs: str = "embed") -> str:
+        """The page; ``plotlyjs="embed"`` puts plotly.js inside it (one file, 4.7 MB), ``"directory"``
+        loads ``plotly.min.js`` from the report's own folder (a few hundred KB a report; `save` writes
+        the bundle there). Either way the page loads nothing from the network."""
+        if plotlyjs not in PLOTLYJS:
+            raise UsageError(f"--plotlyjs must be {' or '.join(PLOTLYJS)}, got {plotlyjs!r}")
+        script = (f"<script type=\"text/javascript\">{plotly.offline.get_plotlyjs()}</script>" if plotlyjs == "embed"
+                  else f"<script src=\"{BUNDLE}\" charset=\"utf-8\"></script>")
         tail = Page("")
         tail.heading("Provenance")
         tail.table(["", ""], provenance(), left=2)
         return (
             "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{esc(self.title)}</title><style>{CSS}</style>"
-            f"<script type=\"text/javascript\">{js}</script></head><body>"
+            f"{script}</head><body>"
             f"<h1>{esc(self.title)}</h1>" + "\n".join(self.parts + tail.parts) + "</body></html>\n"
         )
 
-    def save(self, path: str | Path, force: bool = False) -> Path:
-        return write_text(path, self.render(), force=force)
+    def save(self, path: str | Path, force: bool = False, plotlyjs: str = "embed") -> Path:
+        """Write the page; with ``plotlyjs="directory"`` also the shared bundle beside it (once: reports
+        in one folder share it; it is rewritten only when it is not this plotly's)."""
+        page = self.render(plotlyjs)
+        if plotlyjs == "directory":
+            bundle = Path(path).with_name(BUNDLE)
+            js = plotly.offline.get_plotlyjs()
+            old = bundle.read_bytes() if bundle.is_file() else None
+            if old != js.encode("utf-8"):  # missing, or another plotly's: replaced; anything else only with force
+                write_text(bundle, js, force=force or (old is not None and old.startswith(b"/**\n* plotly.js")))
+        return write_text(path, page, force=force)

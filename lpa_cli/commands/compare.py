@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from lpa_cli.commands.options import Factory, Force, Json, Output, Quiet, Seed, TrustFactory
+from lpa_cli.commands.options import Factory, Force, Json, Output, PlotlyJs, Quiet, Seed, TrustFactory
 from lpa_cli.render import consoles, esc, fmt, print_json
 
 
@@ -20,6 +20,7 @@ def compare_command(
     seed: Seed = None,
     measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Also run early exit for real on each group's first "
                                           "checkpoint and time it (classifiers, language models).")] = True,
+    plotlyjs: PlotlyJs = "embed",
     factory: Factory = None,
     trust_factory: TrustFactory = False,
     force: Force = False,
@@ -41,7 +42,7 @@ def compare_command(
         raise UsageError(f"{target}: the report would overwrite one of the runs; choose another -o")
     result = compare_runs(run, metric=metric, force=force, seed=seed or 0, bootstrap=bootstrap, measure=measure,
                           factory=factory or "", trust_factory=trust_factory)
-    compare_page(result).save(target, force=force)
+    compare_page(result).save(target, force=force, plotlyjs=plotlyjs)
     if json_:
         print_json(result.to_dict() | {"report": str(target)})
         return

@@ -24,6 +24,8 @@ def generate_command(
     speculate: Annotated[int, typer.Option("--speculate", help="self-speculative: tokens drafted per round.")] = 4,
     temperature: Annotated[float, typer.Option("--temperature", help="0: greedy; above 0: sampling.")] = 0.0,
     top_k: Annotated[int, typer.Option("--top-k", help="Sample from the k most likely tokens (0: all).")] = 0,
+    repeats: Annotated[int, typer.Option("--repeats", help="Time the decoding this many times after one warm-up run and "
+                                         "report the median tokens/s and the range (1: a single run, no warm-up).")] = 3,
     seed: Seed = None,
     device: Device = None,
     verify: Verify = True,
@@ -62,14 +64,18 @@ def generate_command(
     g = generate_checkpoint(checkpoint, prompt, verify=verify, device=device or "cpu", factory=factory or "", trust_factory=trust_factory,
                             max_new_tokens=max_new_tokens, strategy=strategy,
                             threshold=threshold, min_exit_depth=exit_depth, draft_depth=draft_depth or 0, speculate=speculate,
-                            temperature=temperature, top_k=top_k, seed=seed or 0, progress=report)
+                            temperature=temperature, top_k=top_k, seed=seed or 0, progress=report,
+                            repeats=repeats)
     if json_:
         print_json({"text": g.text, "tokens": g.tokens, "prompt_tokens": g.prompt_tokens, "strategy": g.strategy, "seconds": g.seconds,
-                    "prefill_seconds": g.prefill_seconds, "tokens_per_s": g.tokens_per_s, "acceptance_rate": g.acceptance_rate,
+                    "prefill_seconds": g.prefill_seconds, "tokens_per_s": g.tokens_per_s,
+                    "tokens_per_s_range": g.tokens_per_s_range, "repeats": g.repeats, "acceptance_rate": g.acceptance_rate,
                     "mean_exit_depth": g.mean_exit_depth, "stopped": g.stopped, "exit_depths": g.depths})
         return
     out.print(esc(prompt + g.text), soft_wrap=True)
-    parts = [f"{len(g.tokens)} tokens, {g.tokens_per_s:,.1f} tokens/s ({g.strategy})"]
+    spread = f" (median of {g.repeats} after a warm-up, {g.tokens_per_s_range[0]:,.0f}-{g.tokens_per_s_range[1]:,.0f})" \
+        if g.tokens_per_s_range else ""
+    parts = [f"{len(g.tokens)} tokens, {g.tokens_per_s:,.1f} tokens/s{spread} ({g.strategy})"]
     if g.acceptance_rate is not None:
         parts.append(f"acceptance rate {g.acceptance_rate:.1%} over {g.rounds} rounds")
     if g.mean_exit_depth is not None:

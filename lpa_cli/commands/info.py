@@ -10,7 +10,7 @@ from rich.table import Table
 
 from analyzers.trace import is_trace
 from lpa_cli.commands.options import Json, Verify
-from lpa_cli.render import consoles, depth_table, esc, fmt, print_json
+from lpa_cli.render import consoles, depth_table, distinct_names, esc, fmt, print_json
 
 
 def _settings_table(d: dict) -> Table:
@@ -60,11 +60,11 @@ def _side_by_side(descs: list[dict]) -> Table:
     table = Table(title="side by side", title_justify="left")
     table.add_column("depth", justify="right")
     series = []
-    for d in descs:
+    for d, name in zip(descs, distinct_names([d["path"] for d in descs])):
         preferred = {"regression": "r2", "classification": "acc", "lm": "ppl"}.get(d["task"]["kind"])
         for metric in (preferred, "mse", "ce"):
             if metric in d["metrics"]:
-                table.add_column(f"{esc(Path(d['path']).stem)}\n{metric}", justify="right")
+                table.add_column(f"{esc(name)}\n{metric}", justify="right")
                 series.append((metric, d["metrics"][metric]))
                 break
     n = max((len(v) for _, v in series), default=0)

@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from analyzers.metrics import format_p
-from lpa_cli.commands.options import Depths, ExitZero, Factory, Force, Json, Quiet, Seed, TrustFactory, Verify
-from lpa_cli.render import bars, consoles, esc, fmt, print_json
+from lpa_cli.commands.options import Depths, ExitZero, Factory, Force, Json, PlotlyJs, Quiet, Seed, TrustFactory, Verify
+from lpa_cli.render import bars, consoles, distinct_names, esc, fmt, print_json
 
 
 def _detail(r) -> list:
@@ -44,10 +44,10 @@ def _summary(results: list) -> Table:
     table = Table(title="monotonicity", title_justify="left")
     for col in ("input", "metric", "n", "verdict", "strict", "worst step", "p (Holm)", "deploy depth"):
         table.add_column(col, justify="left" if col in ("input", "verdict") else "right")
-    for r in results:
+    for r, name in zip(results, distinct_names([r.source for r in results])):
         worst = max(r.steps, key=lambda s: s.delta)
         colour = "green" if r.monotone else "red"
-        table.add_row(esc(r.source), r.metric, f"{r.n:,}", f"[{colour}]{r.verdict}[/{colour}]", "yes" if r.monotone_strict else "no",
+        table.add_row(esc(name), r.metric, f"{r.n:,}", f"[{colour}]{r.verdict}[/{colour}]", "yes" if r.monotone_strict else "no",
                       f"{worst.frm}→{worst.to} {fmt(worst.delta)}", format_p(worst.p_holm), str(r.deploy_depth))
     return table
 
@@ -64,6 +64,7 @@ def monotonicity_command(
     lens: Annotated[Optional[str], typer.Option("--lens", help="Read depths through a fitted probe: tuned:FILE or linear:FILE.")] = None,
     report: Annotated[bool, typer.Option("--report", help="Write a self-contained HTML report next to the (first) input.")] = False,
     report_path: Annotated[Optional[Path], typer.Option("--report-path", help="Write the HTML report here.")] = None,
+    plotlyjs: PlotlyJs = "embed",
     verify: Verify = True,
     factory: Factory = None,
     trust_factory: TrustFactory = False,
@@ -87,7 +88,7 @@ def monotonicity_command(
                 within=within, bootstrap=bootstrap, seed=seed or 0)
         for p in inputs
     ]
-    written = write_report(results, target, inputs, force) if target is not None else None
+    written = write_report(results, target, inputs, force, plotlyjs) if target is not None else None
     if json_:
         data = [r.to_dict() for r in results]
         print_json({"results": data, "report": str(written) if written else None} if len(results) > 1 else data[0] | {"report": str(written) if written else None})

@@ -28,4 +28,6 @@ Factory = Annotated[Optional[str], typer.Option("--model", help="The package.mod
                                                 "when it names one (it must match; lpa imports no code a file names).")]
 TrustFactory = Annotated[bool, typer.Option("--trust-factory", envvar="LPA_TRUST_FACTORY",
                                             help="Import and call the model factory a checkpoint names (only for files you trust).")]
+PlotlyJs = Annotated[str, typer.Option("--plotlyjs", help="embed: plotly.js inside the report (one file); directory: one shared "
+                                       "plotly.min.js beside the reports (smaller reports; both open offline).")]
 Verify = Annotated[bool, typer.Option("--verify/--no-verify", help="Check each checkpoint's content hash (sha256 of its tensors) on load.")]

@@ -3,7 +3,7 @@
 Options: ``text_column`` (``text``), ``label_column`` (``label``), ``tokenizer`` (``bytes``, or a
 tokenizer.json / model directory; ``lpa train --init DIR`` sets the model's own), ``context``
 (128: the most tokens a text may have; each batch is padded only to its longest text, with a
-mask), ``truncate`` (false: a longer text is an error naming
+mask; ``dynamic_padding = false`` pads every batch to the context, for comparisons), ``truncate`` (false: a longer text is an error naming
 its row; true: cut it), ``test`` (a second file for the test split; default a seeded split holding
 out ``test_fraction``, 0.2). Labels are the sorted distinct training labels; a test label never seen
 in training is an error. Texts are encoded with the tokenizer's own special tokens (BERT's
@@ -26,7 +26,7 @@ from lpa_cli.tasks.images import seeded_split
 from lpa_cli.tasks.splits import TensorSplit
 from lpa_cli.tokenizer import Tokenizer, load_tokenizer
 
-OPTIONS = ("text_column", "label_column", "tokenizer", "context", "truncate", "test", "test_fraction")
+OPTIONS = ("text_column", "label_column", "tokenizer", "context", "truncate", "test", "test_fraction", "dynamic_padding")
 
 
 def read_rows(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
@@ -90,6 +90,7 @@ def load_classification_task(source: str, cfg: TaskConfig) -> Task:
     text_column, label_column = str(opts.get("text_column", "text")), str(opts.get("label_column", "label"))
     context = int_option(opts, "context", 128, 2, 1 << 16)
     truncate = bool(opts.get("truncate", False))
+    dynamic = bool(opts.get("dynamic_padding", True))  # false: every batch padded to the full context (for comparisons)
     tokenizer = load_tokenizer(str(opts.get("tokenizer", "bytes")))
     texts, labels = read_rows(path, text_column, label_column)
     if opts.get("test"):
@@ -120,7 +121,7 @@ def load_classification_task(source: str, cfg: TaskConfig) -> Task:
     y_test = torch.tensor([index[v] for v in test_labels])
     return Task(
         name=f"classify:{path}", kind="classification", input_kind="tokens",
-        train=TensorSplit(x_train, y_train, m_train, dynamic=True), test=TensorSplit(x_test, y_test, m_test, dynamic=True), out_dim=len(classes),
+        train=TensorSplit(x_train, y_train, m_train, dynamic), test=TensorSplit(x_test, y_test, m_test, dynamic), out_dim=len(classes),
         in_shape=(context,), description=f"text classification {path.name}: {len(texts)} rows, {len(classes)} classes ({tokenizer.name})",
         meta={"classes": classes, "context": context, "tokenizer": tokenizer.name, "source": str(path)},
         tokenizer=tokenizer,
