@@ -6,7 +6,13 @@
    speculation length 2..6 (tokens/s, the median of three runs; every output checked token for token
    against full decoding), and against `exit` at several thresholds. Target: >= 1.5x tokens/s at
    identical output, LPA; the sweep's best setting and its acceptance rate are printed.
-2. `predict --exit` on the digits ResNets of `sample_checkpoints/` (6 blocks, LPA and E2E): confidence
+2. The same decoding through transformers: a Llama-layout `decoder` of 8 blocks (width 64, 300 steps on
+   the built-in corpus, bytes), trained with LPA and with E2E, exported at full depth with
+   `lpa export --format hf` (which measures and writes the recommended `assistant_early_exit`);
+   `model.generate(..., assistant_early_exit=k)` (transformers' LayerSkip-style self-speculation)
+   against plain `generate`, greedy, median of three timed runs after a warm-up, output checked
+   identical; beside it lpa's own self-speculative decoding of the same checkpoint at the same depth.
+3. `predict --exit` on the digits ResNets of `sample_checkpoints/` (6 blocks, LPA and E2E): confidence
    thresholds, measured samples/s against all depths. Target: >= 1.5x at <= 0.5 points below
    full-depth accuracy (LPA). The FLOPs-based simulated speed-up is printed beside each measured one.
 
@@ -78,6 +84,56 @@ def decoding(path: Path, quick: bool) -> None:
         print(f"  exit threshold {t}: {rate / full_rate:.2f}x tokens/s, {agree:.1%} of tokens as full decoding")
 
 
+def hf_assistant(objective: str, folder: Path, steps: int, quick: bool) -> None:
+    import time
+
+    import torch
+    import transformers
+
+    from lpa_cli.checkpoint import load_checkpoint
+    from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
+    from lpa_cli.export import export_prefix
+    from lpa_cli.inference import lm_prompts, measure
+    from lpa_cli.tokenizer import BYTES
+    from lpa_cli.train import train
+
+    ckpt = folder / f"decoder8-{objective}.safetensors"
+    cfg = RunConfig(ModelConfig(arch="decoder", depth=8, width=64), TaskConfig(name="text", options={"context": 64}),
+                    ObjectiveConfig(name=objective), TrainConfig(steps=steps, batch_size=32, lr=2e-3, seed=0, threads=1))
+    train(cfg, ckpt, force=True)
+    out = folder / f"decoder8-{objective}-hf"
+    rec = export_prefix(ckpt, 8, out, force=True, format="hf")["assistant_early_exit"]
+    k = rec["assistant_early_exit"] or max(rec["expected_speedup"], key=rec["expected_speedup"].get)  # E2E: timed anyway, not written
+    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    model.generation_config.assistant_early_exit = None
+    c = load_checkpoint(ckpt)
+    prompts = lm_prompts(c, count=2 if quick else 6, tokens=12)
+    n_new = 48
+
+    def hf(exit_depth):
+        def run():
+            with torch.no_grad():
+                return [model.generate(torch.tensor([BYTES.encode(p)]), max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                                       assistant_early_exit=exit_depth)[0].tolist() for p in prompts]
+        run()  # warm-up
+        times, outs = [], None
+        for _ in range(3):
+            t = time.perf_counter()
+            outs = run()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times), outs
+
+    plain_s, plain_out = hf(None)
+    fast_s, fast_out = hf(k)
+    full = sum(measure(c.model, BYTES, p, max_new_tokens=n_new).seconds for p in prompts)
+    spec = sum(measure(c.model, BYTES, p, max_new_tokens=n_new, strategy="self-speculative", draft_depth=k).seconds for p in prompts)
+    print(f"decoder8-{objective}: recommended assistant_early_exit {k} (acceptance {rec['acceptance_rate'][k]:.1%}, expected "
+          f"{rec['expected_speedup'][k]:.2f}x); transformers {plain_s / fast_s:.2f}x tokens/s "
+          f"({'identical' if fast_out == plain_out else 'DIFFERENT'} output); lpa self-speculative at the same depth {full / spec:.2f}x")
+    summary(f"inference.{objective}.hf_assistant_early_exit", plain_s / fast_s,
+            f"transformers generate(assistant_early_exit={k}) over plain generate, greedy; lpa's own {full / spec:.2f}x", None)
+
+
 def prediction(name: str) -> None:
     from lpa_cli.checkpoint import load_checkpoint
     from lpa_cli.compare import _costs
@@ -102,6 +158,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for objective in ("lpa", "e2e"):
             decoding(train_lm(objective, Path(tmp), 40 if quick else 300), quick)
+        for objective in ("lpa", "e2e"):
+            hf_assistant(objective, Path(tmp), 40 if quick else 300, quick)
     for name in ("resnet-digits-lpa", "resnet-digits-e2e"):
         prediction(name)
 

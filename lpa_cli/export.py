@@ -13,11 +13,14 @@ FORMATS = ("lpa", "hf")
 
 
 def export_prefix(checkpoint: str | Path, depth: int, output: str | Path, force: bool = False, verify: bool = True,
-                  format: str = "lpa", *, factory: str = "", trust_factory: bool = False) -> dict:
+                  format: str = "lpa", *, factory: str = "", trust_factory: bool = False, assistant_exit: bool = True) -> dict:
     """Write the embedding, the first ``depth`` blocks and the shared head: an lpa checkpoint
     (``format="lpa"``) or a Hugging Face model directory (``format="hf"``, for models started from
     one). Its predictions are exactly the original's depth-``depth`` predictions; an lpa checkpoint's
     metadata says what it was cut from (``parent``). ``factory``/``trust_factory``: as `load_checkpoint`.
+    ``assistant_exit``: a full-depth Hugging Face export of a language model gets the draft depth
+    measured best for self-speculative decoding (`recommend_early_exit`) as ``assistant_early_exit``
+    in its generation_config.json, which transformers' ``generate`` then uses.
     """
     if format not in FORMATS:
         raise UsageError(f"unknown --format {format!r}; expected {' or '.join(FORMATS)}")
@@ -34,8 +37,14 @@ def export_prefix(checkpoint: str | Path, depth: int, output: str | Path, force:
               "parameters": sum(p.numel() for p in small.parameters()), "parameters_of_parent": sum(p.numel() for p in ckpt.model.parameters())}
     if format == "hf":
         from lpa_cli.hf import export_hf
+        from lpa_cli.inference import decodable, lm_prompts, recommend_early_exit
 
-        return result | export_hf(ckpt, small, Path(output), force=force)
+        generation = {}
+        if assistant_exit and depth == n > 1 and ckpt.kind == "lm" and decodable(ckpt.model):
+            result["assistant_early_exit"] = recommend_early_exit(ckpt, lm_prompts(ckpt))
+            if result["assistant_early_exit"]["assistant_early_exit"] is not None:
+                generation["assistant_early_exit"] = result["assistant_early_exit"]["assistant_early_exit"]
+        return result | export_hf(ckpt, small, Path(output), force=force, generation=generation)
     config = RunConfig(dataclasses.replace(ckpt.config.model, depth=depth), ckpt.config.task, ckpt.config.objective, ckpt.config.train)
     training = ckpt.training | {"exported_from": str(checkpoint)}
     extra = {"hf": ckpt.metadata["hf"]} if "hf" in ckpt.metadata else {}

@@ -609,9 +609,10 @@ def _hidden(width: int, options: dict) -> int:
     return mlp_hidden(width, DecoderOptions(**options))
 
 
-def export_hf(ckpt, small, output: Path, force: bool = False) -> dict[str, Any]:
+def export_hf(ckpt, small, output: Path, force: bool = False, generation: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``small`` (a prefix of ``ckpt``'s model) as a Hugging Face model directory: config.json with
-    its number of layers, model.safetensors, tokenizer files."""
+    its number of layers, model.safetensors, tokenizer files; ``generation`` settings go into
+    generation_config.json (with the source directory's own, if it had one)."""
     from lpa_cli.checkpoint import read_tokenizer, save_file
 
     family, config, files = _family_for(ckpt)
@@ -660,6 +661,14 @@ def export_hf(ckpt, small, output: Path, force: bool = False) -> dict[str, Any]:
     if tokenizer is not None:
         files = {"tokenizer.json": tokenizer.hf_json()} | dict(files)
         files.setdefault("tokenizer_config.json", json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    if generation:
+        files = dict(files)
+        try:
+            settings = json.loads(files.get("generation_config.json", "{}"))
+        except (ValueError, RecursionError):
+            settings = {}
+        files["generation_config.json"] = json.dumps((settings if isinstance(settings, dict) else {}) | generation, indent=2, sort_keys=True)
+    if tokenizer is not None or generation:
         for name, text in files.items():
             if Path(name).name != name:
                 raise CheckpointError(f"{ckpt.path}: stored tokenizer file name {name!r} is not a plain file name")

@@ -28,6 +28,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 
 import torch
@@ -176,6 +177,14 @@ class Generation:
     @property
     def acceptance_rate(self) -> float | None:
         return self.accepted / self.drafted if self.drafted else None
+
+
+def decodable(model: ResidualModel) -> bool:
+    try:
+        check_decodable(model)
+    except UsageError:
+        return False
+    return True
 
 
 def check_decodable(model: ResidualModel) -> None:
@@ -543,3 +552,39 @@ def lm_tradeoffs(ckpt, prompts: list[str], max_new_tokens: int = 48, thresholds=
         tokens, s, _ = run(strategy="self-speculative", draft_depth=k, speculate=speculate)
         out.append(TradeOff("self-speculative", f"draft {k}, speculate {speculate}", agreement(tokens), 1.0, None, full_s / s, None))
     return out
+
+
+def lm_prompts(ckpt, count: int = 2, tokens: int = 16) -> list[str]:
+    """Prompts from the start of a language model's first test windows (decoded with its tokenizer)."""
+    from lpa_cli.checkpoint import read_tokenizer
+    from lpa_cli.tasks import load_task
+    from lpa_cli.tokenizer import BYTES
+
+    tok = read_tokenizer(ckpt.info) or BYTES
+    test = load_task(ckpt.task_config()).test
+    return [p for p in (tok.decode(test.rows(i, i + 1).x[0, :tokens].tolist()) for i in range(min(count, len(test)))) if p]
+
+
+def recommend_early_exit(ckpt, prompts: list[str], max_new_tokens: int = 32, speculate: int = 4) -> dict[str, Any]:
+    """The draft depth for LayerSkip-style self-speculative decoding (transformers'
+    ``generate(assistant_early_exit=k)``, lpa's ``--draft-depth``), from acceptance rates measured
+    with lpa's own greedy self-speculation at every depth 1..N-1: the depth whose expected speed-up
+    (Leviathan et al.: accepted tokens per round, ``(1 - a^(g+1)) / (1 - a)``, over the round's cost,
+    ``g k/N + 1`` full passes) is largest; None when no depth is expected to beat plain decoding (an
+    E2E model's shallow depths rarely agree with its last)."""
+    from lpa_cli.checkpoint import read_tokenizer
+    from lpa_cli.tokenizer import BYTES
+
+    check_decodable(ckpt.model)
+    tok = read_tokenizer(ckpt.info) or BYTES
+    N = ckpt.model.num_blocks
+    rates, speedups = {}, {}
+    for k in range(1, N):
+        gens = [generate(ckpt.model, tok, p, max_new_tokens=max_new_tokens, strategy="self-speculative", draft_depth=k, speculate=speculate)
+                for p in prompts]
+        drafted = sum(g.drafted for g in gens)
+        a = sum(g.accepted for g in gens) / drafted if drafted else 0.0
+        tokens = speculate + 1 if a >= 1 else (1 - a ** (speculate + 1)) / (1 - a)
+        rates[k], speedups[k] = a, tokens / (speculate * k / N + 1)
+    best = max(speedups, key=speedups.get)
+    return {"assistant_early_exit": best if speedups[best] > 1.0 else None, "acceptance_rate": rates, "expected_speedup": speedups, "speculate": speculate}

