@@ -81,5 +81,6 @@ def generate_command(
     if g.mean_exit_depth is not None:
         parts.append(f"average exit depth {g.mean_exit_depth:.2f}")
     if g.stopped == "context":
-        parts.append("stopped at the model's context")
+        parts.append(f"stopped at the model's context of {g.prompt_tokens + len(g.tokens)} positions: {len(g.tokens)} of the "
+                     f"{max_new_tokens} new tokens asked for")
     err.print("; ".join(parts))
