@@ -8,50 +8,13 @@ Command modules are torch-free at import time (their library calls import torch 
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import sys
-from collections.abc import Callable
 
 import typer
-from typer.exceptions import TyperException
 
-from analyzers.errors import LpaError
 from lpa_cli import __version__
-
-INTERNAL_ERROR = 3
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def guarded(fn: Callable) -> Callable:
-    """Turn an `LpaError` into ``error: <message>`` on stderr and its exit code (2); Ctrl-C into 130;
-    any other exception (a bug) into one line and exit code 3."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except LpaError as err:
-            typer.echo(f"error: {_one_line(str(err))}", err=True)
-            raise typer.Exit(err.exit_code) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort, TyperException):
-            raise
-        except Exception as err:  # a bug in lpa, not the user's input: say so in one line
-            if os.environ.get("LPA_DEBUG"):
-                raise
-            typer.echo(f"error: internal error ({type(err).__name__}: {_one_line(str(err))[:300]}); this is a bug in lpa, "
-                       "please report it (LPA_DEBUG=1 shows the traceback)", err=True)
-            raise typer.Exit(INTERNAL_ERROR) from None
-
-    return wrapper
-
+from lpa_cli.commands.boundary import guarded
 
 app = typer.Typer(
     name="lpa",
@@ -119,7 +82,7 @@ def _register() -> None:
         app.command(name)(guarded(getattr(import_module(module), attr)))
     from lpa_cli.commands.data import data_app
 
-    app.add_typer(data_app, name="data")
+    app.add_typer(data_app, name="data")  # its commands are guarded where they are declared
 
 
 _register()

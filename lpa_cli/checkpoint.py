@@ -445,19 +445,6 @@ def load_checkpoint(path: str | Path, verify: bool = True, device: str | torch.d
     return Checkpoint(path, model, info.config, info.task, info.metrics, info.training, info.sha256, info.parent, info.metadata, info)
 
 
-def read_tokenizer(info: CheckpointInfo):
-    """The tokenizer a token model was trained with (None for other models)."""
-    from lpa_cli.tokenizer import Tokenizer
-
-    raw = info.metadata.get("tokenizer")
-    if raw is None:
-        return None
-    try:
-        return Tokenizer.from_dict(json.loads(raw))
-    except (ValueError, TypeError, KeyError) as err:
-        raise CheckpointError(f"malformed tokenizer in checkpoint metadata ({err})") from None
-
-
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

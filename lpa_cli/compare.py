@@ -139,10 +139,10 @@ def load_run(group: str, path: Path, metric: str | None, cost_cache: dict, notes
 def measured_exits(run: Run, kind: str, trust: dict[str, Any] | None = None) -> list:
     """Exit settings run for real on a run's checkpoint (`lpa_cli.inference`): confidence exits for a
     classifier; exit and self-speculative decoding for a language model, on prompts from its test split."""
-    from lpa_cli.checkpoint import load_checkpoint, read_tokenizer
+    from lpa_cli.checkpoint import load_checkpoint
     from lpa_cli.inference import check_decodable, classifier_tradeoffs, lm_tradeoffs
     from lpa_cli.tasks import load_task
-    from lpa_cli.tokenizer import BYTES
+    from lpa_cli.tokenizer import BYTES, read_tokenizer
 
     ckpt = load_checkpoint(run.checkpoint, **(trust or {}))
     if kind == "classification":

@@ -6,8 +6,9 @@ import dataclasses
 from pathlib import Path
 
 from analyzers.errors import UsageError
-from lpa_cli.checkpoint import load_checkpoint, read_tokenizer, save_checkpoint
+from lpa_cli.checkpoint import load_checkpoint, save_checkpoint
 from lpa_cli.config import RunConfig
+from lpa_cli.tokenizer import read_tokenizer
 
 FORMATS = ("lpa", "hf")
 

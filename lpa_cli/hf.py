@@ -613,7 +613,8 @@ def export_hf(ckpt, small, output: Path, force: bool = False, generation: dict[s
     """Write ``small`` (a prefix of ``ckpt``'s model) as a Hugging Face model directory: config.json with
     its number of layers, model.safetensors, tokenizer files; ``generation`` settings go into
     generation_config.json (with the source directory's own, if it had one)."""
-    from lpa_cli.checkpoint import read_tokenizer, save_file
+    from lpa_cli.checkpoint import save_file
+    from lpa_cli.tokenizer import read_tokenizer
 
     family, config, files = _family_for(ckpt)
     kind = ckpt.kind

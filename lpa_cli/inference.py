@@ -398,16 +398,15 @@ def generate_checkpoint(checkpoint, prompt: str, *, verify: bool = True, device:
                         trust_factory: bool = False, repeats: int = 1, **kwargs) -> Generation:
     """`generate` on an lpa checkpoint of a language model, with the tokenizer stored in it
     (``factory``/``trust_factory``: as `load_checkpoint`)."""
-    from lpa_cli.checkpoint import load_checkpoint, read_tokenizer
+    from lpa_cli.checkpoint import load_checkpoint
     from lpa_cli.runtime import resolve_device
-    from lpa_cli.tokenizer import BYTES
+    from lpa_cli.tokenizer import BYTES, read_tokenizer
 
     ckpt = load_checkpoint(checkpoint, verify=verify, device=resolve_device(device), factory=factory, trust_factory=trust_factory)
     if ckpt.kind != "lm":
         raise UsageError(f"{checkpoint}: a {ckpt.kind} model is not a language model; lpa predict runs classifiers and regressors")
     tokenizer = read_tokenizer(ckpt.info) or BYTES  # byte models written before tokenizers were stored
-    return measure(ckpt.model, tokenizer, prompt, repeats=repeats, warmup=1 if repeats > 1 else 0, **kwargs) if repeats > 1 else \
-        generate(ckpt.model, tokenizer, prompt, **kwargs)
+    return measure(ckpt.model, tokenizer, prompt, repeats=repeats, warmup=1 if repeats > 1 else 0, **kwargs)
 
 
 @dataclass
@@ -527,8 +526,7 @@ def lm_tradeoffs(ckpt, prompts: list[str], max_new_tokens: int = 48, thresholds=
                  speculate: int = 4, flops: list[float] | None = None) -> list[TradeOff]:
     """Exit and self-speculative decoding of a language model, timed for real against full decoding;
     quality is the share of tokens equal to full greedy decoding's."""
-    from lpa_cli.checkpoint import read_tokenizer
-    from lpa_cli.tokenizer import BYTES
+    from lpa_cli.tokenizer import BYTES, read_tokenizer
 
     tok = read_tokenizer(ckpt.info) or BYTES
     N = ckpt.model.num_blocks
@@ -556,9 +554,8 @@ def lm_tradeoffs(ckpt, prompts: list[str], max_new_tokens: int = 48, thresholds=
 
 def lm_prompts(ckpt, count: int = 2, tokens: int = 16) -> list[str]:
     """Prompts from the start of a language model's first test windows (decoded with its tokenizer)."""
-    from lpa_cli.checkpoint import read_tokenizer
     from lpa_cli.tasks import load_task
-    from lpa_cli.tokenizer import BYTES
+    from lpa_cli.tokenizer import BYTES, read_tokenizer
 
     tok = read_tokenizer(ckpt.info) or BYTES
     test = load_task(ckpt.task_config()).test
@@ -572,8 +569,7 @@ def recommend_early_exit(ckpt, prompts: list[str], max_new_tokens: int = 32, spe
     (Leviathan et al.: accepted tokens per round, ``(1 - a^(g+1)) / (1 - a)``, over the round's cost,
     ``g k/N + 1`` full passes) is largest; None when no depth is expected to beat plain decoding (an
     E2E model's shallow depths rarely agree with its last)."""
-    from lpa_cli.checkpoint import read_tokenizer
-    from lpa_cli.tokenizer import BYTES
+    from lpa_cli.tokenizer import BYTES, read_tokenizer
 
     check_decodable(ckpt.model)
     tok = read_tokenizer(ckpt.info) or BYTES

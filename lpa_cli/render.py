@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -171,3 +172,17 @@ def distinct_names(paths: list[str]) -> list[str]:
     suffix = suffix[suffix.find("."):] if "." in suffix else ""
     out = [n[: len(n) - len(suffix)] if suffix and len(n) > len(suffix) else n for n in names]
     return out if len(set(out)) == len(out) else parts
+
+
+def progress_lines(console: Console, what: str, unit: str) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback printing `LogProgress` lines (made on the first call, when
+    the total is known); the commands hand it to the library where stderr is a log."""
+    lines: list[LogProgress] = []
+
+    def report(done: int, total: int) -> None:
+        if not lines:
+            lines.append(LogProgress(console, what, total, unit))
+            lines[0].update(0)
+        lines[0].update(done)
+
+    return report

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analyzers.errors import DataError, UsageError
+from analyzers.errors import CheckpointError, DataError, UsageError
 
 HF_HINT = "reading tokenizer.json needs the optional extra: pip install 'lpa[hf]' (or pip install tokenizers)"
 
@@ -128,6 +128,18 @@ def _special_id(tok, directory: Path, name: str, config: dict[str, Any]) -> int 
     return None
 
 
+def read_tokenizer(info) -> Tokenizer | None:
+    """The tokenizer a token model's checkpoint stores (None for other models); ``info``: a
+    `lpa_cli.checkpoint.CheckpointInfo` (its metadata)."""
+    raw = info.metadata.get("tokenizer")
+    if raw is None:
+        return None
+    try:
+        return Tokenizer.from_dict(json.loads(raw))
+    except (ValueError, TypeError, KeyError, RecursionError) as err:
+        raise CheckpointError(f"malformed tokenizer in checkpoint metadata ({err})") from None
+
+
 def load_tokenizer(spec: str | Path, config: dict[str, Any] | None = None) -> Tokenizer:
     """``bytes``, a ``tokenizer.json`` file, a directory holding one (a Hugging Face model), or an lpa
     checkpoint that stores its tokenizer."""
@@ -135,7 +147,7 @@ def load_tokenizer(spec: str | Path, config: dict[str, Any] | None = None) -> To
         return BYTES
     path = Path(spec)
     if path.suffix == ".safetensors" and path.is_file():
-        from lpa_cli.checkpoint import read_info, read_tokenizer
+        from lpa_cli.checkpoint import read_info
 
         tok = read_tokenizer(read_info(path))
         if tok is None:

@@ -62,7 +62,8 @@ def test_tokenize_with_a_bpe_tokenizer(tmp_path):
     assert tok.decode(ids) == text[:40000] + text[40000:60000]
     ckpt = tmp_path / "bpe.safetensors"
     run_json("train", *GPT, "--data", out, "-o", ckpt)
-    from lpa_cli.checkpoint import read_info, read_tokenizer
+    from lpa_cli.checkpoint import read_info
+    from lpa_cli.tokenizer import read_tokenizer
 
     assert read_tokenizer(read_info(ckpt)).vocab_size == 300  # stored for generation
 

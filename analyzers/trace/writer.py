@@ -16,7 +16,7 @@ import numpy as np
 
 from analyzers.atomic import check_writable, fsync_path
 from analyzers.errors import OutputError, UsageError
-from analyzers.trace import spec as _spec
+import analyzers.trace.spec as _spec  # CHUNK_BYTES is read at call time (tests shrink it)
 from analyzers.trace.spec import FORMAT, FORMAT_VERSION, TraceSpec, chunk_shape, filters, jsonable, partial_path
 from analyzers.trace.sync import Syncer
 

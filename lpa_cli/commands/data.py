@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
+from lpa_cli.commands.boundary import guarded
 from lpa_cli.commands.options import Force, Json, Quiet
-from lpa_cli.render import LogProgress, consoles, esc, print_json
+from lpa_cli.render import consoles, esc, print_json, progress_lines
 
 data_app = typer.Typer(help="Prepare data sets: tokenise text into a token file that training reads through a memory map.",
                        no_args_is_help=True)
@@ -30,15 +31,7 @@ def tokenize_command(
     from lpa_cli.tasks.tokens import tokenize_files
 
     out, err = consoles(quiet or json_)
-    lines: list[LogProgress] = []
-
-    def report(done: int, total: int) -> None:  # a line per tenth of the files, and at least every 30 s
-        if not lines:
-            lines.append(LogProgress(err, "tokenized", total, "files"))
-            lines[0].update(0)
-        lines[0].update(done)
-
-    result = tokenize_files([str(t) for t in texts], tokenizer, output, force=force, progress=report)
+    result = tokenize_files([str(t) for t in texts], tokenizer, output, force=force, progress=progress_lines(err, "tokenized", "files"))
     if json_:
         print_json(result)
         return
@@ -46,10 +39,4 @@ def tokenize_command(
               f"{result['dtype']}, vocabulary {result['vocab_size']:,} ({esc(result['tokenizer'])}); sidecar {esc(result['sidecar'])}")
 
 
-def _register() -> None:
-    from lpa_cli.app import guarded
-
-    data_app.command("tokenize")(guarded(tokenize_command))
-
-
-_register()
+data_app.command("tokenize")(guarded(tokenize_command))

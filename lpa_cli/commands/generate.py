@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from lpa_cli.commands.options import Device, Factory, Json, Quiet, Seed, TrustFactory, Verify
-from lpa_cli.render import LogProgress, consoles, esc, print_json
+from lpa_cli.render import consoles, esc, print_json, progress_lines
 
 
 def generate_command(
@@ -51,15 +51,7 @@ def generate_command(
         except OSError as err:
             raise UsageError(f"{prompt_file}: cannot read the prompt ({err.strerror or err})") from None
     out, err = consoles(quiet)
-    lines: list[LogProgress] = []
-
-    def report(done: int, total: int) -> None:  # plain lines where stderr is a log, not a terminal
-        if err.is_terminal or json_:
-            return
-        if not lines:
-            lines.append(LogProgress(err, "generated", total, "tokens"))
-            lines[0].update(0)
-        lines[0].update(done)
+    report = None if err.is_terminal or json_ else progress_lines(err, "generated", "tokens")  # plain lines where stderr is a log
 
     g = generate_checkpoint(checkpoint, prompt, verify=verify, device=device or "cpu", factory=factory or "", trust_factory=trust_factory,
                             max_new_tokens=max_new_tokens, strategy=strategy,
@@ -74,7 +66,7 @@ def generate_command(
         return
     out.print(esc(prompt + g.text), soft_wrap=True)
     spread = f" (median of {g.repeats} after a warm-up, {g.tokens_per_s_range[0]:,.0f}-{g.tokens_per_s_range[1]:,.0f})" \
-        if g.tokens_per_s_range else ""
+        if g.repeats > 1 else ""
     parts = [f"{len(g.tokens)} tokens, {g.tokens_per_s:,.1f} tokens/s{spread} ({g.strategy})"]
     if g.acceptance_rate is not None:
         parts.append(f"acceptance rate {g.acceptance_rate:.1%} over {g.rounds} rounds")

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from lpa_cli.commands.options import Depths, Device, Factory, Force, Json, Output, Quiet, TrustFactory, Verify
-from lpa_cli.render import LogProgress, consoles, depth_table, esc, print_json
+from lpa_cli.render import consoles, depth_table, esc, print_json, progress_lines
 
 
 class SpeedColumn(ProgressColumn):
@@ -66,15 +66,12 @@ def trace_command(
     with progress_bar(err) as progress:
         bars: list = []  # the bar appears with the first batch, so load errors print one line only
 
-        def report(done: int, total: int) -> None:
-            if not bars:  # a live bar on a terminal; plain lines in a log
-                bars.append(progress.add_task("trace", total=total) if err.is_terminal else LogProgress(err, "traced", total, "samples"))
-                if not err.is_terminal:
-                    bars[0].update(0)
-            if err.is_terminal:
-                progress.update(bars[0], completed=done, total=total)
-            else:
-                bars[0].update(done)
+        def bar(done: int, total: int) -> None:
+            if not bars:
+                bars.append(progress.add_task("trace", total=total))
+            progress.update(bars[0], completed=done, total=total)
+
+        report = bar if err.is_terminal else progress_lines(err, "traced", "samples")  # a live bar, or plain lines in a log
 
         if checkpoint.is_dir():
             from lpa_cli.hf import trace_hf
