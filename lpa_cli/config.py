@@ -304,7 +304,11 @@ def merge(base: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[st
 def resolve(toml_path: str | Path | None, flags: dict[str, dict[str, Any]], sets: list[str] = (),
             base: dict[str, dict[str, Any]] | None = None) -> RunConfig:
     """defaults < ``base`` (e.g. fine-tuning defaults) < TOML file < flags (None means 'not given') < --set items."""
-    merged = merge(base or {}, load_toml(toml_path) if toml_path else {})
+    toml = load_toml(toml_path) if toml_path else {}
+    merged = {k: v for k, v in toml.items()}
+    for section, values in (base or {}).items():  # under the file's settings; a malformed section is the file's error
+        if isinstance(merged.get(section, {}), dict):
+            merged[section] = dict(values) | merged.get(section, {})
     merged = merge(merged, flags)
     set_overrides: dict[str, dict[str, Any]] = {}
     for item in sets:

@@ -50,6 +50,9 @@ class Tracker(Callbacks):
 
     def saved(self, path: Path) -> None: ...
 
+    def discard(self) -> None:
+        """The run failed before its checkpoint was written: take back what it started, if it can."""
+
     def close(self) -> None: ...
 
 
@@ -58,12 +61,18 @@ class JsonlTracker(Tracker):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.fresh = False
 
     def start(self, config: dict[str, Any], resumed_at: int) -> None:
+        self.fresh = not resumed_at
         if resumed_at:
             truncate_log(self.path, resumed_at)
         elif self.path.exists():
             self.path.unlink()  # the caller checked that it may (an earlier run's log, with --force)
+
+    def discard(self) -> None:
+        if self.fresh and self.path.exists():
+            self.path.unlink()  # a resumed run keeps its log: the snapshot it resumes from still stands
 
     def record(self, step, lr, loss, per_depth, metrics, elapsed) -> None:
         entry = {"step": step, "lr": lr, "train_loss": loss, "train_loss_per_depth": {str(k): v for k, v in per_depth.items()},

@@ -236,10 +236,11 @@ def _train(cfg, output, model, task, force, resume, snapshot_every, callbacks, w
     watch = _LossWatch()
     log_every = max(1, t.steps // 100)
     per_step = t.batch_size or len(task.train)
-    callbacks.on_plan({"parameters": sum(p.numel() for p in model.parameters()), "trainable": sum(p.numel() for p in trainable),
+    getattr(callbacks, "on_plan", lambda plan: None)({"parameters": sum(p.numel() for p in model.parameters()), "trainable": sum(p.numel() for p in trainable),
                        "samples_per_step": per_step, "tokens_per_step": per_step * task.in_shape[0] if task.input_kind == "tokens" else None,
                        "steps": t.steps, "start": start, "device": str(device), "processes": world.size, "precision": t.precision})
     callbacks.on_start(t.steps, start)
+    on_progress = getattr(callbacks, "on_progress", lambda step, loss, per_depth: None)  # callbacks written before 0.3 lack it
     began = time.perf_counter()
     last_loss: float | None = None
     out: LossOutput | None = None
@@ -267,7 +268,7 @@ def _train(cfg, output, model, task, force, resume, snapshot_every, callbacks, w
             last_loss = loss
             done = step + 1
             callbacks.on_step(done, loss if done % 10 == 0 or done == t.steps else None)
-            callbacks.on_progress(done, loss, out.per_depth)
+            on_progress(done, loss, out.per_depth)
             watch.add(loss)
             if world.main and done % log_every == 0 and done < t.steps and not (t.eval_every and done % t.eval_every == 0):
                 per_depth = {k: float(v) for k, v in out.per_depth.items()}  # the log's training curve between evaluations
@@ -315,6 +316,11 @@ def _train(cfg, output, model, task, force, resume, snapshot_every, callbacks, w
             for tr in trackers:
                 tr.record(t.steps, learning_rate(cfg, max(0, t.steps - 1)), last_loss, {}, metrics, elapsed)
         world.barrier()
+    except BaseException:
+        if snap is None or not snap.exists():  # a run that wrote no checkpoint (nor a snapshot to resume) leaves no new log
+            for tr in trackers:
+                tr.discard()
+        raise
     finally:
         for tr in trackers:
             tr.close()

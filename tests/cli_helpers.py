@@ -38,13 +38,13 @@ def subprocess_lpa(*args: str, cwd: Path | None = None, module: bool = False, ti
 
 
 def assert_clean_error(result, *needles: str, code: int = 2) -> None:
-    """Exit code as documented, one line on stderr, no traceback."""
+    """Exit code as documented, the error in one line (the last on stderr), no traceback."""
     stderr = result.stderr
     assert result.exit_code == code if hasattr(result, "exit_code") else result.returncode == code, stderr
     assert "Traceback" not in stderr and "Traceback" not in (result.stdout or "")
-    # a library warning may come first (e.g. "no tokenizer files"); the error itself is one line
-    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("WARNING ")]
-    assert len(lines) == 1, stderr
+    # a library warning or a run's plan and progress lines may come first; the error itself is one line, the last
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(("WARNING ", "plan: ", "estimate: "))]
+    assert len(lines) == 1 and lines[0] == stderr.strip().splitlines()[-1], stderr
     for needle in needles:
         assert needle in stderr, stderr
 

@@ -72,7 +72,23 @@ def test_compare_surface_has_heatmaps_and_training_curves(tmp_path):
     assert data["training"]  # the samples' .jsonl logs
     html = report.read_text()
     assert "Predictions by depth" in html
-    assert "Training curves" in html and "Not shown: no run" in html  # one final record per run is no curve, and it says so
+    assert "Training curves" in html and "training loss at the final depth" in html  # the logs' training losses (no evaluations)
+
+
+def test_a_report_says_when_training_curves_are_absent(tmp_path):
+    """Traces whose checkpoints (and logs) are gone: the section says why it is empty."""
+    import shutil
+
+    traces = []
+    for name in ("mlp-stripe-lpa", "mlp-stripe-e2e"):
+        ckpt = tmp_path / f"{name}.safetensors"
+        shutil.copy(SAMPLES / f"{name}.safetensors", ckpt)
+        traces.append(tmp_path / f"{name}.h5")
+        trace_checkpoint(ckpt, traces[-1])
+        ckpt.unlink()
+    report = tmp_path / "r.html"
+    run_json("compare", "--no-measure", "--run", f"LPA={traces[0]}", "--run", f"E2E={traces[1]}", "-o", report)
+    assert "Training curves" in report.read_text() and "Not shown: no run" in report.read_text()
 
 
 def test_training_curves_need_logs_with_several_evaluations(tmp_path):

@@ -20,7 +20,9 @@ RESUME_ARGS = ["--depth", "3", "--width", "32", "--steps", "600", "--batch-size"
 def test_eval_every_writes_json_lines(tmp_path):
     out = tmp_path / "m.safetensors"
     run_json("train", *TINY_TRAIN, "--eval-every", "5", "-o", out)
-    records = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    every = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert [r["step"] for r in every] == list(range(1, 21))  # training losses every step of 20 (about 100 a run), tests every 5
+    records = [r for r in every if r["test"]]
     assert [r["step"] for r in records] == [5, 10, 15, 20]
     assert all(len(r["test"]["mse"]) == 4 for r in records)
     assert records[-1]["test"] == load_checkpoint(out).metrics
