@@ -43,7 +43,8 @@ def assert_clean_error(result, *needles: str, code: int = 2) -> None:
     assert result.exit_code == code if hasattr(result, "exit_code") else result.returncode == code, stderr
     assert "Traceback" not in stderr and "Traceback" not in (result.stdout or "")
     # a library warning or a run's plan and progress lines may come first; the error itself is one line, the last
-    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(("WARNING ", "plan: ", "estimate: "))]
+    progress = ("WARNING ", "plan: ", "estimate: ", "step ", "traced ", "tokenized ", "generated ")
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(progress)]
     assert len(lines) == 1 and lines[0] == stderr.strip().splitlines()[-1], stderr
     for needle in needles:
         assert needle in stderr, stderr
