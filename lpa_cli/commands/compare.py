@@ -35,8 +35,11 @@ def compare_command(
     from analyzers.atomic import check_writable
     from analyzers.errors import UsageError
     from analyzers.report.compare import compare_page
+    from analyzers.report.page import PLOTLYJS
     from lpa_cli.compare import compare_runs, parse_runs
 
+    if plotlyjs not in PLOTLYJS:  # before the work, not after it
+        raise UsageError(f"--plotlyjs must be {' or '.join(PLOTLYJS)}, got {plotlyjs!r}")
     target = check_writable(output or Path("compare.html"), force)
     if any(target.exists() and target.resolve() == p.resolve() for paths in parse_runs(run).values() for p in paths):
         raise UsageError(f"{target}: the report would overwrite one of the runs; choose another -o")

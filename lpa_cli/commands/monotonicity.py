@@ -83,6 +83,11 @@ def monotonicity_command(
     target = (report_path or inputs[0].with_suffix(".monotonicity.html")) if (report or report_path) else None
     if target is not None:
         check_writable(target, force)  # before the work, not after it
+        from analyzers.errors import UsageError
+        from analyzers.report.page import PLOTLYJS
+
+        if plotlyjs not in PLOTLYJS:
+            raise UsageError(f"--plotlyjs must be {' or '.join(PLOTLYJS)}, got {plotlyjs!r}")
     results = [
         analyze(p, lens=lens, verify=verify, factory=factory or "", trust_factory=trust_factory, metric=metric, depths=depths, tolerance=tolerance, alpha=alpha,
                 within=within, bootstrap=bootstrap, seed=seed or 0)
