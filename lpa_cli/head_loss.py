@@ -25,9 +25,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lpa_cli.batch import Batch
+from lpa_cli.batch import IGNORE_INDEX, Batch
 from lpa_cli.losses import align_sum, loss_count, loss_sum
 
 AUTO_CHUNK_BYTES = 64 << 20  # stacked outputs above this take the chunked path
@@ -65,9 +66,12 @@ def stacked_losses(head: nn.Module, states: Sequence[Tensor], batch: Batch, term
         preds_list = [_read(head, h[:part], None if mask is None else mask[:part]) for h, part in zip(states, terms.parts)]
     elif len(set(terms.parts)) == 1:  # every depth on the same rows: one call, one vectorised loss
         part = terms.parts[0]
-        rows = [h[:part] for h in states]
-        m = None if mask is None else mask[:part].repeat(D, *[1] * (mask.dim() - 1))
+        whole = part == len(y)  # no slices then: each is an autograd node, and on a small model they add up
+        rows = states if whole else [h[:part] for h in states]
+        m = None if mask is None else (mask if whole else mask[:part]).repeat(D, *[1] * (mask.dim() - 1))
         preds = _read(head, torch.cat(rows, dim=0), m).unflatten(0, (D, part))  # (D, part, ...)
+        if not terms.align:
+            return stacked_terms(preds, y if whole else y[:part], terms.kind)
         preds_list = list(preds.unbind(0))
     else:  # sample fraction: the shallow depths share one call on fewer rows, the deepest its own
         part = terms.parts[0]
@@ -82,6 +86,19 @@ def stacked_losses(head: nn.Module, states: Sequence[Tensor], batch: Batch, term
         fin = final[:part] if final is not None and j < D - 1 else None
         losses.append(_term(pred, target, fin, terms.kind, terms.mix) / max(1, loss_count(target, terms.kind)))
     return torch.stack(losses)
+
+
+def stacked_terms(preds: Tensor, target: Tensor, kind: str) -> Tensor:
+    """(D,) mean label loss of each depth from predictions stacked as (D, rows, ...), in one vectorised
+    operation: the per-depth loop's values (`loss_sum` / `loss_count`), without its D x 5 small
+    kernels and autograd nodes, which on a small model cost more than the head itself."""
+    D = preds.shape[0]
+    if kind == "regression":
+        diff = preds.float() - target.float().reshape(1, *preds.shape[1:])
+        return diff.pow(2).reshape(D, -1).mean(1)
+    logits = preds.reshape(-1, preds.shape[-1]).float()
+    ce = F.cross_entropy(logits, target.reshape(-1).repeat(D), ignore_index=IGNORE_INDEX, reduction="none").view(D, -1)
+    return ce.sum(1) / max(1, loss_count(target, kind))
 
 
 class _Chunked(torch.autograd.Function):

@@ -135,6 +135,12 @@ class LogProgress:
         self.start = None
         self.shown = -1
 
+    def due(self, done: int) -> bool:
+        """Whether `update` would print a line now (so a caller builds its detail only then)."""
+        if self.start is None or done == self.shown:
+            return self.start is None
+        return done >= self.total or (done - self.start) % self.every == 0 or self.clock() - self.last >= self.seconds
+
     def update(self, done: int, detail: str = "", rate_unit: str = "", per_unit: float = 1.0) -> None:
         """Report ``done`` of the total (``detail``: e.g. the loss per depth); ``per_unit`` converts the
         rate into ``rate_unit`` (samples per step, say)."""
@@ -142,8 +148,7 @@ class LogProgress:
         if self.start is None:
             self.start, self.began = done, now
             return
-        due = done >= self.total or (done - self.start) % self.every == 0 or now - self.last >= self.seconds
-        if not due or done == self.shown:
+        if not self.due(done):
             return
         self.last, self.shown = now, done
         elapsed = now - self.began

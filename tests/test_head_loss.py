@@ -86,3 +86,21 @@ def test_chunked_never_holds_every_depths_logits(monkeypatch):
         else:
             assert largest * 4 <= head_loss.CHUNK_BYTES  # 16 tokens' logits at a time
     handle.remove()
+
+
+@pytest.mark.parametrize("kind", ["regression", "classification", "lm"])
+def test_vectorised_depth_terms_equal_the_per_depth_loop(kind):
+    """`stacked_terms` (one operation for every depth) gives each depth's `loss_sum / loss_count`."""
+    from lpa_cli.head_loss import stacked_terms
+    from lpa_cli.losses import loss_count, loss_sum
+
+    g = torch.Generator().manual_seed(0)
+    if kind == "regression":
+        preds, y = torch.randn(9, 32, 3, generator=g), torch.randn(32, 3, generator=g)
+    elif kind == "classification":
+        preds, y = torch.randn(5, 16, 7, generator=g), torch.randint(0, 7, (16,), generator=g)
+    else:
+        preds, y = torch.randn(3, 4, 6, 11, generator=g), torch.randint(0, 11, (4, 6), generator=g)
+        y[0, :2] = -100  # padding counts nowhere
+    loop = torch.stack([loss_sum(p, y, kind) / max(1, loss_count(y, kind)) for p in preds])
+    torch.testing.assert_close(stacked_terms(preds, y, kind), loop)

@@ -71,7 +71,7 @@ class ProgressCallbacks:
             left = (self.plan.get("steps", step) - step) * elapsed / done
             self.console.print(esc(f"estimate: {elapsed / done:.3g} s/step over the first {done} steps; about {duration(left)} to go"),
                                soft_wrap=True, highlight=False)
-        if self.log is not None:
+        if self.log is not None and self.log.due(step):  # the per-depth losses are read (a device sync) only for a line
             depths = " ".join(f"{k}:{float(v):.3g}" for k, v in sorted(per_depth.items()))
             self.log.update(step, f"loss {loss:.4g}" + (f" (depths {depths})" if depths else ""), "samples",
                             self.plan.get("samples_per_step", 1))
