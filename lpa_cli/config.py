@@ -88,6 +88,7 @@ class ObjectiveConfig:
     lpa_lambda: float | None = None  # set: loss_N + lambda * (sum of the other selected depths)
     depths: str = ":"  # depths that get a loss term (numpy-slice string over 0..N)
     sample_depths: int = 0  # >0: each step uses this many of the selected depths (always including N)
+    depth_schedule: str = "all"  # all | rotation:R (each depth every R steps) | curriculum:S (one more depth every S steps, top down)
     sample_fraction: float = 1.0  # <1: shallower depths' terms use this fraction of each batch (N uses all)
     loss_power: float = 1.0  # each depth's term is L_k ** p (log L_k at 0): p < 1 balances shallow and deep depths
     align: str = "labels"  # kl: depths < N fit the detached final prediction (mixed with the labels by align_mix)
@@ -100,6 +101,11 @@ class ObjectiveConfig:
         if self.lpa_lambda is not None:
             _finite(self.lpa_lambda, "--lpa-lambda", 0)
         _count(self.sample_depths, "--sample-depths")
+        kind, _, period = self.depth_schedule.partition(":")
+        if self.depth_schedule != "all" and (kind not in ("rotation", "curriculum") or not period.isdigit() or int(period) < 1):
+            raise UsageError(f"--depth-schedule must be all, rotation:R or curriculum:S with R, S >= 1 steps, got {self.depth_schedule!r}")
+        if self.depth_schedule != "all" and self.sample_depths:
+            raise UsageError("--depth-schedule and --sample-depths both choose each step's depths; give one of them")
         _finite(self.sample_fraction, "--sample-fraction", 0, 1, low_open=True)
         _finite(self.loss_power, "--loss-power", 0, 1)
         if self.align not in ALIGNMENTS:

@@ -182,19 +182,31 @@ class LPA(Objective):
         return depths
 
     def plan(self, step: int, generator: torch.Generator | None) -> tuple[list[int], list[float]]:
-        """Depth sampling: a random subset of the selected depths, always keeping the deepest one."""
+        """Each step's depths, always keeping the deepest: all of them; a random subset (depth
+        sampling); or LayerSkip's schedules, a pure function of the step (so a resumed run is exact):
+        ``rotation:R`` gives the i-th shallower depth its loss at steps where (i + step) % R == 0, so
+        each once every R steps; ``curriculum:S`` switches depths on from the top down, one more every
+        S steps (the one just below N first)."""
         n = self.cfg.sample_depths
-        if n <= 0 or n >= len(self.depths):
-            return self.depths, self.weights
         deepest = len(self.depths) - 1
-        others = torch.randperm(deepest, generator=generator)[: n - 1].tolist()
-        idx = sorted(others + [deepest])
+        kind, _, period = self.cfg.depth_schedule.partition(":")
+        if kind == "rotation":
+            idx = [i for i in range(deepest) if (i + step) % int(period) == 0] + [deepest]
+        elif kind == "curriculum":
+            on = min(deepest, step // int(period))  # shallower depths switched on so far
+            idx = list(range(deepest - on, deepest + 1))
+        elif n <= 0 or n >= len(self.depths):
+            return self.depths, self.weights
+        else:
+            idx = sorted(torch.randperm(deepest, generator=generator)[: n - 1].tolist() + [deepest])
+        if len(idx) == len(self.depths):
+            return self.depths, self.weights
         weights = [self.weights[i] for i in idx]
         total = sum(weights)
         return [self.depths[i] for i in idx], [w / total for w in weights]
 
     def leaves_parameters_unused(self, model: ResidualModel) -> bool:
-        return self.cfg.sample_depths > 0 or super().leaves_parameters_unused(model)
+        return self.cfg.sample_depths > 0 or self.cfg.depth_schedule != "all" or super().leaves_parameters_unused(model)
 
 
 class LPALocal(LPA):

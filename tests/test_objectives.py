@@ -157,3 +157,64 @@ def test_sample_fraction_uses_part_of_the_batch_for_shallower_depths_only(arch):
         assert out.per_depth[model.num_blocks].item() == pytest.approx(reference_loss(preds[-1], batch.y, kind).item(), rel=1e-5)
     grads = _grads(model, out.loss)
     assert all(g is not None for g in grads.values())
+
+
+def test_rotation_gives_each_depth_its_loss_once_every_period():
+    from lpa_cli.config import ObjectiveConfig
+    from lpa_cli.objectives import build_objective
+
+    o = build_objective(ObjectiveConfig(name="lpa", depth_schedule="rotation:3"), 6, "regression")
+    plans = [o.plan(s, None)[0] for s in range(9)]
+    assert all(p[-1] == 6 for p in plans)  # depth N every step
+    for k in range(6):
+        hits = [s for s, p in enumerate(plans) if k in p]
+        assert len(hits) == 3 and all(b - a == 3 for a, b in zip(hits, hits[1:]))
+    depths, weights = o.plan(4, None)
+    assert sum(weights) == pytest.approx(1) and len(weights) == len(depths)
+    assert plans == [o.plan(s, torch.Generator().manual_seed(s)) [0] for s in range(9)]  # a pure function of the step
+
+
+def test_curriculum_switches_depths_on_from_the_top_down():
+    from lpa_cli.config import ObjectiveConfig
+    from lpa_cli.objectives import build_objective
+
+    o = build_objective(ObjectiveConfig(name="lpa", depth_schedule="curriculum:2"), 4, "regression")
+    assert [o.plan(s, None)[0] for s in (0, 1, 2, 4, 6, 8, 50)] == [[4], [4], [3, 4], [2, 3, 4], [1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]
+
+
+@pytest.mark.parametrize("value", ["rotation:0", "rotation", "curriculum:-1", "cyclic:3", "rotation:x"])
+def test_bad_depth_schedules_name_the_option(value, tmp_path):
+    from tests.cli_helpers import TINY_TRAIN, assert_clean_error, run
+
+    assert_clean_error(run("train", *TINY_TRAIN, "--depth-schedule", value, "-o", tmp_path / "m.safetensors"), "--depth-schedule")
+    assert_clean_error(run("train", *TINY_TRAIN, "--depth-schedule", "rotation:2", "--sample-depths", "3", "-o", tmp_path / "m.safetensors"),
+                       "--sample-depths")
+
+
+def test_resume_mid_rotation_is_exact(tmp_path):
+    """Interrupted at step 9 of a rotation (a snapshot at 6), resumed: the uninterrupted run's tensors."""
+    from lpa_cli.checkpoint import load_checkpoint
+    from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
+    from lpa_cli.train import train
+
+    cfg = RunConfig(ModelConfig(depth=4, width=16), TaskConfig(n_train=256, n_test=32), ObjectiveConfig(name="lpa", depth_schedule="rotation:3"),
+                    TrainConfig(steps=12, batch_size=32, threads=1))
+    full = tmp_path / "full.safetensors"
+    train(cfg, full, snapshot_every=6)
+
+    class Stop:
+        def on_start(self, *a): ...
+        def on_eval(self, *a): ...
+        def on_end(self): ...
+
+        def on_step(self, step, loss):
+            if step == 9:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "cut.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out, snapshot_every=6, callbacks=Stop())
+    train(cfg, out, snapshot_every=6, resume=True)
+    a, b = load_checkpoint(full).model.state_dict(), load_checkpoint(out).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert load_checkpoint(out).config.objective.depth_schedule == "rotation:3"

@@ -23,7 +23,8 @@ def _settings_table(d: dict) -> Table:
     objective = obj["name"]
     if obj["name"] != "e2e":
         objective += f" (weights={obj['weights']}" + (f", lambda={obj['lpa_lambda']}" if obj["lpa_lambda"] is not None else "")
-        objective += f", depths={obj['depths']!r}" + (f", sample_depths={obj['sample_depths']}" if obj["sample_depths"] else "")
+        objective += f", depths={obj['depths']!r}" + (f", sample_depths={obj['sample_depths']}" if obj["sample_depths"] else "") \
+            + (f", depth_schedule={obj['depth_schedule']}" if obj.get("depth_schedule", "all") != "all" else "")
         for key in ("sample_fraction", "loss_power"):
             objective += f", {key}={obj[key]:g}" if obj.get(key, 1.0) != 1.0 else ""
         objective += ")"

@@ -146,6 +146,10 @@ def train_command(
     sample_depths: Annotated[
         Optional[int], typer.Option("--sample-depths", help="Use this many of the selected depths per step (0: all).")
     ] = None,
+    depth_schedule: Annotated[
+        Optional[str], typer.Option("--depth-schedule", help="all; rotation:R (each depth's loss once every R steps) or curriculum:S "
+                                    "(depths switched on top down, one more every S steps), LayerSkip's schedules.")
+    ] = None,
     sample_fraction: Annotated[
         Optional[float], typer.Option("--sample-fraction", help="Shallower depths' losses on this fraction of each batch (depth N: all).")
     ] = None,
@@ -198,7 +202,7 @@ def train_command(
             "options.y_key": y_key,
             "options.target_column": target_column,
         },
-        "objective": {"name": objective, "weights": weights, "lpa_lambda": lpa_lambda, "depths": depths, "sample_depths": sample_depths,
+        "objective": {"name": objective, "weights": weights, "lpa_lambda": lpa_lambda, "depths": depths, "sample_depths": sample_depths, "depth_schedule": depth_schedule,
                       "sample_fraction": sample_fraction, "loss_power": loss_power, "align": align, "align_mix": align_mix,
                       "head_loss": head_loss},
         "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "eval_every": eval_every, "seed": seed, "threads": threads,
