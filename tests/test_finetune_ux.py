@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lpa_cli.config import TaskConfig
-from tests.cli_helpers import TINY_TRAIN, assert_clean_error, lpa_executable, run, run_json
+from tests.cli_helpers import TINY_TRAIN, lpa_executable, run, run_json
 
 transformers = pytest.importorskip("transformers", reason="the hf extra is not installed (pip install 'lpa[hf]')")
 
