@@ -62,3 +62,35 @@ def assert_self_contained(html: str) -> None:
     assert not re.search(r"""<script[^>]+src\s*=""", page, re.I)
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
     assert not re.search(r"""<link[^>]+href""", page, re.I)
+
+
+def assert_resume_is_exact(cfg, tmp_path: Path, stop_at: int = 9, snapshot_every: int = 6) -> Path:
+    """Train ``cfg`` whole; train it again interrupted at step ``stop_at`` (a snapshot every
+    ``snapshot_every``) and resume: the same tensors. Returns the resumed checkpoint."""
+    import pytest
+    import torch
+
+    from lpa_cli.checkpoint import load_checkpoint
+    from lpa_cli.train import train
+
+    full = tmp_path / "full.safetensors"
+    train(cfg, full, snapshot_every=snapshot_every)
+
+    class Stop:  # duck-typed callbacks, as a user may write them
+        def on_start(self, *a): ...
+        def on_eval(self, *a): ...
+        def on_end(self): ...
+
+        def on_step(self, step, loss):
+            if step == stop_at:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "cut.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out, snapshot_every=snapshot_every, callbacks=Stop())
+    assert out.with_name(out.name + ".snapshot").exists() and not out.exists()
+    train(cfg, out, snapshot_every=snapshot_every, resume=True)
+    a, b = load_checkpoint(full).model.state_dict(), load_checkpoint(out).model.state_dict()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    return out

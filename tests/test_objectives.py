@@ -195,26 +195,9 @@ def test_resume_mid_rotation_is_exact(tmp_path):
     """Interrupted at step 9 of a rotation (a snapshot at 6), resumed: the uninterrupted run's tensors."""
     from lpa_cli.checkpoint import load_checkpoint
     from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
-    from lpa_cli.train import train
+    from tests.cli_helpers import assert_resume_is_exact
 
     cfg = RunConfig(ModelConfig(depth=4, width=16), TaskConfig(n_train=256, n_test=32), ObjectiveConfig(name="lpa", depth_schedule="rotation:3"),
                     TrainConfig(steps=12, batch_size=32, threads=1))
-    full = tmp_path / "full.safetensors"
-    train(cfg, full, snapshot_every=6)
-
-    class Stop:
-        def on_start(self, *a): ...
-        def on_eval(self, *a): ...
-        def on_end(self): ...
-
-        def on_step(self, step, loss):
-            if step == 9:
-                raise KeyboardInterrupt
-
-    out = tmp_path / "cut.safetensors"
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, out, snapshot_every=6, callbacks=Stop())
-    train(cfg, out, snapshot_every=6, resume=True)
-    a, b = load_checkpoint(full).model.state_dict(), load_checkpoint(out).model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    out = assert_resume_is_exact(cfg, tmp_path)
     assert load_checkpoint(out).config.objective.depth_schedule == "rotation:3"

@@ -16,7 +16,7 @@ import torch
 from lpa_cli.checkpoint import load_checkpoint, read_info
 from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
 from lpa_cli.train import train
-from tests.cli_helpers import TINY_TRAIN, assert_clean_error, run, run_json
+from tests.cli_helpers import TINY_TRAIN, assert_clean_error, assert_resume_is_exact, run, run_json
 
 
 def _cfg(**train_settings) -> RunConfig:
@@ -55,27 +55,7 @@ def test_mixed_precision_trains_and_is_recorded(tmp_path, precision):
 
 def test_resume_is_exact_with_accumulation_and_precision(tmp_path):
     """Interrupted at step 9 (a snapshot at 6), resumed: the same tensors as an uninterrupted run."""
-    cfg = _cfg(grad_accum=2, precision="fp16", steps=12, activation_checkpointing=True)
-    full = tmp_path / "full.safetensors"
-    train(cfg, full, snapshot_every=6)
-
-    class Stop:
-        def on_start(self, *a): ...
-        def on_eval(self, *a): ...
-        def on_end(self): ...
-
-        def on_step(self, step, loss):
-            if step == 9:
-                raise KeyboardInterrupt
-
-    out = tmp_path / "cut.safetensors"
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, out, snapshot_every=6, callbacks=Stop())
-    assert out.with_name(out.name + ".snapshot").exists() and not out.exists()
-    train(cfg, out, snapshot_every=6, resume=True)
-    a, b = load_checkpoint(full).model.state_dict(), load_checkpoint(out).model.state_dict()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    assert_resume_is_exact(_cfg(grad_accum=2, precision="fp16", steps=12, activation_checkpointing=True), tmp_path)
 
 
 def test_compile_falls_back_in_one_warning_where_it_cannot(monkeypatch):
