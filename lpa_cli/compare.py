@@ -140,22 +140,16 @@ def measured_exits(run: Run, kind: str, trust: dict[str, Any] | None = None) -> 
     """Exit settings run for real on a run's checkpoint (`lpa_cli.inference`): confidence exits for a
     classifier; exit and self-speculative decoding for a language model, on prompts from its test split."""
     from lpa_cli.checkpoint import load_checkpoint
-    from lpa_cli.inference import check_decodable, classifier_tradeoffs, lm_tradeoffs
-    from lpa_cli.tasks import load_task
-    from lpa_cli.tokenizer import BYTES, read_tokenizer
+    from lpa_cli.inference import classifier_tradeoffs, decodable, lm_prompts, lm_tradeoffs
 
     ckpt = load_checkpoint(run.checkpoint, **(trust or {}))
     if kind == "classification":
         return classifier_tradeoffs(ckpt, flops=run.flops)
-    try:
-        check_decodable(ckpt.model)
-    except UsageError:
+    if not decodable(ckpt.model):
         return []  # a language model that cannot decode token by token: nothing to measure
-    tok = read_tokenizer(ckpt.info) or BYTES
-    test = load_task(ckpt.task_config()).test
-    prompts = [tok.decode(test.rows(i, i + 1).x[0, :16].tolist()) for i in range(min(2, len(test)))]
+    prompts = lm_prompts(ckpt)
     room = int(ckpt.task["in_shape"][0]) - 20
-    return lm_tradeoffs(ckpt, [p for p in prompts if p], max_new_tokens=max(8, min(48, room)), flops=run.flops)
+    return lm_tradeoffs(ckpt, prompts, max_new_tokens=max(8, min(48, room)), flops=run.flops)
 
 
 def compare_runs(specs: list[str], metric: str | None = None, force: bool = False, seed: int = 0, bootstrap: int = 1000,
