@@ -4,6 +4,6 @@ Everything here takes arrays or HDF5 traces and returns plain result dataclasses
 used from a notebook, a CI job or the `lpa` command line alike.
 """
 
-from analyzers.errors import LpaError
+from lpa_core.errors import LpaError
 
 __all__ = ["LpaError"]

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from analyzers.errors import ConfigError, UsageError
-from analyzers.tomlfile import TOMLDecodeError, toml_loads
+from lpa_core.errors import ConfigError, UsageError
+from lpa_core.tomlfile import TOMLDecodeError, toml_loads
 from analyzers.metrics import format_p
 from analyzers.monotonicity import MonotonicityResult, check_settings
 

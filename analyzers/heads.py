@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.errors import TraceError
+from lpa_core.errors import TraceError
 
 
 @dataclass

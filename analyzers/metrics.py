@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from analyzers.errors import UsageError
+from lpa_core.errors import UsageError
 
 KINDS = ("regression", "classification", "lm")
 METRICS = {

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 from scipy import optimize, stats
 
-from analyzers.bootstrap import add_block_sums, n_blocks, replicate_weights
-from analyzers.errors import UsageError
+from analyzers.bootstrap import replicate_weights
+from analyzers.error_pass import ErrorSums, stream_errors
+from lpa_core.errors import UsageError
 from analyzers.metrics import finite
 
 # metric -> (per-sample error it is tested on, function from mean error to the reported value)
@@ -99,7 +100,7 @@ class Step:
 
 @dataclass
 class MonotonicityResult:
-    """Result of `test_monotonicity`. Arrays are indexed by position in ``depths``."""
+    """Result of `assess_monotonicity`. Arrays are indexed by position in ``depths``."""
 
     source: str
     metric: str
@@ -183,24 +184,10 @@ def _t_test_greater(mean: float, var: float, n: int, mu: float) -> tuple[float, 
     return t, float(stats.t.sf(t, df=n - 1))
 
 
-def _first_true_counts(mask: np.ndarray) -> np.ndarray:
-    """For a depth-major boolean (D, rows) mask: how many columns are first True at each depth,
-    plus (last slot) how many are never True. A loop over the short axis: ``argmax(axis=0)`` would
-    copy the array into row-major order first, which costs ten times as much."""
-    D, rows = mask.shape
-    counts = np.zeros(D + 1, dtype=np.int64)
-    found = np.zeros(rows, dtype=bool)
-    for k in range(D):
-        counts[k] = np.count_nonzero(mask[k] > found)  # True now, not before
-        found |= mask[k]
-    counts[D] = rows - np.count_nonzero(found)
-    return counts
-
-
 ChunkSource = Callable[[], Iterator[tuple[np.ndarray, np.ndarray | None]]]
 
 
-def test_monotonicity(
+def assess_monotonicity(
     chunks: ChunkSource,
     n: int,
     depths: Sequence[int],
@@ -219,7 +206,7 @@ def test_monotonicity(
 
     ``chunks()`` yields ``(errors, correct)`` row blocks: ``errors`` of shape (rows, D) holds the
     per-sample error the metric is based on (``se``, ``ce`` or ``1 - correct``); ``correct`` (or None)
-    the per-sample correctness for classification. One streaming pass.
+    the per-sample correctness for classification. One streaming pass (`analyzers.error_pass`).
     ``tolerance`` is relative to the curve's total descent. ``baseline``: the constant predictor's mean
     error (`constant_baseline`); a final depth no better than it is "no descent".
     """
@@ -232,118 +219,79 @@ def test_monotonicity(
         raise UsageError("monotonicity needs at least two samples")
     check_settings(tolerance=tolerance, alpha=alpha, within=within, bootstrap=bootstrap, seed=seed)
     _, transform = METRIC_BASE[metric]
-
-    # One streaming pass: per-depth sums, per-step sums of d and d^2, block sums for the bootstrap,
-    # and the per-sample statistics (each sample judged against its own descent, so nothing here
-    # needs the curve first).
-    blocks = n_blocks(n)
-    block_sums = np.zeros((blocks, D))
-    block_counts = np.zeros(blocks, dtype=np.int64)
-    sums = np.zeros(D)
-    d_sq = np.zeros(D - 1)
-    monotone_samples = 0
-    first_within = np.zeros(D, dtype=np.int64)
-    first_correct = np.zeros(D + 1, dtype=np.int64)  # last slot: never correct
-    overthinking = wasteful = 0
-    is_classification = kind == "classification"
-    seen = 0
-    for errors, correct in chunks():
-        e = np.asarray(errors)
-        if e.ndim != 2 or e.shape[1] != D:
-            raise UsageError(f"per-sample errors have shape {e.shape}, expected (rows, {D})")
-        # Depth-major (D, rows): numpy is slow at reducing a short axis of 17, fast along long rows.
-        # Element-wise work stays in the errors' own precision (float32 in traces: half the memory
-        # traffic); every sum accumulates in float64.
-        eT = np.ascontiguousarray(e.T, dtype=np.result_type(e.dtype, np.float32))
-        if not np.isfinite(eT).all():
-            raise UsageError(f"{source}: per-sample errors contain NaN or infinite values")
-        rows = eT.shape[1]
-        add_block_sums(block_sums, block_counts, eT, seen, n, seed)
-        sums += eT.sum(axis=1, dtype=np.float64)  # the steps' sums of d are differences of these (no pass needed)
-        d = eT[1:] - eT[:-1]  # (D-1, rows)
-        d64 = d.astype(np.float64, copy=False)  # squares are summed in float64
-        d_sq += np.einsum("ij,ij->i", d64, d64)
-        own_tol = tolerance * (eT[0] - eT.min(axis=0))  # each sample against its own descent
-        monotone_samples += int((d <= own_tol).all(axis=0).sum())
-        first_within += _first_true_counts(eT <= eT[-1] + own_tol)[:D]  # depth N always counts
-        if is_classification and correct is not None:
-            c = np.ascontiguousarray(np.asarray(correct).T) > 0.5  # (D, rows)
-            first_correct += _first_true_counts(c)
-            right_before = c[:-1].any(axis=0)
-            overthinking += int((right_before & ~c[-1]).sum())
-            wasteful += int((right_before & c[-1]).sum())
-        seen += rows
-    if seen != n:
-        raise UsageError(f"{source}: expected {n} samples, read {seen}")
-    mean = sums / n
-    d_mean = np.diff(sums) / n
-    d_var = np.maximum(0.0, (d_sq - n * d_mean**2) / max(1, n - 1))
+    s = stream_errors(chunks, n, D, tolerance, seed, kind == "classification", source)
+    mean = s.sums / n
+    d_mean = np.diff(s.sums) / n
+    d_var = np.maximum(0.0, (s.d_sq - n * d_mean**2) / max(1, n - 1))
     descent = float(mean[0] - mean.min())
     notes = []
     if descent <= 0:
         descent = float(mean.max() - mean.min())
         notes.append("the curve never falls below its first depth; the tolerance is relative to its range")
-    tol_abs = tolerance * descent
-
-    # Paired bootstrap over blocks: the same resampled blocks for every depth.
-    counts = block_counts.astype(np.float64)
-    rng = np.random.default_rng(seed)
-    if bootstrap:
-        weights = replicate_weights(rng, bootstrap, blocks)  # weights[b, j]: how often replicate b drew block j
-        boot = (weights @ block_sums) / np.maximum(weights @ counts, 1.0)[:, None]  # (B, D) resampled means
-        lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=0)
-        step_boot = np.diff(boot, axis=1)
-        s_lo, s_hi = np.quantile(step_boot, [alpha / 2, 1 - alpha / 2], axis=0)
-    else:
-        lo = hi = mean
-        s_lo = s_hi = d_mean
+    lo, hi, s_lo, s_hi = _bootstrap(s, mean, d_mean, alpha, bootstrap, seed)
     reported = transform(mean)
     r_lo, r_hi = transform(lo), transform(hi)
     if metric == "acc":
         r_lo, r_hi = r_hi, r_lo
+    steps = _steps(depths, d_mean, d_var, s_lo, s_hi, n, tolerance * descent, alpha)
+    x = np.asarray(depths, dtype=np.float64)  # whole-curve trend and isotonic fit
+    tau = stats.kendalltau(x, mean, alternative="less")
+    slope = stats.theilslopes(mean, x)
+    iso_rmse = float(np.sqrt(np.mean((mean - optimize.isotonic_regression(mean, increasing=False).x) ** 2)))
+    no_descent = baseline is not None and float(hi[-1]) >= baseline * (1 - 1e-9)  # the interval's upper end reaches it
+    if no_descent:
+        notes.append(f"the final depth's error ({mean[-1]:.4g}) is no better than a constant predictor's ({baseline:.4g}): the model learned nothing")
+    classification = kind == "classification"
+    return MonotonicityResult(
+        source=source, metric=metric, kind=kind, n=n, depths=depths,
+        curve=reported.tolist(), ci_low=np.asarray(r_lo).tolist(), ci_high=np.asarray(r_hi).tolist(), error_curve=mean.tolist(),
+        steps=steps, tolerance=tolerance * descent, tolerance_rel=tolerance, descent=descent, alpha=alpha,
+        monotone=not no_descent and not any(st.significant for st in steps),
+        monotone_strict=not no_descent and not any(st.significant_strict for st in steps),
+        kendall_tau=float(tau.statistic), kendall_p=float(tau.pvalue), sen_slope=float(slope.slope),
+        isotonic_rmse=iso_rmse, isotonic_rel=iso_rmse / descent if descent > 0 else 0.0,
+        sample_monotone_share=s.monotone_samples / n, first_within=s.first_within.tolist(),
+        mean_first_within=float(np.dot(s.first_within, depths) / n), deploy_depth=depths[_deploy_index(mean, metric, within)],
+        within=within,
+        overthinking_share=s.overthinking / n if classification else None,
+        wasteful_share=s.wasteful / n if classification else None,
+        first_correct=s.first_correct[:D].tolist() if classification else None,
+        bootstrap=bootstrap, seed=seed, notes=notes, baseline=baseline, no_descent=no_descent,
+    )
 
+
+def _bootstrap(s: ErrorSums, mean: np.ndarray, d_mean: np.ndarray, alpha: float, bootstrap: int, seed: int):
+    """Paired bootstrap over blocks (the same resampled blocks for every depth): the curve's and the
+    steps' intervals."""
+    if not bootstrap:
+        return mean, mean, d_mean, d_mean
+    rng = np.random.default_rng(seed)
+    weights = replicate_weights(rng, bootstrap, len(s.block_counts))  # weights[b, j]: how often replicate b drew block j
+    counts = s.block_counts.astype(np.float64)
+    boot = (weights @ s.block_sums) / np.maximum(weights @ counts, 1.0)[:, None]  # (B, D) resampled means
+    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=0)
+    s_lo, s_hi = np.quantile(np.diff(boot, axis=1), [alpha / 2, 1 - alpha / 2], axis=0)
+    return lo, hi, s_lo, s_hi
+
+
+def _steps(depths: list[int], d_mean, d_var, s_lo, s_hi, n: int, tol_abs: float, alpha: float) -> list[Step]:
+    """Each step's one-sided paired t-tests (beyond the tolerance, and strict), Holm-corrected."""
+    D = len(depths)
     tests = [_t_test_greater(d_mean[j], d_var[j], n, tol_abs) for j in range(D - 1)]
     strict = [_t_test_greater(d_mean[j], d_var[j], n, 0.0) for j in range(D - 1)]
     p_holm = holm([p for _, p in tests])
     p_holm_strict = holm([p for _, p in strict])
-    steps = [
-        Step(depths[j], depths[j + 1], float(d_mean[j]), float(s_lo[j]), float(s_hi[j]), float(tests[j][0]),
-             float(tests[j][1]), float(p_holm[j]), p_holm[j] < alpha, p_holm_strict[j] < alpha)
-        for j in range(D - 1)
-    ]
+    return [Step(depths[j], depths[j + 1], float(d_mean[j]), float(s_lo[j]), float(s_hi[j]), float(tests[j][0]),
+                 float(tests[j][1]), float(p_holm[j]), p_holm[j] < alpha, p_holm_strict[j] < alpha) for j in range(D - 1)]
 
-    # Whole-curve trend and isotonic fit.
-    x = np.asarray(depths, dtype=np.float64)
-    tau = stats.kendalltau(x, mean, alternative="less")
-    slope = stats.theilslopes(mean, x)
-    iso = optimize.isotonic_regression(mean, increasing=False).x
-    iso_rmse = float(np.sqrt(np.mean((mean - iso) ** 2)))
 
+def _deploy_index(mean: np.ndarray, metric: str, within: float) -> int:
+    """The shallowest depth within ``within`` of the final error (of the final accuracy, for acc)."""
     final = mean[-1]
-    at_baseline = baseline is not None and float(hi[-1]) >= baseline * (1 - 1e-9)  # the interval's upper end reaches it
-    no_descent = at_baseline
-    if at_baseline:
-        notes.append(f"the final depth's error ({final:.4g}) is no better than a constant predictor's ({baseline:.4g}): the model learned nothing")
     if metric == "acc":
         target = (1 - final) * (1 - within)
-        deploy_index = next(k for k in range(D) if 1 - mean[k] >= target - 1e-12)
-    else:
-        deploy_index = next(k for k in range(D) if mean[k] <= final * (1 + within) + 1e-12 * max(1.0, abs(final)))
-    return MonotonicityResult(
-        source=source, metric=metric, kind=kind, n=n, depths=depths,
-        curve=reported.tolist(), ci_low=np.asarray(r_lo).tolist(), ci_high=np.asarray(r_hi).tolist(), error_curve=mean.tolist(),
-        steps=steps, tolerance=tol_abs, tolerance_rel=tolerance, descent=descent, alpha=alpha,
-        monotone=not no_descent and not any(s.significant for s in steps),
-        monotone_strict=not no_descent and not any(s.significant_strict for s in steps),
-        kendall_tau=float(tau.statistic), kendall_p=float(tau.pvalue), sen_slope=float(slope.slope),
-        isotonic_rmse=iso_rmse, isotonic_rel=iso_rmse / descent if descent > 0 else 0.0,
-        sample_monotone_share=monotone_samples / n, first_within=first_within.tolist(),
-        mean_first_within=float(np.dot(first_within, depths) / n), deploy_depth=depths[deploy_index], within=within,
-        overthinking_share=overthinking / n if is_classification else None,
-        wasteful_share=wasteful / n if is_classification else None,
-        first_correct=first_correct[:D].tolist() if is_classification else None,
-        bootstrap=bootstrap, seed=seed, notes=notes, baseline=baseline, no_descent=no_descent,
-    )
+        return next(k for k in range(len(mean)) if 1 - mean[k] >= target - 1e-12)
+    return next(k for k in range(len(mean)) if mean[k] <= final * (1 + within) + 1e-12 * max(1.0, abs(final)))
 
 
 def constant_baseline(trace, base: str) -> float | None:
@@ -377,7 +325,7 @@ def constant_baseline(trace, base: str) -> float | None:
 
 
 def from_arrays(errors: np.ndarray, depths: Sequence[int] | None = None, kind: str = "regression", correct: np.ndarray | None = None, chunk_rows: int = 65536, **kwargs: Any) -> MonotonicityResult:
-    """Run `test_monotonicity` on in-memory per-sample errors ``(n, D)``."""
+    """Run `assess_monotonicity` on in-memory per-sample errors ``(n, D)``."""
     errors = np.asarray(errors)
     if errors.ndim != 2:
         raise UsageError(f"errors must be (n_samples, n_depths), got shape {errors.shape}")
@@ -387,16 +335,16 @@ def from_arrays(errors: np.ndarray, depths: Sequence[int] | None = None, kind: s
         for s in range(0, errors.shape[0], chunk_rows):
             yield errors[s : s + chunk_rows], None if correct is None else correct[s : s + chunk_rows]
 
-    return test_monotonicity(chunks, errors.shape[0], depths, kind, **kwargs)
+    return assess_monotonicity(chunks, errors.shape[0], depths, kind, **kwargs)
 
 
 def from_trace(trace, metric: str | None = None, depths: str | None = None, chunk_rows: int = 65536, lens=None, **kwargs: Any) -> MonotonicityResult:
-    """Run `test_monotonicity` on an open `analyzers.trace.Trace`, reading it in row chunks.
+    """Run `assess_monotonicity` on an open `analyzers.trace.Trace`, reading it in row chunks.
 
     ``lens`` (an `analyzers.probes.Lens`) replaces the trace's own per-depth errors with those of
     the lens applied to the stored states.
     """
-    from analyzers.depths import select_recorded
+    from lpa_core.depths import select_recorded
 
     metric = check_metric(metric, trace.kind)
     base, _ = METRIC_BASE[metric]
@@ -428,4 +376,4 @@ def from_trace(trace, metric: str | None = None, depths: str | None = None, chun
             yield e, errs.get("correct") if classification else None
 
     baseline = constant_baseline(trace, base) if lens is None else None
-    return test_monotonicity(chunks, trace.n, chosen, trace.kind, metric, source=str(trace.path), baseline=baseline, **kwargs)
+    return assess_monotonicity(chunks, trace.n, chosen, trace.kind, metric, source=str(trace.path), baseline=baseline, **kwargs)

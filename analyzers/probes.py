@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from scipy import optimize
 
-from analyzers.atomic import atomic_path
-from analyzers.depths import select_recorded
-from analyzers.errors import LpaError, UsageError
+from lpa_core.atomic import atomic_path
+from lpa_core.depths import select_recorded
+from lpa_core.errors import LpaError, UsageError
 from analyzers.heads import Head, read_head
 from analyzers.metrics import summarize
 

@@ -24,7 +24,7 @@ sys.path.insert(0, {root!r})
 from lpa_cli.allocator import tune_allocator
 tuned = tune_allocator()
 from lpa_cli.config import resolve
-from lpa_cli.train import train
+from lpa_cli.training.trainer import train
 cfg = resolve(None, {{"train": {{"threads": 2, "steps": {steps}}}}}, {sets!r})
 r = train(cfg)
 print(tuned, r.training["seconds"] / {steps})

@@ -2,7 +2,7 @@
 
 1. **Token files, memory.** A 2 GB and a 20 MB token file (uint16, the built-in corpus tokenised to
    bytes and repeated; with the sidecar `lpa data tokenize` writes), the same LPA run of
-   `lpa_cli.train.train` on each (random windows over the whole file), each in a fresh process,
+   `lpa_cli.training.trainer.train` on each (random windows over the whole file), each in a fresh process,
    alternating, 3 rounds. Target: peak RSS (``ru_maxrss``) of the 2 GB run <= 1.2x the 20 MB run's.
    Printed beside it: the process's RSS before training (torch and the libraries), the part of the
    peak no data source can remove.
@@ -41,7 +41,7 @@ IMAGE_BATCH, IMAGES_PER_CLASS, CLASSES, SIDE = 64, 300, 10, 32
 
 def write_token_file(path: Path, tokens: int, base: Path) -> None:
     """``tokens`` uint16 tokens: ``base``'s tokens repeated, with ``base``'s sidecar (count changed)."""
-    from lpa_cli.tasks.tokens import sidecar
+    from lpa_cli.data.tokens import sidecar
 
     src = np.fromfile(base, dtype="<u2")
     chunk = np.resize(src, 1 << 25)  # 64 MB a write
@@ -76,17 +76,17 @@ def in_memory(windows):
     """The same windows as ``windows`` (a token file's), the tokens held as one int64 tensor."""
     import torch
 
-    from lpa_cli.tasks.splits import Windows
+    from lpa_cli.data.splits import Windows
 
     w = windows
     return Windows(torch.from_numpy(np.asarray(w.tokens, dtype=np.int64)), w.context, w.stride, w.start, w.start + w.count + w.context, w.sampling)
 
 
 def child(spec: dict) -> None:
-    """`lpa_cli.train.train` on a token file in this process (evaluation on 64 windows); prints peak RSS."""
+    """`lpa_cli.training.trainer.train` on a token file in this process (evaluation on 64 windows); prints peak RSS."""
     from lpa_cli.allocator import tune_allocator
     from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
-    from lpa_cli.train import train
+    from lpa_cli.training.trainer import train
 
     tune_allocator()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -99,17 +99,17 @@ def child(spec: dict) -> None:
 def speed_child(spec: dict) -> None:
     """Training speed of two batch sources in one process, in alternating blocks of steps over the
     same step indices: the model, objective and Adam of the run, fed by lpa's own batch iterator
-    (`lpa_cli.train._batches`, worker processes included). Prints each source's samples/s."""
+    (`lpa_cli.training.setup.batches`, worker processes included). Prints each source's samples/s."""
     import torch
 
     from lpa_cli.allocator import tune_allocator
     from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
-    from lpa_cli.distributed import World
-    from lpa_cli.finetune import build_initial_model, complete
-    from lpa_cli.objectives import build_objective
-    from lpa_cli.tasks import load_task
-    from lpa_cli.tasks.splits import TensorSplit
-    from lpa_cli.train import _batches
+    from lpa_cli.training.distributed import World
+    from lpa_cli.models.open import build_initial_model, complete
+    from lpa_cli.training.objectives import build_objective
+    from lpa_cli.data.tasks import load_task
+    from lpa_cli.data.splits import TensorSplit
+    from lpa_cli.training.setup import batches as _batches
 
     tune_allocator()
     torch.set_num_threads(2)
@@ -154,7 +154,7 @@ def speed_child(spec: dict) -> None:
 
 def data_path_rate(split, batch: int, draws: int) -> float:
     """Batches/s of ``split.batch`` alone over ``draws`` seeded random batches."""
-    from lpa_cli.tasks.splits import batch_indices
+    from lpa_cli.data.splits import batch_indices
 
     idx = [batch_indices(len(split), batch, 0, s, split.draw_rows()) for s in range(draws)]
     split.batch(idx[0])
@@ -178,8 +178,8 @@ def main() -> None:
         (speed_child if "block" in spec else child)(spec)
         return
     quick = quick_args(__doc__)
-    from lpa_cli.tasks.text import builtin_corpus
-    from lpa_cli.tasks.tokens import tokenize_files
+    from lpa_cli.data.text import builtin_corpus
+    from lpa_cli.data.tokens import tokenize_files
 
     big_tokens, small_tokens = (50 << 20, 10 << 20) if quick else (1 << 30, 10 << 20)  # uint16: 2 GiB / 100 MiB (quick) vs 20 MiB
     steps, rounds, block = (20, 1, 5) if quick else (100, 3, 10)
@@ -210,7 +210,7 @@ def main() -> None:
         import torch
 
         from lpa_cli.config import TaskConfig
-        from lpa_cli.tasks import load_task
+        from lpa_cli.data.tasks import load_task
 
         torch.set_num_threads(2)
         w = load_task(TaskConfig(name=f"tokens:{root / 'big.bin'}", options={"context": CONTEXT})).train

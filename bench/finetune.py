@@ -3,7 +3,7 @@
 The model is Llama-shaped: 12 layers, width 512, 8 heads, SwiGLU MLP of 1,376, vocabulary 32,000,
 untied embeddings (about 71M parameters), built with `transformers` from a seeded random init and
 saved as a Hugging Face directory, so nothing is downloaded. lpa reads it through its adapter
-(`lpa_cli.hf`, the path `lpa train --init DIR` takes) and takes Adam steps on batches of
+(`lpa_cli.models.hf.load`, the path `lpa train --init DIR` takes) and takes Adam steps on batches of
 4 x 256 tokens, each variant in a fresh process (peak RSS: ``ru_maxrss``; ``max_memory_allocated``
 on CUDA):
 
@@ -80,10 +80,10 @@ def child(spec: dict) -> None:
         def loss_fn():
             return model(input_ids=x, labels=x).loss
     else:
-        from lpa_cli.batch import Batch
+        from lpa_cli.data.batch import Batch
         from lpa_cli.config import ObjectiveConfig
-        from lpa_cli.hf import load_model
-        from lpa_cli.objectives import build_objective
+        from lpa_cli.models.hf.load import load_model
+        from lpa_cli.training.objectives import build_objective
 
         model = load_model(spec["dir"], device, context)[0].train()
         settings = {"sample_depths": 3} if spec["variant"] == "lpa3" else {}

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def train_lm(objective: str, folder: Path, steps: int) -> Path:
     from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
-    from lpa_cli.train import train
+    from lpa_cli.training.trainer import train
 
     out = folder / f"gpt8-{objective}.safetensors"
     cfg = RunConfig(ModelConfig(arch="gpt", depth=8, width=64), TaskConfig(name="text"), ObjectiveConfig(name=objective),
@@ -43,10 +43,10 @@ def train_lm(objective: str, folder: Path, steps: int) -> Path:
 
 
 def decoding(path: Path, quick: bool) -> None:
-    from lpa_cli.checkpoint import load_checkpoint
-    from lpa_cli.inference import generate
-    from lpa_cli.tasks import load_task
-    from lpa_cli.tokenizer import BYTES
+    from lpa_cli.models.open import load_checkpoint
+    from lpa_cli.serving.generate import generate
+    from lpa_cli.data.tasks import load_task
+    from lpa_cli.formats.tokenizer import BYTES
 
     ckpt = load_checkpoint(path)
     test = load_task(ckpt.task_config()).test
@@ -90,12 +90,13 @@ def hf_assistant(objective: str, folder: Path, steps: int, quick: bool) -> None:
     import torch
     import transformers
 
-    from lpa_cli.checkpoint import load_checkpoint
+    from lpa_cli.models.open import load_checkpoint
     from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
-    from lpa_cli.export import export_prefix
-    from lpa_cli.inference import lm_prompts, measure
-    from lpa_cli.tokenizer import BYTES
-    from lpa_cli.train import train
+    from lpa_cli.serving.export import export_prefix
+    from lpa_cli.serving.exits import lm_prompts
+    from lpa_cli.serving.generate import measure
+    from lpa_cli.formats.tokenizer import BYTES
+    from lpa_cli.training.trainer import train
 
     ckpt = folder / f"decoder8-{objective}.safetensors"
     cfg = RunConfig(ModelConfig(arch="decoder", depth=8, width=64), TaskConfig(name="text", options={"context": 64}),
@@ -136,9 +137,9 @@ def hf_assistant(objective: str, folder: Path, steps: int, quick: bool) -> None:
 
 
 def prediction(name: str) -> None:
-    from lpa_cli.checkpoint import load_checkpoint
-    from lpa_cli.compare import _costs
-    from lpa_cli.inference import classifier_tradeoffs
+    from lpa_cli.models.open import load_checkpoint
+    from lpa_cli.workflows.compare import _costs
+    from lpa_cli.serving.exits import classifier_tradeoffs
 
     path = ROOT / "sample_checkpoints" / f"{name}.safetensors"
     flops = _costs(path, {}, {})["flops"]

@@ -39,10 +39,10 @@ def child(vocab: int, mode: str, objective: str, batch: int, context: int, steps
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
     import torch
 
-    from lpa_cli.batch import Batch
+    from lpa_cli.data.batch import Batch
     from lpa_cli.config import ModelConfig, ObjectiveConfig
     from lpa_cli.models import build_model
-    from lpa_cli.objectives import build_objective
+    from lpa_cli.training.objectives import build_objective
 
     device = setup()
     if mode == "head":  # the floor: one depth's head, forward and backward, as three bare matmuls

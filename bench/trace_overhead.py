@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from lpa_cli.config import ModelConfig  # noqa: E402
 from lpa_cli.models import build_model  # noqa: E402
-from lpa_cli.trace import DEFAULT_BATCH, trace_model  # noqa: E402
+from lpa_cli.serving.trace import DEFAULT_BATCH, trace_model  # noqa: E402
 
 
 def models(quick: bool):

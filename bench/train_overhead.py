@@ -23,10 +23,10 @@ import time
 import torch
 from common import quick_args, setup, summary
 
-from lpa_cli.batch import Batch
+from lpa_cli.data.batch import Batch
 from lpa_cli.config import ModelConfig, ObjectiveConfig
 from lpa_cli.models import build_model
-from lpa_cli.objectives import build_objective
+from lpa_cli.training.objectives import build_objective
 
 
 def case(name: str, quick: bool):

@@ -13,8 +13,8 @@ from common import quick_args, setup, summary
 
 from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
 from lpa_cli.models import build_model
-from lpa_cli.tasks import load_task
-from lpa_cli.train import train
+from lpa_cli.data.tasks import load_task
+from lpa_cli.training.trainer import train
 
 
 def hand_written(cfg: RunConfig, task) -> float:

@@ -6,13 +6,13 @@
 __version__ = "0.2.0"
 
 _LAZY = {
-    "LPALoss": "lpa_cli.loss",
+    "LPALoss": "lpa_cli.training.lpa_loss",
     "ResidualModel": "lpa_cli.models.protocol",
-    "Batch": "lpa_cli.batch",
-    "train": "lpa_cli.train",
-    "load_checkpoint": "lpa_cli.checkpoint",
-    "save_model": "lpa_cli.checkpoint",
-    "trace_model": "lpa_cli.trace",
+    "Batch": "lpa_cli.data.batch",
+    "train": "lpa_cli.training.trainer",
+    "load_checkpoint": "lpa_cli.models.open",
+    "save_model": "lpa_cli.formats.checkpoint",
+    "trace_model": "lpa_cli.serving.trace",
 }
 
 

@@ -14,11 +14,26 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from analyzers.errors import ConfigError, UsageError
-from analyzers.tomlfile import TOMLDecodeError, toml_loads
-from lpa_cli.registry import OBJECTIVES, WEIGHTINGS
+from lpa_core.errors import ConfigError, UsageError
+from lpa_core.tomlfile import TOMLDecodeError, toml_loads
+from lpa_cli.registry import ARCHITECTURES, OBJECTIVES, TASK_HELP, WEIGHTINGS
 
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit; larger ones would be folded silently
+
+
+def flag(default: Any, *names: str, help: str, envvar: str | None = None) -> Any:
+    """A setting `lpa train` offers as a flag: its names and help live here, beside its default, and
+    the command is generated from them (`lpa_cli.commands.train`). Every other field is reached with
+    ``--set section.key=value`` or ``--config``; both go through the same validation."""
+    meta = {"flag": names, "help": help, "envvar": envvar}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def flag_fields() -> list[tuple[str, Any]]:
+    """(section, dataclass field) of every setting with a flag, in declaration order."""
+    return [(section, f) for section, cls in SECTIONS.items() for f in fields(cls) if "flag" in f.metadata]
 
 
 def _finite(value: float, flag: str, low: float | None = None, high: float | None = None, low_open: bool = False) -> None:
@@ -44,13 +59,13 @@ def _count(value: int, flag: str, low: int = 0, high: int | None = None) -> None
 class ModelConfig:
     """Architecture: ``arch`` names a builder in `lpa_cli.models`; ``options`` are that builder's extras."""
 
-    arch: str = "mlp"
-    depth: int = 8  # number of residual blocks N; the model has depths 0..N
-    width: int = 64  # width of the residual stream
+    arch: str = flag("mlp", "--arch", help=f"Architecture: {ARCHITECTURES.help()}.")
+    depth: int = flag(8, "--depth", help="Number of residual blocks N.")  # the model has depths 0..N
+    width: int = flag(64, "--width", help="Width of the residual stream.")
     zero_init: bool = True  # last layer of every residual branch starts at zero: blocks begin as identity
     options: dict[str, Any] = field(default_factory=dict)  # the architecture's extras (a factory's keyword arguments)
     factory: str = ""  # "package.module:function" returning a ResidualModel (--model); arch is then "custom"
-    init: str = ""  # where the starting weights came from (--init): a Hugging Face directory or an lpa checkpoint
+    init: str = flag("", "--init", help="Start from these weights: a Hugging Face model directory (local safetensors) or an lpa checkpoint.")
 
     def __post_init__(self) -> None:
         _count(self.depth, "--depth", 1, 100_000)
@@ -61,7 +76,7 @@ class ModelConfig:
 class TaskConfig:
     """Data: ``name`` is a task spec (``surface:stripe``, ``digits``, ``text:FILE``, ``file:PATH`` ...)."""
 
-    name: str = "surface:stripe"
+    name: str = flag("surface:stripe", "--task", help=f"Task spec: {TASK_HELP}.")
     n_train: int = 0  # 0: the task's default size
     n_test: int = 0
     noise: float = 0.0  # std of Gaussian noise added to regression training targets
@@ -81,19 +96,22 @@ HEAD_LOSSES = ("auto", "stacked", "chunked")
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    """What each depth is trained toward. See `lpa_cli.objectives`."""
+    """What each depth is trained toward. See `lpa_cli.training.objectives`."""
 
-    name: str = "lpa"
-    weights: str = "uniform"
-    lpa_lambda: float | None = None  # set: loss_N + lambda * (sum of the other selected depths)
-    depths: str = ":"  # depths that get a loss term (numpy-slice string over 0..N)
-    sample_depths: int = 0  # >0: each step uses this many of the selected depths (always including N)
-    depth_schedule: str = "all"  # all | rotation:R (each depth every R steps) | curriculum:S (one more depth every S steps, top down)
-    sample_fraction: float = 1.0  # <1: shallower depths' terms use this fraction of each batch (N uses all)
-    loss_power: float = 1.0  # each depth's term is L_k ** p (log L_k at 0): p < 1 balances shallow and deep depths
-    align: str = "labels"  # kl: depths < N fit the detached final prediction (mixed with the labels by align_mix)
-    align_mix: float = 1.0  # with align = kl: weight of the alignment term (1 - align_mix on the labels)
-    head_loss: str = "auto"  # stacked | chunked (never holds every depth's logits) | auto (chunked when they are large)
+    name: str = flag("lpa", "--objective", help=f"{OBJECTIVES.help()}.")
+    weights: str = flag("uniform", "--weights", help=f"LPA depth weights: {WEIGHTINGS.help()}.")
+    lpa_lambda: float | None = flag(None, "--lpa-lambda", help="LPA as loss_N + lambda * (sum of other depths).")
+    depths: str = flag(":", "--depths", help='Depths to use, as a numpy-slice string over depths 0..N: ":", "1:8:2", "2,4,8".')
+    sample_depths: int = flag(0, "--sample-depths", help="Use this many of the selected depths per step (0: all).")  # N always in
+    depth_schedule: str = flag("all", "--depth-schedule", help="all; rotation:R (each depth's loss once every R steps) or curriculum:S "
+                               "(depths switched on top down, one more every S steps), LayerSkip's schedules.")
+    sample_fraction: float = flag(1.0, "--sample-fraction", help="Shallower depths' losses on this fraction of each batch (depth N: all).")
+    loss_power: float = flag(1.0, "--loss-power", help="Each depth's term is L_k^p (log at 0); 0.5 balances shallow and deep depths.")
+    align: str = flag("labels", "--align", help=f"What depths < N fit: {', '.join(ALIGNMENTS)} (kl: the final depth's detached prediction).")
+    align_mix: float = flag(1.0, "--align-mix", help="With --align kl: weight of the alignment term (1 - it on the labels).")
+    head_loss: str = flag("auto", "--head-loss", help=f"{', '.join(HEAD_LOSSES)}: chunked never holds every depth's output "
+                          "(auto: when it would be large); sampled:K: depths < N read the batch's targets and K sampled vocabulary "
+                          "rows (language models; depth N exact).")
 
     def __post_init__(self) -> None:
         OBJECTIVES.get(self.name)
@@ -111,8 +129,10 @@ class ObjectiveConfig:
         if self.align not in ALIGNMENTS:
             raise UsageError(f"unknown --align {self.align!r}; expected one of {', '.join(ALIGNMENTS)}")
         _finite(self.align_mix, "--align-mix", 0, 1)
-        if self.head_loss not in HEAD_LOSSES:
-            raise UsageError(f"unknown --head-loss {self.head_loss!r}; expected one of {', '.join(HEAD_LOSSES)}")
+        kind, _, k = self.head_loss.partition(":")
+        if self.head_loss not in HEAD_LOSSES and not (kind == "sampled" and k.isdigit() and int(k) >= 1):
+            raise UsageError(f"--head-loss must be one of {', '.join(HEAD_LOSSES)} or sampled:K (K >= 1 sampled vocabulary rows), "
+                             f"got {self.head_loss!r}")
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -124,30 +144,31 @@ TRACKERS = ("jsonl", "tensorboard", "mlflow")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 512  # 0: full batch
-    lr: float = 2e-3
+    steps: int = flag(2000, "--steps", help="Optimisation steps.")
+    batch_size: int = flag(512, "--batch-size", help="Batch size (0: full batch).")
+    lr: float = flag(2e-3, "--lr", help="Peak learning rate.")
     optimizer: str = "adam"  # adam | adamw | sgd
     weight_decay: float = 0.0
     schedule: str = "cosine"  # cosine | linear (decay to 0, HF Trainer's) | constant
     epochs: float = 0.0  # > 0: this many passes over the training split decide the steps (replacing `steps`)
     warmup: int = 0
-    grad_clip: float = 0.0  # 0: off
-    eval_every: int = 0  # 0: evaluate only at the end
-    seed: int = 0
-    threads: int = 0  # 0: leave torch's default; fixed threads make runs byte-reproducible
-    device: str = "cpu"  # auto | cpu | cuda[:i]
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler)
-    compile: bool = False  # torch.compile the model (falls back, with a warning, where it cannot)
-    grad_accum: int = 1  # micro-batches per step (each global batch split in this many parts)
-    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
-    parallel: str = "ddp"  # under torchrun: ddp | fsdp (fully_shard per block and on the whole model)
-    workers: int = 0  # data-loading worker processes (0: load in the training process)
-    eval_samples: int = 0  # evaluate on this many test samples, spread evenly over the split (0: all)
-    train_only: str = "all"  # all | blocks | head: which parameters train
-    lora_rank: int = 0  # >0: train LoRA adapters of this rank on the blocks' linear layers (peft), merged when saved
+    grad_clip: float = flag(0.0, "--clip-grad", help="Clip the gradient norm to this (0: off).")
+    eval_every: int = flag(0, "--eval-every", help="Evaluate every N steps (table + log).")  # 0: only at the end
+    seed: int = flag(0, "--seed", help="Random seed (everything that samples is seeded).", envvar="LPA_SEED")
+    threads: int = flag(0, "--threads", help="CPU threads (fix it for byte-identical runs).", envvar="LPA_THREADS")  # 0: torch's default
+    device: str = flag("cpu", "--device", help="auto, cpu or cuda[:i].", envvar="LPA_DEVICE")
+    precision: str = flag("fp32", "--precision", help=f"{', '.join(PRECISIONS)} (autocast; fp16 with a gradient scaler).")
+    compile: bool = flag(False, "--compile/--no-compile", help="torch.compile the model and loss.")  # falls back, with a warning
+    grad_accum: int = flag(1, "--grad-accum", help="Split each batch into this many micro-batches.")
+    activation_checkpointing: bool = flag(False, "--activation-checkpointing/--no-activation-checkpointing",
+                                          help="Recompute each block's activations in the backward pass.")
+    parallel: str = flag("ddp", "--parallel", help=f"Under torchrun: {', '.join(PARALLEL)}.")  # fsdp: fully_shard per block and on the model
+    workers: int = flag(0, "--workers", help="Data-loading worker processes.")  # 0: load in the training process
+    eval_samples: int = flag(0, "--eval-samples", help="Evaluate on this many test samples, spread evenly (0: all).")
+    train_only: str = flag("all", "--train-only", help=f"Which parameters train: {', '.join(TRAIN_ONLY)}.")
+    lora_rank: int = flag(0, "--lora-rank", help="Train LoRA adapters of this rank on the blocks (peft); merged when saved.")
     lora_alpha: float = 16.0
-    log: list[str] = field(default_factory=lambda: ["jsonl"])  # trackers: jsonl, tensorboard, mlflow
+    log: list[str] = flag(["jsonl"], "--log", help=f"Trackers (repeatable): {', '.join(TRACKERS)}.")
 
     def __post_init__(self) -> None:
         _count(self.steps, "--steps")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
 
-from analyzers.errors import UsageError
+from lpa_core.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,9 @@ ARCHITECTURES = Registry("architecture", {
 })
 
 OBJECTIVES = Registry("objective", {
-    "e2e": Entry("only depth N's loss", "lpa_cli.objectives:E2E"),
-    "lpa": Entry("every selected depth's loss", "lpa_cli.objectives:LPA"),
-    "lpa-local": Entry("as lpa, each block trained only by its own depth", "lpa_cli.objectives:LPALocal"),
+    "e2e": Entry("only depth N's loss", "lpa_cli.training.objectives:E2E"),
+    "lpa": Entry("every selected depth's loss", "lpa_cli.training.objectives:LPA"),
+    "lpa-local": Entry("as lpa, each block trained only by its own depth", "lpa_cli.training.objectives:LPALocal"),
 })
 
 WEIGHTINGS = Registry("depth weighting", {

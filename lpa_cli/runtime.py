@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from analyzers.errors import UsageError
+from lpa_core.errors import UsageError
 
 MAX_THREADS_PER_CORE = 8  # far above any useful count; OpenMP runtimes crash on absurd ones
 

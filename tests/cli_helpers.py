@@ -70,8 +70,8 @@ def assert_resume_is_exact(cfg, tmp_path: Path, stop_at: int = 9, snapshot_every
     import pytest
     import torch
 
-    from lpa_cli.checkpoint import load_checkpoint
-    from lpa_cli.train import train
+    from lpa_cli.models.open import load_checkpoint
+    from lpa_cli.training.trainer import train
 
     full = tmp_path / "full.safetensors"
     train(cfg, full, snapshot_every=snapshot_every)

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from lpa_cli.batch import Batch
+from lpa_cli.data.batch import Batch
 from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
 from lpa_cli.models import build_model
 from lpa_cli.registry import ARCHITECTURES

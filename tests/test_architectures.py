@@ -3,10 +3,10 @@
 import pytest
 
 from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
-from lpa_cli.evaluate import evaluate
+from lpa_cli.training.evaluate import evaluate
 from lpa_cli.registry import ARCHITECTURES
-from lpa_cli.tasks import load_task
-from lpa_cli.train import train
+from lpa_cli.data.tasks import load_task
+from lpa_cli.training.trainer import train
 from tests.conftest import small_options, task_kind
 
 MAIN_METRIC = {"regression": "mse", "classification": "ce", "lm": "ce"}

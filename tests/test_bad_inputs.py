@@ -18,9 +18,10 @@ import plotly
 import pytest
 import torch
 
-from analyzers import atomic
-from lpa_cli.checkpoint import load_checkpoint, save_checkpoint
-from lpa_cli.trace import trace_checkpoint
+from lpa_core import atomic
+from lpa_cli.formats.checkpoint import save_checkpoint
+from lpa_cli.models.open import load_checkpoint
+from lpa_cli.serving.trace import trace_checkpoint
 from tests.cli_helpers import TINY_TRAIN, assert_clean_error, assert_self_contained, run, run_json
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
@@ -155,7 +156,7 @@ def test_row6_flipped_tensor_byte(tmp_path):
 # 7
 SAVER = """
 import sys, torch
-from lpa_cli.checkpoint import load_checkpoint, save_checkpoint
+from lpa_cli.formats.checkpoint import load_checkpoint, save_checkpoint
 c = load_checkpoint(sys.argv[1])
 with torch.no_grad():
     c.model.head.bias += 1.0  # the new version differs from the file it replaces
@@ -294,7 +295,7 @@ def test_row17_existing_output_read_only_dir_and_full_disk(tmp_path, monkeypatch
 
 
 def test_a_bug_is_one_line_and_exit_3_not_a_traceback(monkeypatch):
-    import lpa_cli.inspect as inspect
+    import lpa_cli.workflows.inspect as inspect
 
     def broken(*args, **kwargs):
         raise ValueError("boom\nsecond line")
@@ -397,7 +398,7 @@ def test_integer_csv_targets_with_many_values_are_regression(tmp_path, caplog):
     rows = ["a,b,price"] + [f"{a:.3f},{b:.3f},{int(100 + 50 * a + 30 * b)}" for a, b in rng.uniform(0, 5, size=(1200, 2))]
     csv.write_text("\n".join(rows))
     from lpa_cli.config import TaskConfig
-    from lpa_cli.tasks import load_task
+    from lpa_cli.data.tasks import load_task
 
     with caplog.at_level("WARNING"):
         task = load_task(TaskConfig(name=f"file:{csv}"))
@@ -461,7 +462,7 @@ def test_divergence_stops_with_one_line_and_no_checkpoint(tmp_path):
 
 
 def test_json_output_is_strict():
-    from lpa_cli.render import print_json
+    from lpa_cli.commands.render import print_json
 
     import io
     import contextlib

@@ -10,8 +10,8 @@ from torch import nn
 
 from lpa_cli import LPALoss, ResidualModel
 from lpa_cli.config import ObjectiveConfig
-from lpa_cli.objectives import build_objective
-from lpa_cli.torchvision_models import from_resnet
+from lpa_cli.training.objectives import build_objective
+from lpa_cli.models.torchvision_models import from_resnet
 from tests.cli_helpers import TINY_TRAIN, assert_clean_error, run, run_json
 from tests.conftest import tiny_model
 
@@ -126,7 +126,7 @@ def test_a_users_own_loop_as_in_the_docs(tmp_path):
     """The README's loop: a torchvision-style ResNet trained with LPALoss, saved, then traced and
     tested by the commands like any lpa checkpoint."""
     from lpa_cli import save_model
-    from lpa_cli.tasks import load_task
+    from lpa_cli.data.tasks import load_task
     from lpa_cli.config import TaskConfig
 
     data = _images(tmp_path)

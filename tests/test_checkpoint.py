@@ -5,10 +5,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from analyzers.errors import CheckpointError, OutputExistsError
-from lpa_cli import checkpoint as ckpt_mod
-from lpa_cli.checkpoint import load_checkpoint, read_info, save_checkpoint, tensor_hash
-from lpa_cli.train import train
+from lpa_core.errors import CheckpointError, OutputExistsError
+from lpa_cli.formats import checkpoint as ckpt_mod
+from lpa_cli.formats.checkpoint import read_info, save_checkpoint, tensor_hash
+from lpa_cli.models.open import load_checkpoint
+from lpa_cli.training.trainer import train
 from tests.conftest import tiny_run
 
 

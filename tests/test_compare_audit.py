@@ -13,10 +13,10 @@ from torch import nn
 from analyzers.compare import pareto
 from analyzers.monotonicity import from_trace
 from analyzers.trace import open_trace
-from lpa_cli.batch import Batch
-from lpa_cli.cost import depth_costs
+from lpa_cli.data.batch import Batch
+from lpa_cli.serving.cost import depth_costs
 from lpa_cli.models.protocol import ResidualModel
-from lpa_cli.trace import trace_checkpoint
+from lpa_cli.serving.trace import trace_checkpoint
 from tests.cli_helpers import TINY_TRAIN, assert_clean_error, assert_self_contained, run, run_json
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from analyzers.errors import DataError
+from lpa_core.errors import DataError
 from lpa_cli.config import TaskConfig
-from lpa_cli.tasks import load_task
-from lpa_cli.tasks.surfaces import SURFACES
-from lpa_cli.tasks.text import builtin_corpus
+from lpa_cli.data.tasks import load_task
+from lpa_cli.data.surfaces import SURFACES
+from lpa_cli.data.text import builtin_corpus
 from tests.cli_helpers import TINY_TRAIN, assert_clean_error, run, run_json
 
 

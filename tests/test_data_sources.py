@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from analyzers.errors import DataError
+from lpa_core.errors import DataError
 from lpa_cli.config import TaskConfig
-from lpa_cli.tasks import data_spec, load_task
-from lpa_cli.tasks.splits import MappedArray, Windows
-from lpa_cli.tasks.text import builtin_corpus
-from lpa_cli.tokenizer import load_tokenizer
+from lpa_cli.data.tasks import data_spec, load_task
+from lpa_cli.data.splits import MappedArray, Windows
+from lpa_cli.data.text import builtin_corpus
+from lpa_cli.formats.tokenizer import load_tokenizer
 from tests.cli_helpers import TINY_TRAIN, assert_clean_error, run, run_json
 
 GPT = ["--arch", "gpt", "--depth", "2", "--width", "16", "--set", "model.options.heads=2", "--steps", "6", "--batch-size", "4",
@@ -62,8 +62,8 @@ def test_tokenize_with_a_bpe_tokenizer(tmp_path):
     assert tok.decode(ids) == text[:40000] + text[40000:60000]
     ckpt = tmp_path / "bpe.safetensors"
     run_json("train", *GPT, "--data", out, "-o", ckpt)
-    from lpa_cli.checkpoint import read_info
-    from lpa_cli.tokenizer import read_tokenizer
+    from lpa_cli.formats.checkpoint import read_info
+    from lpa_cli.formats.tokenizer import read_tokenizer
 
     assert read_tokenizer(read_info(ckpt)).vocab_size == 300  # stored for generation
 
@@ -73,7 +73,7 @@ def test_token_files_sample_windows_with_memmap_deterministically(tmp_path):
     run_json("data", "tokenize", _texts(tmp_path)[0], "-o", out)
     task = load_task(TaskConfig(name=f"tokens:{out}", options={"context": 32}))
     assert task.train.sampling == "random" and isinstance(task.train.tokens, MappedArray)
-    from lpa_cli.tasks.splits import batch_indices
+    from lpa_cli.data.splits import batch_indices
 
     idx = batch_indices(len(task.train), 8, 0, 5, "random")
     assert torch.equal(idx, batch_indices(len(task.train), 8, 0, 5, "random"))
@@ -202,8 +202,8 @@ def test_evaluation_on_a_fixed_subset(tmp_path):
     full = run_json("train", *TINY_TRAIN, "-o", out)
     part = run_json("train", *TINY_TRAIN, "--eval-samples", "16", "-o", tmp_path / "p.safetensors")
     assert full["metrics"]["mse"] != part["metrics"]["mse"]
-    from lpa_cli.checkpoint import load_checkpoint
-    from lpa_cli.evaluate import evaluate
+    from lpa_cli.models.open import load_checkpoint
+    from lpa_cli.training.evaluate import evaluate
 
     c = load_checkpoint(tmp_path / "p.safetensors")
     test = load_task(c.config.task).test

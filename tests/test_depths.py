@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from analyzers.depths import parse_depths
-from analyzers.errors import UsageError
+from lpa_core.depths import parse_depths
+from lpa_core.errors import UsageError
 
 
 @pytest.mark.parametrize("spec", [":", "1:", ":5", "1:8:2", "::3", "-3:", "::-1", "2:-1", "-1", "0", "8"])

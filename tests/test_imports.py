@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("lpa_cli", "analyzers")
+PACKAGES = ("lpa_core", "lpa_cli", "analyzers")
 
 
 def modules() -> dict[str, Path]:
@@ -105,3 +105,58 @@ def test_the_analysis_side_never_imports_the_torch_side():
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n == "torch" or n.startswith("torch.") for n in names), path
+
+
+# The sub-packages from the bottom up (docs/design.md opens with this map). A module may import its
+# own layer and those below it, never one above. The first prefix that matches a module names its layer.
+LAYERS = [
+    ("kernel", ("lpa_core",)),
+    ("analysis", ("analyzers",)),
+    ("settings", ("lpa_cli.config", "lpa_cli.registry", "lpa_cli.runtime", "lpa_cli.allocator")),
+    ("formats", ("lpa_cli.formats",)),
+    ("data", ("lpa_cli.data",)),
+    ("models", ("lpa_cli.models",)),
+    ("training", ("lpa_cli.training",)),
+    ("serving", ("lpa_cli.serving",)),
+    ("workflows", ("lpa_cli.workflows",)),
+    ("commands", ("lpa_cli.commands", "lpa_cli.app", "lpa_cli.__main__")),
+]
+PACKAGE_ROOT = "lpa_cli"  # lpa_cli/__init__.py: the version and the lazy public API, below everything that imports it
+
+
+def layer_of(module: str) -> int:
+    if module == PACKAGE_ROOT:
+        return 2
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    raise AssertionError(f"{module} belongs to no layer; add it to LAYERS")
+
+
+def test_every_module_has_a_layer():
+    for module in modules():
+        layer_of(module)
+
+
+def test_imports_never_run_up_a_layer():
+    g = graph()
+    up = sorted(f"{m} ({LAYERS[layer_of(m)][0]}) -> {d} ({LAYERS[layer_of(d)][0]})"
+                for m, deps in g.items() for d in deps if layer_of(d) > layer_of(m))
+    assert up == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    assert layer_of("lpa_cli.formats.checkpoint") < layer_of("lpa_cli.models.open") < layer_of("lpa_cli.commands.train")
+    assert layer_of("lpa_core.errors") < layer_of("analyzers.compare") < layer_of("lpa_cli.config")
+
+
+def test_no_module_over_400_lines_and_no_function_over_80():
+    long_modules, long_functions = [], []
+    for name, path in modules().items():
+        text = path.read_text()
+        if text.count("\n") > 400:
+            long_modules.append(f"{name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long_functions.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert long_modules == [] and long_functions == []

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from lpa_cli.config import ModelConfig
-from lpa_cli.inference import ExitRule, generate, predict
+from lpa_cli.serving.generate import generate
+from lpa_cli.serving.predict import ExitRule, predict
 from lpa_cli.models import build_model
 from lpa_cli.registry import ARCHITECTURES
-from lpa_cli.tasks.splits import TensorSplit
-from lpa_cli.tokenizer import BYTES
+from lpa_cli.data.splits import TensorSplit
+from lpa_cli.formats.tokenizer import BYTES
 from tests.cli_helpers import assert_clean_error, run, run_json
 from tests.conftest import small_options
 
@@ -58,7 +59,7 @@ def test_greedy_self_speculation_is_token_identical(arch, draft_depth, speculate
 
 def test_self_speculation_on_a_hugging_face_derived_model(tmp_path):
     transformers = pytest.importorskip("transformers", reason="the hf extra is not installed (pip install 'lpa[hf]')")
-    from lpa_cli.hf import load_model
+    from lpa_cli.models.hf.load import load_model
     from tests.test_hf import build, save
 
     path = save(build("qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=1), tmp_path, "qwen2")

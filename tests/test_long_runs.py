@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from analyzers.errors import UsageError
-from lpa_cli.checkpoint import load_checkpoint
+from lpa_core.errors import UsageError
+from lpa_cli.models.open import load_checkpoint
 from lpa_cli.runtime import resolve_device
 from tests.cli_helpers import TINY_TRAIN, assert_clean_error, lpa_executable, run, run_json
 

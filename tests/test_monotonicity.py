@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 from sklearn.isotonic import IsotonicRegression
 
-from analyzers.errors import UsageError
+from lpa_core.errors import UsageError
 from analyzers.monotonicity import from_arrays, holm
 from tests.cli_helpers import assert_clean_error, assert_self_contained, run
 

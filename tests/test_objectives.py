@@ -6,8 +6,8 @@ import torch
 from lpa_cli.config import ModelConfig, ObjectiveConfig
 import torch.nn.functional as F
 from lpa_cli.models import build_model
-from lpa_cli.batch import Batch
-from lpa_cli.objectives import build_objective as Objective, depth_weights
+from lpa_cli.data.batch import Batch
+from lpa_cli.training.objectives import build_objective as Objective, depth_weights
 from tests.conftest import tiny_model
 
 
@@ -161,7 +161,7 @@ def test_sample_fraction_uses_part_of_the_batch_for_shallower_depths_only(arch):
 
 def test_rotation_gives_each_depth_its_loss_once_every_period():
     from lpa_cli.config import ObjectiveConfig
-    from lpa_cli.objectives import build_objective
+    from lpa_cli.training.objectives import build_objective
 
     o = build_objective(ObjectiveConfig(name="lpa", depth_schedule="rotation:3"), 6, "regression")
     plans = [o.plan(s, None)[0] for s in range(9)]
@@ -176,7 +176,7 @@ def test_rotation_gives_each_depth_its_loss_once_every_period():
 
 def test_curriculum_switches_depths_on_from_the_top_down():
     from lpa_cli.config import ObjectiveConfig
-    from lpa_cli.objectives import build_objective
+    from lpa_cli.training.objectives import build_objective
 
     o = build_objective(ObjectiveConfig(name="lpa", depth_schedule="curriculum:2"), 4, "regression")
     assert [o.plan(s, None)[0] for s in (0, 1, 2, 4, 6, 8, 50)] == [[4], [4], [3, 4], [2, 3, 4], [1, 2, 3, 4], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]
@@ -193,7 +193,7 @@ def test_bad_depth_schedules_name_the_option(value, tmp_path):
 
 def test_resume_mid_rotation_is_exact(tmp_path):
     """Interrupted at step 9 of a rotation (a snapshot at 6), resumed: the uninterrupted run's tensors."""
-    from lpa_cli.checkpoint import load_checkpoint
+    from lpa_cli.models.open import load_checkpoint
     from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
     from tests.cli_helpers import assert_resume_is_exact
 

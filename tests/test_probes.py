@@ -8,7 +8,7 @@ import pytest
 from analyzers.heads import read_head
 from analyzers.probes import evaluate, fit, load_lens
 from analyzers.trace import open_trace
-from lpa_cli.trace import trace_checkpoint
+from lpa_cli.serving.trace import trace_checkpoint
 from tests.cli_helpers import assert_clean_error, run, run_json
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"

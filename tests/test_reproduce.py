@@ -28,8 +28,8 @@ def test_unknown_experiment():
 
 
 def test_a_run_trained_for_one_study_is_copied_into_another_not_retrained(tmp_path, monkeypatch):
-    import lpa_cli.reproduce as rp
-    from lpa_cli.train import train
+    import lpa_cli.workflows.reproduce as rp
+    from lpa_cli.training.trainer import train
     from tests.conftest import tiny_run
 
     cfg, other = tiny_run(steps=5), tiny_run(steps=6)

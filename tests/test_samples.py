@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lpa_cli.checkpoint import load_checkpoint
+from lpa_cli.models.open import load_checkpoint
 from tests.cli_helpers import run, run_json
 
 ROOT = Path(__file__).resolve().parents[1]

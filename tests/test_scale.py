@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lpa_cli.checkpoint import load_checkpoint, read_info
+from lpa_cli.formats.checkpoint import read_info
+from lpa_cli.models.open import load_checkpoint
 from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
-from lpa_cli.train import train
+from lpa_cli.training.trainer import train
 from tests.cli_helpers import TINY_TRAIN, assert_clean_error, assert_resume_is_exact, run, run_json
 
 

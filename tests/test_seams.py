@@ -45,7 +45,7 @@ def test_analyzers_import_without_torch_at_run_time():
 
 def test_the_scanner_sees_imports_inside_functions():
     assert "h5py" in imports(ROOT / "analyzers" / "trace" / "reader.py")
-    assert "peft" in imports(ROOT / "lpa_cli" / "finetune.py")  # imported inside a function only
+    assert "peft" in imports(ROOT / "lpa_cli" / "training" / "finetune.py")  # imported inside a function only
 
 
 RUN_WITHOUT_TORCH = """
@@ -61,7 +61,7 @@ print([r.exit_code for r in results], 'torch' in sys.modules)
 def test_help_version_and_trace_analysis_never_load_torch(tmp_path):
     """Command modules import their library calls when they run: `lpa --help`, `lpa --version` and the
     commands given traces start without torch (it costs seconds to import)."""
-    from lpa_cli.trace import trace_checkpoint
+    from lpa_cli.serving.trace import trace_checkpoint
 
     trace = tmp_path / "t.h5"
     trace_checkpoint(ROOT / "sample_checkpoints" / "mlp-stripe-lpa.safetensors", trace, limit=500)

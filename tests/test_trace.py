@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from analyzers.errors import TraceError
+from lpa_core.errors import TraceError
 from analyzers.trace import FORMAT_VERSION, open_trace, partial_path
-from lpa_cli.checkpoint import load_checkpoint
-from lpa_cli.tasks import load_task
-from lpa_cli.trace import trace_checkpoint, trace_modules
+from lpa_cli.models.open import load_checkpoint
+from lpa_cli.data.tasks import load_task
+from lpa_cli.serving.trace import trace_checkpoint, trace_modules
 from tests.cli_helpers import assert_clean_error, lpa_executable, run, run_json
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
@@ -23,16 +23,16 @@ SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
 @pytest.mark.parametrize("threaded", [False, True])
 def test_both_writers_write_the_same_trace(threaded, tmp_path, monkeypatch):
     """The background writer (large batches, a spare core) and the in-thread one give equal traces."""
-    import lpa_cli.trace as tr
+    import lpa_cli.serving.trace_threads as tr
 
     monkeypatch.setattr(tr, "THREAD_BATCH_BYTES", 0 if threaded else 1 << 60)
-    monkeypatch.setattr(tr, "_spare_cores", lambda: 1)
+    monkeypatch.setattr(tr, "spare_cores", lambda: 1)
     chosen = []
-    real = tr._writer_for
-    monkeypatch.setattr(tr, "_writer_for", lambda w, b: chosen.append(r := real(w, b)) or r)
+    real = tr.writer_for
+    monkeypatch.setattr(tr, "writer_for", lambda w, b: chosen.append(r := real(w, b)) or r)
     ckpt = SAMPLES / "mlp-stripe-lpa.safetensors"
     trace_checkpoint(ckpt, tmp_path / "t.h5", states=True, limit=300, batch_size=32)
-    assert isinstance(chosen[0], tr._Writer if threaded else tr._SyncWriter)
+    assert isinstance(chosen[0], tr.ThreadWriter if threaded else tr.SyncWriter)
     reference = tmp_path / "ref.h5"
     monkeypatch.setattr(tr, "THREAD_BATCH_BYTES", 1 << 60 if threaded else 0)
     trace_checkpoint(ckpt, reference, states=True, limit=300, batch_size=32)
@@ -43,7 +43,7 @@ def test_both_writers_write_the_same_trace(threaded, tmp_path, monkeypatch):
 
 def test_errors_one_depth_at_a_time_equal_the_vectorised_ones(tmp_path, monkeypatch):
     """Big heads take the per-depth path (bounded memory); it must give the same trace."""
-    import lpa_cli.trace as tr
+    import lpa_cli.serving.trace as tr
 
     ckpt = SAMPLES / "gpt-text-lpa.safetensors"
     trace_checkpoint(ckpt, tmp_path / "vec.h5", limit=24, batch_size=8)

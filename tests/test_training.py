@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
-from lpa_cli.train import batch_indices, learning_rate, train
+from lpa_cli.training.trainer import batch_indices, learning_rate, train
 from tests.conftest import tiny_run
 
 

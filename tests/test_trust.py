@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from lpa_cli.checkpoint import read_header, save_file
+from lpa_cli.formats.checkpoint import read_header, save_file
 from tests.cli_helpers import assert_clean_error, run, run_json, subprocess_lpa
 
 # A user's model file that also leaves a mark when imported: the mark shows that its code ran.
@@ -167,7 +167,7 @@ def test_config_files_and_set_name_no_code(user_dir):
 
 def test_resume_reads_no_code_from_a_snapshot(user_dir):
     """A crafted snapshot beside the output: its config must equal the command line's, so it names nothing."""
-    from lpa_cli.snapshot import snapshot_path
+    from lpa_cli.training.snapshot import snapshot_path
 
     out = user_dir / "r.safetensors"
     header, _ = read_header(user_dir / "evil.safetensors")
@@ -183,7 +183,7 @@ def test_resume_reads_no_code_from_a_snapshot(user_dir):
 def test_reproduce_reuse_reads_metadata_only(user_dir):
     """`lpa reproduce` reuses checkpoints it finds by their config alone; a crafted one is never built."""
     from lpa_cli.config import RunConfig
-    from lpa_cli.reproduce import CheckpointStore, _checkpoint
+    from lpa_cli.workflows.reproduce import CheckpointStore, _checkpoint
 
     store = CheckpointStore(user_dir)
     cfg = RunConfig.from_dict({"model": {"depth": 2, "width": 8}, "task": {"name": f"file:{user_dir / 'd.npz'}"},
@@ -206,7 +206,7 @@ def test_a_module_in_the_working_directory_is_not_imported_by_the_real_executabl
 
 
 def test_python_api_refuses_unless_named_or_trusted(user_dir):
-    from analyzers.errors import TrustError
+    from lpa_core.errors import TrustError
     from lpa_cli import load_checkpoint
 
     with pytest.raises(TrustError, match="os:system"):

@@ -13,7 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analyzers.compare import CompareResult
+from analyzers.compare_types import CompareResult
 from analyzers.report.monotonicity import fmt
 from analyzers.report.page import Page, depth_axis
 

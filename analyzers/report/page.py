@@ -13,8 +13,8 @@ from typing import Any
 import plotly
 import plotly.io as pio
 
-from analyzers.atomic import write_text
-from analyzers.errors import UsageError
+from lpa_core.atomic import write_text
+from lpa_core.errors import UsageError
 
 PLOTLYJS = ("embed", "directory")  # where a report's plotly.js lives: inside it, or shared beside it
 BUNDLE = "plotly.min.js"

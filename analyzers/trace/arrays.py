@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from analyzers.errors import DataError
+from lpa_core.errors import DataError
 from analyzers.trace.reader import H5_ERRORS
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from analyzers.errors import TraceError, UsageError
+from lpa_core.errors import TraceError, UsageError
 from analyzers.trace.spec import FORMAT, FORMAT_VERSION, KINDS, partial_path
 
 H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analyzers.errors import UsageError
+from lpa_core.errors import UsageError
 
 FORMAT = "lpa-trace"
 FORMAT_VERSION = 1

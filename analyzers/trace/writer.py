@@ -14,8 +14,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from analyzers.atomic import check_writable, fsync_path
-from analyzers.errors import OutputError, UsageError
+from lpa_core.atomic import check_writable, fsync_path
+from lpa_core.errors import OutputError, UsageError
 import analyzers.trace.spec as _spec  # CHUNK_BYTES is read at call time (tests shrink it)
 from analyzers.trace.spec import FORMAT, FORMAT_VERSION, TraceSpec, chunk_shape, filters, jsonable, partial_path
 from analyzers.trace.sync import Syncer

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from lpa_cli.commands.options import ExitZero, Factory, Force, Json, Quiet, TrustFactory, Verify
-from lpa_cli.render import consoles, esc, fmt, print_json
+from lpa_cli.commands.render import consoles, esc, fmt, print_json
 
 
 def _short(c) -> str:
@@ -43,10 +43,10 @@ def audit_command(
 ) -> None:
     """Check trained models against rules (monotone, max error, min accuracy, final error vs a
     reference, deploy depth). Exit 0 all pass, 1 a rule fails, 2 bad config or input."""
-    from analyzers.atomic import check_writable, write_text
+    from lpa_core.atomic import check_writable, write_text
     from analyzers.audit import junit_xml, to_dict
-    from analyzers.errors import UsageError
-    from lpa_cli.audit import audit
+    from lpa_core.errors import UsageError
+    from lpa_cli.workflows.audit import audit
 
     if junit is not None:
         protected = [p for p in [*inputs, config or Path("pyproject.toml")] if p.exists()]

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import typer
 from typer.exceptions import TyperException
 
-from analyzers.errors import LpaError
+from lpa_core.errors import LpaError
 
 INTERNAL_ERROR = 3
 

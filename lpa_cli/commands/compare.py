@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from lpa_cli.commands.options import Factory, Force, Json, Output, PlotlyJs, Quiet, Seed, TrustFactory
-from lpa_cli.render import consoles, esc, fmt, print_json
+from lpa_cli.commands.render import consoles, esc, fmt, print_json
 
 
 def compare_command(
@@ -32,11 +32,11 @@ def compare_command(
 
     Runs evaluated on different test data are refused unless --force (which also allows overwriting -o).
     """
-    from analyzers.atomic import check_writable
-    from analyzers.errors import UsageError
+    from lpa_core.atomic import check_writable
+    from lpa_core.errors import UsageError
     from analyzers.report.compare import compare_page
     from analyzers.report.page import PLOTLYJS
-    from lpa_cli.compare import compare_runs, parse_runs
+    from lpa_cli.workflows.compare import compare_runs, parse_runs
 
     if plotlyjs not in PLOTLYJS:  # before the work, not after it
         raise UsageError(f"--plotlyjs must be {' or '.join(PLOTLYJS)}, got {plotlyjs!r}")

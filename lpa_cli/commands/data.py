@@ -9,7 +9,7 @@ import typer
 
 from lpa_cli.commands.boundary import guarded
 from lpa_cli.commands.options import Force, Json, Quiet
-from lpa_cli.render import consoles, esc, print_json, progress_lines
+from lpa_cli.commands.render import consoles, esc, print_json, progress_lines
 
 data_app = typer.Typer(help="Prepare data sets: tokenise text into a token file that training reads through a memory map.",
                        no_args_is_help=True)
@@ -28,7 +28,7 @@ def tokenize_command(
     Train on it with `lpa train --data corpus.bin`: windows are read through numpy.memmap, so the
     file may be far larger than memory.
     """
-    from lpa_cli.tasks.tokens import tokenize_files
+    from lpa_cli.data.tokens import tokenize_files
 
     out, err = consoles(quiet or json_)
     result = tokenize_files([str(t) for t in texts], tokenizer, output, force=force, progress=progress_lines(err, "tokenized", "files"))

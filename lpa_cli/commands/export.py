@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from lpa_cli.commands.options import Factory, Force, Json, Quiet, TrustFactory, Verify
-from lpa_cli.render import consoles, depth_table, esc, print_json
+from lpa_cli.commands.render import consoles, depth_table, esc, print_json
 
 
 def export_command(
@@ -28,7 +28,7 @@ def export_command(
     quiet: Quiet = False,
 ) -> None:
     """Export the prefix of depth k: its predictions equal the original's depth-k predictions."""
-    from lpa_cli.export import export_prefix
+    from lpa_cli.serving.export import export_prefix
 
     result = export_prefix(checkpoint, at, output, force=force, verify=verify, format=format_, factory=factory or "", trust_factory=trust_factory,
                            assistant_exit=assistant_exit)

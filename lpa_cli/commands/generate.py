@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from lpa_cli.commands.options import Device, Factory, Json, Quiet, Seed, TrustFactory, Verify
-from lpa_cli.render import consoles, esc, print_json, progress_lines
+from lpa_cli.commands.render import consoles, esc, print_json, progress_lines
 
 
 def generate_command(
@@ -38,8 +38,8 @@ def generate_command(
 
     Under greedy decoding, self-speculative output is the full model's, token for token.
     """
-    from analyzers.errors import UsageError
-    from lpa_cli.inference import generate_checkpoint
+    from lpa_core.errors import UsageError
+    from lpa_cli.serving.generate import generate_checkpoint
 
     if (prompt is None) == (prompt_file is None):
         raise UsageError("give the prompt with --prompt TEXT or --prompt-file FILE (one of them)")

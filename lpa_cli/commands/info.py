@@ -10,7 +10,7 @@ from rich.table import Table
 
 from analyzers.trace import is_trace
 from lpa_cli.commands.options import Json, Verify
-from lpa_cli.render import consoles, depth_table, distinct_names, esc, fmt, print_json
+from lpa_cli.commands.render import consoles, depth_table, distinct_names, esc, fmt, print_json
 
 
 def _settings_table(d: dict) -> Table:
@@ -102,7 +102,7 @@ def info_command(
     A checkpoint's config is checked against its tensors (from the file's header), and its content
     hash is re-computed unless --no-verify.
     """
-    from lpa_cli.inspect import describe, describe_trace
+    from lpa_cli.workflows.inspect import describe, describe_trace
 
     traces = [describe_trace(p) for p in files if is_trace(p)]
     descs = [describe(p, verify=verify) for p in files if not is_trace(p)]

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from analyzers.metrics import format_p
 from lpa_cli.commands.options import Depths, ExitZero, Factory, Force, Json, PlotlyJs, Quiet, Seed, TrustFactory, Verify
-from lpa_cli.render import bars, consoles, distinct_names, esc, fmt, print_json
+from lpa_cli.commands.render import bars, consoles, distinct_names, esc, fmt, print_json
 
 
 def _detail(r) -> list:
@@ -77,13 +77,13 @@ def monotonicity_command(
 
     Exit 0 when every input is monotone, 1 when one is not (unless --exit-zero), 2 on bad input.
     """
-    from analyzers.atomic import check_writable
-    from lpa_cli.monotonicity import analyze, write_report
+    from lpa_core.atomic import check_writable
+    from lpa_cli.workflows.monotonicity import analyze, write_report
 
     target = (report_path or inputs[0].with_suffix(".monotonicity.html")) if (report or report_path) else None
     if target is not None:
         check_writable(target, force)  # before the work, not after it
-        from analyzers.errors import UsageError
+        from lpa_core.errors import UsageError
         from analyzers.report.page import PLOTLYJS
 
         if plotlyjs not in PLOTLYJS:

@@ -7,21 +7,36 @@ read traces never load torch.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+
+from lpa_cli.config import ObjectiveConfig, TrainConfig
+
+_TYPES = {"int": int, "float": float, "float | None": float, "str": str, "bool": bool, "list[str]": list[str]}
+
+
+def config_option(f) -> Any:
+    """The typer option of a config field declared with `lpa_cli.config.flag` (None: not given)."""
+    m = f.metadata
+    return Annotated[Optional[_TYPES[f.type]], typer.Option(*m["flag"], help=m["help"], envvar=m["envvar"])]
+
+
+def _option(cls: type, name: str) -> Any:
+    return config_option(next(f for f in dataclasses.fields(cls) if f.name == name))
+
+
+# Settings other commands share with `lpa train`: declared once, beside their config fields.
+Seed = _option(TrainConfig, "seed")
+Device = _option(TrainConfig, "device")
+Depths = _option(ObjectiveConfig, "depths")
 
 Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the result.", dir_okay=False)]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout instead of tables.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables (errors still go to stderr).")]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed (everything that samples is seeded).", envvar="LPA_SEED")]
-Depths = Annotated[
-    Optional[str],
-    typer.Option("--depths", help='Depths to use, as a numpy-slice string over depths 0..N: ":", "1:8:2", "2,4,8".'),
-]
-Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu or cuda[:i].", envvar="LPA_DEVICE")]
 ExitZero = Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even when a check fails.")]
 # lpa imports no code a file names: a checkpoint whose model a factory builds needs one of these two.
 Factory = Annotated[Optional[str], typer.Option("--model", help="The package.module:function that builds the checkpoint's model, "

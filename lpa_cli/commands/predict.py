@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from lpa_cli.commands.options import Device, Factory, Force, Json, Output, Quiet, TrustFactory, Verify
-from lpa_cli.render import consoles, esc, print_json
+from lpa_cli.commands.render import consoles, esc, print_json
 
 
 def predict_command(
@@ -30,7 +30,7 @@ def predict_command(
 ) -> None:
     """Each sample leaves the batch at the first depth whose exit rule fires; writes one CSV row per
     sample (-o) and reports accuracy (or MSE), average exit depth and measured speed-up."""
-    from lpa_cli.inference import predict_checkpoint
+    from lpa_cli.serving.predict import predict_checkpoint
 
     r = predict_checkpoint(checkpoint, exit_, data=data, split=split, output=output, baseline=baseline, batch_size=batch_size,
                            limit=limit, verify=verify, force=force, device=device or "cpu",

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from lpa_cli.commands.options import Depths, Force, Json, Output, Quiet
-from lpa_cli.render import consoles, esc, fmt, print_json
+from lpa_cli.commands.render import consoles, esc, fmt, print_json
 
 
 def probe_command(
@@ -27,7 +27,7 @@ def probe_command(
 
     The saved probe is used with `lpa monotonicity TRACE --lens tuned:FILE`.
     """
-    from lpa_cli.probe import probe
+    from lpa_cli.workflows.probe import probe
 
     result = probe(trace, fit_on, kind, output, depths, ridge, force)
     if json_:

@@ -10,11 +10,11 @@ from rich.markdown import Markdown
 from rich.markup import escape
 
 from lpa_cli.commands.options import Json, Quiet
-from lpa_cli.render import consoles, print_json
+from lpa_cli.commands.render import consoles, print_json
 
 
 def reproduce_command(
-    experiment: Annotated[str, typer.Argument(help="surface, digits, lm, llm, minilm, ablation, counterexample or all.")],
+    experiment: Annotated[str, typer.Argument(help="surface, digits, lm, llm, minilm, lm-cost, ablation, counterexample or all.")],
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds per group.")] = 3,
     quick: Annotated[bool, typer.Option("--quick", help="Small budgets (all experiments in minutes, targets not expected).")] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints, reports and summaries.")] = Path("results"),
@@ -25,7 +25,7 @@ def reproduce_command(
 
     A configuration already trained under the output folder is reused, so an interrupted run continues.
     """
-    from lpa_cli.reproduce import reproduce
+    from lpa_cli.workflows.reproduce import reproduce
 
     out, err = consoles(quiet or json_)
     text, outcomes = reproduce(experiment, seeds, quick, output, progress=lambda msg: err.print(f"[dim]{escape(msg)}[/dim]"))

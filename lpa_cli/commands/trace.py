@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from lpa_cli.commands.options import Depths, Device, Factory, Force, Json, Output, Quiet, TrustFactory, Verify
-from lpa_cli.render import consoles, depth_table, esc, print_json, progress_lines
+from lpa_cli.commands.render import consoles, depth_table, esc, print_json, progress_lines
 
 
 class SpeedColumn(ProgressColumn):
@@ -58,7 +58,8 @@ def trace_command(
 
     Without flags, an lpa checkpoint is traced on its own task's test split into CKPT.test.h5.
     """
-    from lpa_cli.trace import trace_checkpoint
+    from lpa_cli.models.open import source_kind
+    from lpa_cli.serving.trace import trace_checkpoint
 
     out, err = consoles(quiet or json_)
     options = dict(depths=depths, states=states, predictions=predictions, dtype=dtype, compression=compression,
@@ -73,8 +74,8 @@ def trace_command(
 
         report = bar if err.is_terminal else progress_lines(err, "traced", "samples")  # a live bar, or plain lines in a log
 
-        if checkpoint.is_dir():
-            from lpa_cli.hf import trace_hf
+        if source_kind(checkpoint, "CHECKPOINT") == "hf":
+            from lpa_cli.serving.trace_hf import trace_hf
 
             result = trace_hf(checkpoint, output, text=text, context=context, bos=bos, device=device or "cpu", progress=report, **options)
         else:

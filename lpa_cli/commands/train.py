@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from lpa_cli.commands.options import Depths, Device, Force, Json, Output, Quiet, Seed, TrustFactory
-from lpa_cli.config import ALIGNMENTS, HEAD_LOSSES, PARALLEL, PRECISIONS, TRACKERS, TRAIN_ONLY, RunConfig, TrainConfig, resolve
-from lpa_cli.registry import ARCHITECTURES, OBJECTIVES, TASK_HELP, WEIGHTINGS
-from lpa_cli.render import LogProgress, duration, consoles, depth_table, esc, print_json
+from lpa_cli.commands.options import Force, Json, Output, Quiet, TrustFactory, config_option
+from lpa_cli.config import RunConfig, TrainConfig, flag_fields, resolve
+from lpa_cli.commands.render import LogProgress, duration, consoles, depth_table, esc, print_json
 
 
 def _count(n: float) -> str:
@@ -103,18 +103,10 @@ def result_json(result) -> dict:
     }
 
 
-def _choices(values) -> str:
-    return ", ".join(values)
-
-
-def train_command(
-    arch: Annotated[Optional[str], typer.Option("--arch", help=f"Architecture: {ARCHITECTURES.help()}.")] = None,
+def _command_options(
     model: Annotated[Optional[str], typer.Option("--model", help="Your own model: package.module:function returning a "
                                                  "ResidualModel; --set model.options.KEY=VALUE are its keyword arguments.")] = None,
     trust_factory: TrustFactory = False,
-    init: Annotated[Optional[Path], typer.Option("--init", help="Start from these weights: a Hugging Face model directory "
-                                                 "(local safetensors) or an lpa checkpoint.")] = None,
-    task: Annotated[Optional[str], typer.Option("--task", help=f"Task spec: {TASK_HELP}.")] = None,
     data: Annotated[
         Optional[Path], typer.Option("--data", help="Your own data: .npz/.npy/.csv/.h5 arrays, a .txt file or folder, a token file "
                                      "(.bin), a .csv/.jsonl of texts and labels, or a folder of class sub-folders of images.")
@@ -124,55 +116,6 @@ def train_command(
     target_column: Annotated[
         Optional[str], typer.Option("--target-column", help="CSV target column, by name or index (last).")
     ] = None,
-    objective: Annotated[Optional[str], typer.Option("--objective", help=f"{OBJECTIVES.help()}.")] = None,
-    depth: Annotated[Optional[int], typer.Option("--depth", help="Number of residual blocks N.")] = None,
-    width: Annotated[Optional[int], typer.Option("--width", help="Width of the residual stream.")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimisation steps.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Batch size (0: full batch).")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.")] = None,
-    weights: Annotated[Optional[str], typer.Option("--weights", help=f"LPA depth weights: {WEIGHTINGS.help()}.")] = None,
-    lpa_lambda: Annotated[
-        Optional[float], typer.Option("--lpa-lambda", help="LPA as loss_N + lambda * (sum of other depths).")
-    ] = None,
-    loss_power: Annotated[
-        Optional[float], typer.Option("--loss-power", help="Each depth's term is L_k^p (log at 0); 0.5 balances shallow and deep depths.")
-    ] = None,
-    align: Annotated[Optional[str], typer.Option("--align", help=f"What depths < N fit: {_choices(ALIGNMENTS)} (kl: the final depth's "
-                                                 "detached prediction).")] = None,
-    align_mix: Annotated[Optional[float], typer.Option("--align-mix", help="With --align kl: weight of the alignment term (1 - it on the labels).")] = None,
-    head_loss: Annotated[Optional[str], typer.Option("--head-loss", help=f"{_choices(HEAD_LOSSES)}: chunked never holds every depth's "
-                                                     "output (auto: when it would be large).")] = None,
-    depths: Depths = None,
-    sample_depths: Annotated[
-        Optional[int], typer.Option("--sample-depths", help="Use this many of the selected depths per step (0: all).")
-    ] = None,
-    depth_schedule: Annotated[
-        Optional[str], typer.Option("--depth-schedule", help="all; rotation:R (each depth's loss once every R steps) or curriculum:S "
-                                    "(depths switched on top down, one more every S steps), LayerSkip's schedules.")
-    ] = None,
-    sample_fraction: Annotated[
-        Optional[float], typer.Option("--sample-fraction", help="Shallower depths' losses on this fraction of each batch (depth N: all).")
-    ] = None,
-    eval_every: Annotated[
-        Optional[int], typer.Option("--eval-every", help="Evaluate every N steps (table + log).")
-    ] = None,
-    eval_samples: Annotated[Optional[int], typer.Option("--eval-samples", help="Evaluate on this many test samples, spread evenly (0: all).")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help=f"{_choices(PRECISIONS)} (autocast; fp16 with a gradient scaler).")] = None,
-    compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model and loss.")] = None,
-    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="Split each batch into this many micro-batches.")] = None,
-    clip_grad: Annotated[Optional[float], typer.Option("--clip-grad", help="Clip the gradient norm to this (0: off).")] = None,
-    activation_checkpointing: Annotated[Optional[bool], typer.Option("--activation-checkpointing/--no-activation-checkpointing",
-                                                                     help="Recompute each block's activations in the backward pass.")] = None,
-    parallel: Annotated[Optional[str], typer.Option("--parallel", help=f"Under torchrun: {_choices(PARALLEL)}.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Data-loading worker processes.")] = None,
-    train_only: Annotated[Optional[str], typer.Option("--train-only", help=f"Which parameters train: {_choices(TRAIN_ONLY)}.")] = None,
-    lora_rank: Annotated[Optional[int], typer.Option("--lora-rank", help="Train LoRA adapters of this rank on the blocks (peft); merged when saved.")] = None,
-    log: Annotated[Optional[list[str]], typer.Option("--log", help=f"Trackers (repeatable): {_choices(TRACKERS)}.")] = None,
-    seed: Seed = None,
-    threads: Annotated[
-        Optional[int], typer.Option("--threads", help="CPU threads (fix it for byte-identical runs).", envvar="LPA_THREADS")
-    ] = None,
-    device: Device = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file with \\[model], \\[task], \\[objective] and \\[train] tables.")] = None,
     set_: Annotated[
         Optional[list[str]], typer.Option("--set", help="Override any setting: section.key=value (repeatable).")
@@ -184,32 +127,50 @@ def train_command(
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
+    """The options of `lpa train` that are not settings (where code and data come from, where the result goes)."""
+
+
+def _signature() -> inspect.Signature:
+    """`lpa train`'s options: the settings' flags, generated from the config fields that declare one
+    (`lpa_cli.config.flag`: name, help and default in one place), then the command's own options."""
+    settings = [inspect.Parameter(f"{section}_{f.name}", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=config_option(f))
+                for section, f in flag_fields()]
+    own = inspect.signature(_command_options, eval_str=True).parameters.values()
+    return inspect.Signature([*settings, *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own)])
+
+
+def settings_from(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The flags' values as config sections (None: not given, so the file, the defaults or --set decide)."""
+    flags: dict[str, dict[str, Any]] = {}
+    for section, f in flag_fields():
+        value = values.get(f"{section}_{f.name}")
+        flags.setdefault(section, {})[f.name] = value if value != [] else None
+    model, data = values.get("model"), values.get("data")
+    if model:
+        flags["model"] |= {"arch": "custom", "factory": model}
+    if flags["model"]["init"]:
+        flags["model"]["init"] = str(Path(flags["model"]["init"]))
+    if data is not None:
+        from lpa_cli.data.tasks import data_spec
+
+        flags["task"]["name"] = data_spec(str(data))
+    for key in ("x_key", "y_key", "target_column"):
+        flags["task"][f"options.{key}"] = values.get(key)
+    return flags
+
+
+def train_command(**values: Any) -> None:
     """Train a residual model; every depth's prediction is read through the shared head.
 
     Settings come from built-in defaults, then --config, then flags, then --set.
     """
-    from lpa_cli.finetune import describe_defaults, finetune_defaults
     from lpa_cli.models.factory import check_factory
-    from lpa_cli.tasks import data_spec
-    from lpa_cli.train import is_main_process, train
+    from lpa_cli.training.finetune import describe_defaults, finetune_defaults
+    from lpa_cli.training.trainer import is_main_process, train
 
-    flags = {
-        "model": {"arch": "custom" if model else arch, "depth": depth, "width": width, "factory": model,
-                  "init": str(init) if init is not None else None},
-        "task": {
-            "name": data_spec(str(data)) if data is not None else task,
-            "options.x_key": x_key,
-            "options.y_key": y_key,
-            "options.target_column": target_column,
-        },
-        "objective": {"name": objective, "weights": weights, "lpa_lambda": lpa_lambda, "depths": depths, "sample_depths": sample_depths, "depth_schedule": depth_schedule,
-                      "sample_fraction": sample_fraction, "loss_power": loss_power, "align": align, "align_mix": align_mix,
-                      "head_loss": head_loss},
-        "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "eval_every": eval_every, "seed": seed, "threads": threads,
-                  "device": device, "precision": precision, "compile": compile_, "grad_accum": grad_accum, "grad_clip": clip_grad,
-                  "activation_checkpointing": activation_checkpointing, "parallel": parallel, "workers": workers,
-                  "eval_samples": eval_samples, "train_only": train_only, "lora_rank": lora_rank, "log": log or None},
-    }
+    config, set_, model, trust_factory = values["config"], values["set_"], values["model"], values["trust_factory"]
+    output, quiet, json_ = values["output"], values["quiet"], values["json_"]
+    flags = settings_from(values)
     cfg = resolve(config, flags, set_ or [])
     check_factory(cfg.model.factory, config or "--set model.factory", model or "", trust_factory)  # only --model names code
     defaults = finetune_defaults(cfg.model.init, steps_given=cfg.train.steps != TrainConfig().steps or bool(cfg.train.epochs))
@@ -230,7 +191,7 @@ def train_command(
         transient=True,  # gone when training ends: the table follows, and an error stays one line
     )
     with progress:
-        result = train(cfg, output, force=force, resume=resume, snapshot_every=snapshot_every,
+        result = train(cfg, output, force=values["force"], resume=values["resume"], snapshot_every=values["snapshot_every"],
                        callbacks=ProgressCallbacks(progress, err, describe_defaults(cfg, defaults) if defaults else ""),
                        trust_factory=trust_factory)
     if not main_process:
@@ -240,3 +201,6 @@ def train_command(
         return
     out.print(depth_table(result.metrics, title=f"{result.config.objective.name} {result.config.model.arch} on {result.config.task.name}: per-depth test metrics"))
     out.print(f"saved [bold]{esc(result.path)}[/bold]  sha256 {result.sha256[:16]}…  ({result.training['seconds']:.1f} s)")
+
+
+train_command.__signature__ = _signature()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from analyzers.errors import UsageError
+from lpa_core.errors import UsageError
 from lpa_cli.config import ModelConfig, _build
 from lpa_cli.models.protocol import ResidualModel, count_parameters
 from lpa_cli.registry import ARCHITECTURES

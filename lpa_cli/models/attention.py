@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from analyzers.errors import UsageError
+from lpa_core.errors import UsageError
 from lpa_cli.models.layers import RMSNorm, Rotary
 
 

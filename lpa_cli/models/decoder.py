@@ -1,5 +1,5 @@
 """A configurable decoder-only transformer: the Llama layout by default, and through its options the
-Qwen2, Qwen3, Mistral and GPT-2 layouts, so `lpa_cli.hf` can load those families' weights into it.
+Qwen2, Qwen3, Mistral and GPT-2 layouts, so `lpa_cli.models.hf` can load those families' weights into it.
 
 embed: token embedding (+ learned positions)  ->  N x pre-norm block [h + attn(norm(h)); h + mlp(norm(h))]
 ->  head: final norm, then the vocabulary projection (language modelling) or the last real token's
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from analyzers.errors import UsageError
+from lpa_core.errors import UsageError
 from lpa_cli.models.attention import Attention, LayerCache
 from lpa_cli.models.layers import ACTIVATIONS, Rotary, make_activation, make_norm
 from lpa_cli.models.protocol import ResidualModel, linear_op, norm_op
@@ -124,6 +124,10 @@ class LMHead(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:  # (..., C) -> (..., vocab)
         return self.proj(self.norm(h))
+
+    def features(self, h: Tensor) -> Tensor:
+        """What the vocabulary projection ``proj`` reads (a sampled head loss reads a few of its rows)."""
+        return self.norm(h)
 
     def numpy_ops(self):
         norm, p1 = norm_op(self.norm, "head.norm")

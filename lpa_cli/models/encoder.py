@@ -1,4 +1,4 @@
-"""A BERT-style bidirectional encoder for text classification (and the layout `lpa_cli.hf` loads
+"""A BERT-style bidirectional encoder for text classification (and the layout `lpa_cli.models.hf` loads
 BERT checkpoints into).
 
 embed: token + position (+ token type 0) embedding, LayerNorm  ->  N x block  ->  head: pooling (the
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from analyzers.errors import UsageError
+from lpa_core.errors import UsageError
 from lpa_cli.models.attention import Attention
 from lpa_cli.models.layers import ACTIVATIONS, make_activation
 from lpa_cli.models.protocol import ResidualModel

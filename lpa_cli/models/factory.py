@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from analyzers.errors import TrustError, UsageError
+from lpa_core.errors import TrustError, UsageError
 from lpa_cli.config import RunConfig
 from lpa_cli.models import build_model, zero_init_branches
 from lpa_cli.models.protocol import ResidualModel

@@ -49,6 +49,10 @@ class LMHead(nn.Module):
     def forward(self, h: Tensor) -> Tensor:  # (B, T, width) -> (B, T, vocab)
         return self.proj(self.norm(h))
 
+    def features(self, h: Tensor) -> Tensor:
+        """What the vocabulary projection ``proj`` reads (a sampled head loss reads a few of its rows)."""
+        return self.norm(h)
+
     def numpy_ops(self):
         norm, p1 = norm_op(self.norm, "head.norm")
         proj, p2 = linear_op(self.proj, "head.proj")

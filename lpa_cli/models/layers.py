@@ -1,6 +1,6 @@
 """Layers the transformer architectures share: RMSNorm, activations, rotary position embeddings.
 
-Their arithmetic follows the Hugging Face implementations the `lpa_cli.hf` adapter maps onto them
+Their arithmetic follows the Hugging Face implementations the `lpa_cli.models.hf` adapter maps onto them
 (norms computed in float32, rotary angles in float32), so a model loaded from a Hugging Face
 directory gives that library's outputs (tested to 1e-5).
 """
@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from analyzers.errors import UsageError
+from lpa_core.errors import UsageError
 
 
 class RMSNorm(nn.Module):

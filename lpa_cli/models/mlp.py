@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from analyzers.errors import UsageError
+from lpa_core.errors import UsageError
 from lpa_cli.models.protocol import ResidualModel
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from analyzers.errors import UsageError
+from lpa_core.errors import UsageError
 from lpa_cli.models.attention import TransformerBlock, check_transformer_options
 from lpa_cli.models.protocol import ResidualModel, linear_op, norm_op
 

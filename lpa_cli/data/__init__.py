@@ -1,0 +1,1 @@
+"""Data: tasks (built-in and the user's files), splits and batches. Knows nothing of models or training."""

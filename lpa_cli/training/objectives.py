@@ -1,0 +1,264 @@
+"""Training objectives, written once against the `ResidualModel` protocol: a registry of classes
+(`lpa_cli.registry.OBJECTIVES`) with one interface, ``objective(model, batch, step, generator)``.
+
+- `E2E` (``e2e``): the loss of depth N only (ordinary training).
+- `LPA` (``lpa``): a weighted sum of the losses of the selected depths, all read through the shared
+  head, so block k is pushed to fit the residual target ``y - yhat_{k-1}`` left by the blocks before it.
+- `LPALocal` (``lpa-local``): as ``lpa``, but the stream is detached before every block, so the
+  residual target each block sees is a constant: depth k's loss trains block k (and the head, and at
+  depth 0 the embedding) and sends no gradient into blocks < k.
+
+Depth weights (normalised to sum to 1): ``uniform``; ``linear`` (k + 1); ``sqrt`` (sqrt(k + 1));
+``inv`` (1 / (k + 1)); or, with ``lpa_lambda``, the "task + lambda * alignment" form: weight 1 on
+depth N and ``lambda`` on every other selected depth.
+
+The call receives the step, so a subclass can make the depths a function of it (a curriculum, or
+LayerSkip's rotation of exits) by overriding `plan`; the trainer knows nothing of how.
+
+Sample fraction ``f``: the terms of every depth but the deepest are computed on the first
+``ceil(f * B)`` samples of the batch, which cuts the head's cost (large for LMs with big
+vocabularies); with ``sample_depths`` it is the depth-sampling option for such heads.
+
+Loss power ``p`` (default 1): each depth's term is ``L_k ** p`` (``log L_k`` at p = 0) instead of
+``L_k``, so its gradient is scaled by ``L_k ** (p - 1)``. Shallow depths' losses are orders of
+magnitude above the final depth's and, at p = 1, dominate the shared parameters' gradient; p = 0.5
+(the sum of per-depth RMSEs, for squared error) balances them.
+
+How the head is read at every depth (stacked or chunked, and the KL alignment) is in
+`lpa_cli.training.head_loss`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from lpa_core.depths import parse_depths
+from lpa_core.errors import UsageError
+from lpa_cli.data.batch import IGNORE_INDEX, Batch
+from lpa_cli.config import ObjectiveConfig
+from lpa_cli.training.head_loss import AUTO_CHUNK_BYTES, CHUNK_BYTES, Terms, chunked_loss, chunked_measure, output_per_row, stacked_losses
+from lpa_cli.training.sampled_head import TOP_K, CandidateHead, candidate_batch, draw, final_top, parse_sampled, projection
+from lpa_cli.models.protocol import ResidualModel
+from lpa_cli.registry import OBJECTIVES
+
+
+def depth_weights(depths: list[int], scheme: str, lpa_lambda: float | None, last: int) -> list[float]:
+    """Normalised weights for the loss terms of ``depths`` (``last`` is depth N)."""
+    if lpa_lambda is not None:
+        raw = [1.0 if k == last else lpa_lambda for k in depths]
+    elif scheme == "uniform":
+        raw = [1.0 for _ in depths]
+    elif scheme == "linear":
+        raw = [float(k + 1) for k in depths]
+    elif scheme == "sqrt":
+        raw = [math.sqrt(k + 1) for k in depths]
+    elif scheme == "inv":
+        raw = [1.0 / (k + 1) for k in depths]
+    else:
+        raise UsageError(f"unknown depth weighting {scheme!r}")
+    total = sum(raw)
+    if total <= 0:
+        raise UsageError("depth weights sum to zero; select depth N or use a positive --lpa-lambda")
+    return [w / total for w in raw]
+
+
+@dataclass
+class LossOutput:
+    loss: Tensor  # the scalar to backpropagate
+    depths: list[int]  # the depths that had a term this step
+    losses: Tensor  # (len(depths),) their unweighted losses, detached
+
+    @property
+    def per_depth(self) -> dict[int, Tensor]:
+        """Depth -> its loss (built on demand: only logging reads it)."""
+        return dict(zip(self.depths, self.losses.unbind()))
+
+
+class Objective:
+    """The interface: ``objective(model, batch, step, generator) -> LossOutput``.
+
+    ``depths``/``weights`` are the selected depths and their normalised weights; `plan` picks the
+    ones a step uses; `combine` turns per-depth losses into the scalar to minimise.
+    """
+
+    name: ClassVar[str] = ""
+    detach_inputs: ClassVar[bool] = False
+
+    def __init__(self, cfg: ObjectiveConfig, num_blocks: int, kind: str) -> None:
+        self.cfg = cfg
+        self.kind = kind
+        self.last = num_blocks
+        self.depths = self.select(cfg, num_blocks)
+        self.weights = depth_weights(self.depths, cfg.weights, cfg.lpa_lambda if self.name != "e2e" else None, num_blocks)
+        self._weight_cache: dict[tuple, Tensor] = {}
+        self.sampled = parse_sampled(cfg.head_loss)  # K of sampled:K, else 0
+        if self.sampled and kind != "lm":
+            raise UsageError(f"--head-loss {cfg.head_loss}: a sampled head loss is for language models (a vocabulary to sample); "
+                             f"this task is {kind}")
+        self._out_per_row: dict[tuple, int] = {}
+
+    def select(self, cfg: ObjectiveConfig, num_blocks: int) -> list[int]:
+        return [num_blocks]
+
+    def plan(self, step: int, generator: torch.Generator | None) -> tuple[list[int], list[float]]:
+        """The depths (and their weights) that get a term at ``step``."""
+        return self.depths, self.weights
+
+    def leaves_parameters_unused(self, model: ResidualModel) -> bool:
+        """Whether some step may give a parameter no gradient (DDP must then look for them)."""
+        return max(self.depths) < model.num_blocks
+
+    def combine(self, losses: Tensor, weights: Tensor) -> Tensor:
+        """The scalar to minimise from per-depth losses. Its value is the plain weighted sum (what is
+        logged); with a loss power p < 1 its gradient is that of sum_k w_k L_k^p, through detached
+        per-term scales, and a common factor keeps the value (Adam is indifferent to it)."""
+        total = losses @ weights
+        power = self.cfg.loss_power
+        if power == 1.0:
+            return total
+        floor = losses.detach().clamp_min(1e-12)
+        return (losses * weights * floor ** (power - 1)).sum() * (total.detach() / (weights * floor**power).sum())
+
+    def __call__(self, model: ResidualModel, batch: Batch, step: int = 0, generator: torch.Generator | None = None) -> LossOutput:
+        depths, weights = self.plan(step, generator)
+        wanted = set(depths)
+        states = [h for k, h in enumerate(model.states(batch.x, upto=max(depths), detach_inputs=self.detach_inputs,
+                                                        attention_mask=batch.mask)) if k in wanted]
+        return self.from_states(model.head, states, batch, depths, weights, model.tokenwise_head, generator)
+
+    def from_states(self, head: nn.Module, states: list[Tensor], batch: Batch, depths: list[int], weights: list[float],
+                    tokenwise_head: bool = False, generator: torch.Generator | None = None) -> LossOutput:
+        """The loss of the given depths' states (in depth order), read by the shared ``head``
+        (``generator``: draws the sampled head loss's candidates)."""
+        B = len(batch)
+        part = math.ceil(self.cfg.sample_fraction * B) if len(states) > 1 else B
+        terms = Terms(self.kind, [part] * (len(states) - 1) + [B], align=self.cfg.align == "kl" and len(states) > 1,
+                      mix=self.cfg.align_mix)
+        w = self._weight_tensor(weights, states[-1])
+        if self.sampled and len(states) > 1:
+            return self._sampled(head, states, batch, depths, terms, w, tokenwise_head, generator)
+        if self._use_chunked(head, states, batch, terms, tokenwise_head):
+            total, losses = chunked_loss(head, states, batch, terms, lambda L: self.combine(L, w),
+                                         w if self.cfg.loss_power == 1.0 else None, tokenwise_head,
+                                         self._row_size(head, states[-1], batch, tokenwise_head))
+            return LossOutput(total, depths, losses)
+        losses = stacked_losses(head, states, batch, terms)
+        return LossOutput(self.combine(losses, w.to(losses.dtype)), depths, losses.detach())
+
+    def _sampled(self, head: nn.Module, states: list[Tensor], batch: Batch, depths: list[int], terms: Terms, w: Tensor,
+                 tokenwise_head: bool, generator: torch.Generator | None) -> LossOutput:
+        """Depths < N through the candidate rows (`lpa_cli.training.sampled_head`), depth N exact."""
+        option = f"--head-loss {self.cfg.head_loss}"
+        proj = projection(head, option)
+        vocab = proj.out_features
+        if self.sampled > vocab:
+            raise UsageError(f"{option}: K must be at most the vocabulary ({vocab:,} rows)")
+        always = batch.y[batch.y != IGNORE_INDEX].unique()
+        if terms.align:
+            always = torch.cat([always, final_top(head, states[-1], TOP_K, max(1, CHUNK_BYTES // (4 * vocab)))]).unique()
+        cand = draw(vocab, always, self.sampled, generator, states[-1].device)
+        reader, cbatch, last = CandidateHead(head, proj, cand), candidate_batch(batch, cand), Terms(self.kind, [len(batch)])
+        if not self._use_chunked(head, states[-1:], batch, last, tokenwise_head):
+            losses = torch.cat([stacked_losses(reader, states, cbatch, terms)[:-1], stacked_losses(head, states[-1:], batch, last)])
+            return LossOutput(self.combine(losses, w.to(losses.dtype)), depths, losses.detach())
+        size = self._row_size(head, states[-1], batch, tokenwise_head)
+        if self.cfg.loss_power == 1.0:
+            coeff = w
+        else:  # a nonlinear combination: measure every L_k, then differentiate the combination there
+            measured = torch.cat([chunked_measure(reader, states, cbatch, terms, tokenwise_head, len(cand.ids))[:-1],
+                                  chunked_measure(head, states[-1:], batch, last, tokenwise_head, size)]).requires_grad_(True)
+            with torch.enable_grad():
+                (coeff,) = torch.autograd.grad(self.combine(measured, w), measured)
+        wa, wb = torch.cat([coeff[:-1], coeff.new_zeros(1)]), coeff[-1:]
+        ta, la = chunked_loss(reader, states, cbatch, terms, lambda L: L @ wa, wa, tokenwise_head, len(cand.ids), reader.extra_params())
+        tb, lb = chunked_loss(head, states[-1:], batch, last, lambda L: L @ wb, wb, tokenwise_head, size)
+        losses = torch.cat([la[:-1], lb])
+        total = ta + tb  # its gradient is the combination's; its value, the combination's too
+        return LossOutput(total - total.detach() + self.combine(losses, w).detach(), depths, losses)
+
+    def _row_size(self, head: nn.Module, state: Tensor, batch: Batch, tokenwise_head: bool) -> int:
+        key = (tuple(state.shape[1:]), state.dtype)
+        if key not in self._out_per_row:
+            self._out_per_row[key] = output_per_row(head, state, batch.mask, tokenwise_head)
+        return self._out_per_row[key]
+
+    def _use_chunked(self, head: nn.Module, states: list[Tensor], batch: Batch, terms: Terms, tokenwise_head: bool) -> bool:
+        mode = self.cfg.head_loss
+        if mode != "auto" and not self.sampled:  # sampled:K reads its heads stacked or chunked as auto would
+            return mode == "chunked"
+        rows = sum(terms.parts) * (batch.y.shape[1] if tokenwise_head and batch.y.dim() > 1 else 1)
+        return rows * self._row_size(head, states[-1], batch, tokenwise_head) * 4 > AUTO_CHUNK_BYTES
+
+    def _weight_tensor(self, weights: list[float], like: Tensor) -> Tensor:
+        """The weights as a tensor, made once per depth subset (steps are short enough to notice)."""
+        dtype = like.dtype if like.is_floating_point() else torch.float32
+        key = (tuple(weights), dtype, like.device)
+        if key not in self._weight_cache:
+            self._weight_cache[key] = torch.tensor(weights, dtype=torch.float32, device=like.device)
+        return self._weight_cache[key]
+
+
+class E2E(Objective):
+    """Ordinary training: the loss of depth N only."""
+
+    name = "e2e"
+
+
+class LPA(Objective):
+    """Layer-wise progressive approximation: every selected depth's loss, weighted."""
+
+    name = "lpa"
+
+    def select(self, cfg: ObjectiveConfig, num_blocks: int) -> list[int]:
+        depths = parse_depths(cfg.depths, num_blocks + 1)
+        if cfg.lpa_lambda is not None and num_blocks not in depths:
+            depths.append(num_blocks)  # the lambda form is anchored on the task loss at depth N
+        return depths
+
+    def plan(self, step: int, generator: torch.Generator | None) -> tuple[list[int], list[float]]:
+        """Each step's depths, always keeping the deepest: all of them; a random subset (depth
+        sampling); or LayerSkip's schedules, a pure function of the step (so a resumed run is exact):
+        ``rotation:R`` gives the i-th shallower depth its loss at steps where (i + step) % R == 0, so
+        each once every R steps; ``curriculum:S`` switches depths on from the top down, one more every
+        S steps (the one just below N first)."""
+        n = self.cfg.sample_depths
+        deepest = len(self.depths) - 1
+        kind, _, period = self.cfg.depth_schedule.partition(":")
+        if kind == "rotation":
+            idx = [i for i in range(deepest) if (i + step) % int(period) == 0] + [deepest]
+        elif kind == "curriculum":
+            on = min(deepest, step // int(period))  # shallower depths switched on so far
+            idx = list(range(deepest - on, deepest + 1))
+        elif n <= 0 or n >= len(self.depths):
+            return self.depths, self.weights
+        else:
+            idx = sorted(torch.randperm(deepest, generator=generator)[: n - 1].tolist() + [deepest])
+        if len(idx) == len(self.depths):
+            return self.depths, self.weights
+        weights = [self.weights[i] for i in idx]
+        total = sum(weights)
+        return [self.depths[i] for i in idx], [w / total for w in weights]
+
+    def leaves_parameters_unused(self, model: ResidualModel) -> bool:
+        return self.cfg.sample_depths > 0 or self.cfg.depth_schedule != "all" or super().leaves_parameters_unused(model)
+
+
+class LPALocal(LPA):
+    """LPA with the stream detached before every block: each block trained only by its own depth."""
+
+    name = "lpa-local"
+    detach_inputs = True
+
+    def leaves_parameters_unused(self, model: ResidualModel) -> bool:
+        return True
+
+
+def build_objective(cfg: ObjectiveConfig, num_blocks: int, kind: str) -> Objective:
+    """The registered objective class for ``cfg.name``."""
+    cls = OBJECTIVES.get(cfg.name).load()
+    return cls(cfg, num_blocks, kind)

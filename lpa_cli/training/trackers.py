@@ -1,0 +1,238 @@
+"""Experiment trackers: callbacks of the trainer that record per-depth losses and metrics.
+
+``--log jsonl`` (the default) appends one JSON record per evaluation, and the training losses about
+100 times a run, to the output with the suffix ``.jsonl`` (``runs/m.safetensors`` -> ``runs/m.jsonl``);
+``tensorboard`` writes event files under ``runs/m.tb/`` (scalars ``train/loss/depth_k``,
+``test/<metric>/depth_k``, the config as hyper-parameters); ``mlflow`` logs the same to the MLflow
+tracking URI of the environment (``MLFLOW_TRACKING_URI``; unset, a local ``mlruns/`` folder beside
+the output), with the final checkpoint as an artifact. TensorBoard and MLflow are optional extras
+(``pip install 'lpa[track]'``) and are imported only when asked for; the library core never imports
+them. A tracker's failure is one line on stderr (exit 2), like any other.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from lpa_core.errors import UsageError
+from analyzers.metrics import finite
+
+
+class Callbacks:
+    """Hooks the trainer calls; the base class does nothing (the command line adds a progress bar)."""
+
+    def on_plan(self, plan: dict[str, Any]) -> None:
+        """Before the first step: parameters, samples and tokens per step, steps, device (`train`)."""
+
+    def on_start(self, total_steps: int, start_step: int) -> None: ...
+
+    def on_step(self, step: int, loss: float | None) -> None: ...
+
+    def on_progress(self, step: int, loss: float, per_depth: dict[int, Any]) -> None:
+        """After every step, with each depth's loss term (tensors: read them only when shown)."""
+
+    def on_eval(self, step: int, metrics: dict[str, list[float]]) -> None: ...
+
+    def on_end(self) -> None: ...
+
+
+class Tracker(Callbacks):
+    """A callback that records the run (rank 0 only)."""
+
+    def start(self, config: dict[str, Any], resumed_at: int) -> None: ...
+
+    def record(self, step: int, lr: float, loss: float | None, per_depth: dict[int, float], metrics: dict[str, list[float]],
+               elapsed: float) -> None: ...
+
+    def saved(self, path: Path) -> None: ...
+
+    def discard(self) -> None:
+        """The run failed before its checkpoint was written: take back what it started, if it can."""
+
+    def close(self) -> None: ...
+
+
+class JsonlTracker(Tracker):
+    """One JSON object per record in the run's ``.jsonl`` log (strict JSON: non-finite numbers are null)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fresh = False
+
+    def start(self, config: dict[str, Any], resumed_at: int) -> None:
+        self.fresh = not resumed_at
+        if resumed_at:
+            truncate_log(self.path, resumed_at)
+        elif self.path.exists():
+            self.path.unlink()  # the caller checked that it may (an earlier run's log, with --force)
+
+    def discard(self) -> None:
+        if self.fresh and self.path.exists():
+            self.path.unlink()  # a resumed run keeps its log: the snapshot it resumes from still stands
+
+    def record(self, step, lr, loss, per_depth, metrics, elapsed) -> None:
+        entry = {"step": step, "lr": lr, "train_loss": loss, "train_loss_per_depth": {str(k): v for k, v in per_depth.items()},
+                 "test": metrics, "elapsed_s": round(elapsed, 3)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(finite(entry), allow_nan=False) + "\n")
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """After a resume, drop log records written after the snapshot (they will be written again)."""
+    from lpa_core.atomic import atomic_path
+
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except ValueError:
+            continue  # a line cut by the kill
+    with atomic_path(path, force=True) as tmp:
+        tmp.write_text("".join(x + "\n" for x in keep))
+
+
+def _scalars(loss: float | None, per_depth: dict[int, float], metrics: dict[str, list[float]]) -> dict[str, float]:
+    out = {}
+    if loss is not None:
+        out["train/loss"] = loss
+    out |= {f"train/loss/depth_{k}": v for k, v in per_depth.items()}
+    for name, values in metrics.items():
+        out |= {f"test/{name}/depth_{k}": v for k, v in enumerate(values)}
+        if values:
+            out[f"test/{name}/final"] = values[-1]
+    return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+    return out
+
+
+class TrackerError(UsageError):
+    """An experiment tracker refused (its server, its store, its settings)."""
+
+
+class TensorBoardTracker(Tracker):
+    def __init__(self, logdir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UsageError("--log tensorboard needs the optional extra: pip install 'lpa[track]' (or pip install tensorboard)") from None
+        self.logdir = logdir
+        if logdir.exists() and not logdir.is_dir():
+            raise TrackerError(f"--log tensorboard: {logdir} exists and is not a folder (move it, or choose another -o)")
+        try:
+            self.writer = SummaryWriter(str(logdir))
+        except OSError as err:
+            raise TrackerError(f"--log tensorboard: cannot write event files in {logdir} ({err.strerror or err})") from None
+        self.config: dict[str, Any] = {}
+        self.last_metrics: dict[str, list[float]] = {}
+
+    def start(self, config, resumed_at) -> None:
+        self.config = _flat(config)
+        self.writer.add_text("config", json.dumps(config, indent=1), 0)
+
+    def record(self, step, lr, loss, per_depth, metrics, elapsed) -> None:
+        for tag, value in _scalars(loss, per_depth, metrics).items():
+            self.writer.add_scalar(tag, value, step)
+        self.writer.add_scalar("train/lr", lr, step)
+        self.last_metrics = metrics
+
+    def close(self) -> None:
+        final = {f"hparam/{k}": v for k, v in _scalars(None, {}, self.last_metrics).items() if k.endswith("/final")}
+        if final:
+            self.writer.add_hparams(self.config, final, run_name=".")
+        self.writer.close()
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())[:300]
+
+
+class MlflowTracker(Tracker):
+    def __init__(self, run_name: str, folder: Path) -> None:
+        try:
+            import mlflow
+        except ImportError:
+            raise UsageError("--log mlflow needs the optional extra: pip install 'lpa[track]' (or pip install mlflow-skinny)") from None
+        self.mlflow = mlflow
+        self.run_name = run_name
+        self.run = None
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            # a local store beside the output; MLflow 3 asks for this opt-in to its file store
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            self.uri = (folder / "mlruns").resolve().as_uri()
+        else:
+            self.uri = os.environ["MLFLOW_TRACKING_URI"]
+            _reachable(self.uri)
+            # MLflow retries a failed request for minutes by default; a run should fail in seconds instead
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - the tracking client reports with many exception types
+            raise TrackerError(f"mlflow ({self.uri}): {what} failed: {_one_line(err)}") from None
+
+    def start(self, config, resumed_at) -> None:
+        self.mlflow.set_tracking_uri(self.uri)
+        self.run = self._call("starting a run", self.mlflow.start_run, run_name=self.run_name)
+        params = _flat(config)
+        self._call("logging parameters", self.mlflow.log_params, {k: str(v)[:500] for k, v in params.items()})
+
+    def record(self, step, lr, loss, per_depth, metrics, elapsed) -> None:
+        scalars = {k.replace("/", "."): v for k, v in _scalars(loss, per_depth, metrics).items()}
+        scalars["train.lr"] = lr
+        self._call("logging metrics", self.mlflow.log_metrics, scalars, step=step)
+
+    def saved(self, path: Path) -> None:
+        self._call("storing the checkpoint", self.mlflow.log_artifact, str(path))
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run = None
+            self._call("ending the run", self.mlflow.end_run)
+
+
+def _reachable(uri: str, timeout: float = 5.0) -> None:
+    """An HTTP(S) tracking server answers a TCP connection within ``timeout`` seconds, or a one-line
+    error says so before training starts (other stores are local, or checked by MLflow itself)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(uri)
+    if url.scheme not in ("http", "https"):
+        return
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "localhost", port), timeout=timeout).close()
+    except OSError as err:
+        raise TrackerError(f"--log mlflow: the MLflow server at {url.hostname}:{port} (MLFLOW_TRACKING_URI) does not answer "
+                           f"({err.strerror or err}); start it, or unset MLFLOW_TRACKING_URI to log to ./mlruns beside the output") from None
+
+
+def make_trackers(names: list[str], output: Path | None) -> list[Tracker]:
+    """The trackers ``--log`` asks for; without an output only MLflow can record anything."""
+    out: list[Tracker] = []
+    for name in dict.fromkeys(names):
+        if name == "jsonl" and output is not None:
+            out.append(JsonlTracker(output.with_suffix(".jsonl")))
+        elif name == "tensorboard" and output is not None:
+            out.append(TensorBoardTracker(output.with_name(output.stem + ".tb")))
+        elif name == "mlflow":
+            out.append(MlflowTracker(output.stem if output is not None else "lpa", output.parent if output is not None else Path.cwd()))
+    return out
