@@ -17,11 +17,12 @@ and the floor, E2E + 12 candidate-head matmul triples timed bare at the same can
 
 Targets (issue 25): all-depth sampled LPA <= 1.5x E2E's step at 32,000 and <= 1.8x at 151,936.
 
-    python bench/lm_cost.py [--quick]
+    python bench/lm_cost.py [--quick]        (LM_COST_VOCAB=32000: that vocabulary only)
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from common import interleaved, quick_args, setup, summary
@@ -114,6 +115,8 @@ def main() -> None:
     quick = quick_args(__doc__)
     shape = QUICK_SHAPE if quick else SHAPE
     vocabs = (4096, 16384) if quick else (32000, 151936)
+    only = os.environ.get("LM_COST_VOCAB")  # one of the two, e.g. to rerun the faster one alone
+    vocabs = tuple(v for v in vocabs if not only or v == int(only))
     ks = (256, 1024) if quick else (2048, 8192)
     for vocab in vocabs:
         run(vocab, shape, ks, repeats=2 if quick else 3)

@@ -33,6 +33,8 @@ from lpa_core.atomic import atomic_path
 from lpa_core.errors import CheckpointError, LpaError
 from lpa_cli import __version__
 from lpa_cli.config import RunConfig
+from lpa_cli.config import ModelConfig, ObjectiveConfig, TaskConfig, TrainConfig
+from lpa_cli.registry import ARCHITECTURES
 
 FORMAT = "lpa-checkpoint"
 CUSTOM = "custom"  # config.model.arch of a model built in Python and trained through train(model=...)
@@ -189,8 +191,6 @@ def save_model(path: str | Path, model: torch.nn.Module, *, kind: str, in_shape:
     data file (``file:train.npz``, ``folder:images/``) that ``lpa trace`` and ``lpa monotonicity`` use
     when given the checkpoint alone. Returns the content hash.
     """
-    from lpa_cli.config import ModelConfig, ObjectiveConfig, TaskConfig, TrainConfig
-
     input_kind = input_kind or {1: "vector", 3: "image"}.get(len(in_shape), "vector")
     config = RunConfig(ModelConfig(arch=CUSTOM, depth=model.num_blocks, width=0, zero_init=False, options=dict(options or {}), factory=factory),
                        TaskConfig(name=data or "custom"), ObjectiveConfig(name=objective), TrainConfig())
@@ -337,7 +337,6 @@ def read_info(path: str | Path) -> CheckpointInfo:
         config = RunConfig.from_dict(raw_config)
     except LpaError as err:
         raise checkpoint_error(path, f"invalid config in metadata ({err})") from None
-    from lpa_cli.registry import ARCHITECTURES
 
     if config.model.arch not in ARCHITECTURES and config.model.arch != CUSTOM and not config.model.factory:
         raise checkpoint_error(path, f"unknown architecture {config.model.arch!r} in metadata (this lpa knows {', '.join(ARCHITECTURES)})")

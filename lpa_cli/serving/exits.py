@@ -11,6 +11,8 @@ from torch import Tensor
 from analyzers.compare_types import TradeOff
 from lpa_cli.serving.generate import check_decodable, generate, measure
 from lpa_cli.serving.predict import ExitRule, predict
+from lpa_cli.data.tasks import load_task
+from lpa_cli.formats.tokenizer import BYTES, read_tokenizer
 
 
 def _flops_speedup(flops: list[float] | None, depths: Tensor) -> float | None:
@@ -23,8 +25,6 @@ def _flops_speedup(flops: list[float] | None, depths: Tensor) -> float | None:
 def classifier_tradeoffs(ckpt, thresholds=(0.5, 0.7, 0.8, 0.9, 0.95, 0.99), flops: list[float] | None = None, repeats: int = 3,
                          limit: int = 0) -> list[TradeOff]:
     """Confidence-exit sweeps of a classifier checkpoint on its own test split, timed for real."""
-    from lpa_cli.data.tasks import load_task
-
     test = load_task(ckpt.task_config()).test
     targets = torch.cat([b.y for _, b in test.iter_batches(256, limit)])
     N = ckpt.model.num_blocks
@@ -42,8 +42,6 @@ def lm_tradeoffs(ckpt, prompts: list[str], max_new_tokens: int = 48, thresholds=
                  speculate: int = 4, flops: list[float] | None = None) -> list[TradeOff]:
     """Exit and self-speculative decoding of a language model, timed for real against full decoding;
     quality is the share of tokens equal to full greedy decoding's."""
-    from lpa_cli.formats.tokenizer import BYTES, read_tokenizer
-
     tok = read_tokenizer(ckpt.info) or BYTES
     N = ckpt.model.num_blocks
 
@@ -70,9 +68,6 @@ def lm_tradeoffs(ckpt, prompts: list[str], max_new_tokens: int = 48, thresholds=
 
 def lm_prompts(ckpt, count: int = 2, tokens: int = 16) -> list[str]:
     """Prompts from the start of a language model's first test windows (decoded with its tokenizer)."""
-    from lpa_cli.data.tasks import load_task
-    from lpa_cli.formats.tokenizer import BYTES, read_tokenizer
-
     tok = read_tokenizer(ckpt.info) or BYTES
     test = load_task(ckpt.task_config()).test
     return [p for p in (tok.decode(test.rows(i, i + 1).x[0, :tokens].tolist()) for i in range(min(count, len(test)))) if p]
@@ -85,8 +80,6 @@ def recommend_early_exit(ckpt, prompts: list[str], max_new_tokens: int = 32, spe
     (Leviathan et al.: accepted tokens per round, ``(1 - a^(g+1)) / (1 - a)``, over the round's cost,
     ``g k/N + 1`` full passes) is largest; None when no depth is expected to beat plain decoding (an
     E2E model's shallow depths rarely agree with its last)."""
-    from lpa_cli.formats.tokenizer import BYTES, read_tokenizer
-
     check_decodable(ckpt.model)
     tok = read_tokenizer(ckpt.info) or BYTES
     N = ckpt.model.num_blocks

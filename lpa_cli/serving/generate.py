@@ -32,6 +32,9 @@ from torch import Tensor
 from lpa_core.errors import UsageError
 from lpa_cli.models.attention import LayerCache
 from lpa_cli.models.protocol import ResidualModel
+from lpa_cli.models.open import load_checkpoint
+from lpa_cli.runtime import resolve_device
+from lpa_cli.formats.tokenizer import BYTES, read_tokenizer
 
 STRATEGIES = ("full", "exit", "self-speculative")
 
@@ -260,10 +263,6 @@ def generate_checkpoint(checkpoint, prompt: str, *, verify: bool = True, device:
                         trust_factory: bool = False, repeats: int = 1, **kwargs) -> Generation:
     """`generate` on an lpa checkpoint of a language model, with the tokenizer stored in it
     (``factory``/``trust_factory``: as `load_checkpoint`)."""
-    from lpa_cli.models.open import load_checkpoint
-    from lpa_cli.runtime import resolve_device
-    from lpa_cli.formats.tokenizer import BYTES, read_tokenizer
-
     ckpt = load_checkpoint(checkpoint, verify=verify, device=resolve_device(device), factory=factory, trust_factory=trust_factory)
     if ckpt.kind != "lm":
         raise UsageError(f"{checkpoint}: a {ckpt.kind} model is not a language model; lpa predict runs classifiers and regressors")

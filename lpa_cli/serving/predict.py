@@ -14,6 +14,11 @@ from torch import Tensor
 
 from lpa_core.errors import UsageError
 from lpa_cli.models.protocol import ResidualModel
+from lpa_core.atomic import check_writable, write_text
+from lpa_cli.models.open import load_checkpoint
+from lpa_cli.runtime import resolve_device
+from lpa_cli.data.tasks import data_spec, load_task
+from lpa_cli.serving.trace import data_task_config
 
 
 RULES = ("confidence", "entropy", "patience", "depth")
@@ -149,12 +154,6 @@ def predict_checkpoint(checkpoint, rule: str, *, data: str | None = None, split:
     """Run a checkpoint's classifier or regressor with real early exit on its test split (or ``data``),
     write one CSV row per sample to ``output``, and measure the speed against all depths
     (``baseline``; the faster of ``repeats`` runs each). ``factory``/``trust_factory``: as `load_checkpoint`."""
-    from lpa_core.atomic import check_writable, write_text
-    from lpa_cli.models.open import load_checkpoint
-    from lpa_cli.runtime import resolve_device
-    from lpa_cli.data.tasks import data_spec, load_task
-    from lpa_cli.serving.trace import data_task_config
-
     if batch_size < 1 or limit < 0:
         raise UsageError(f"--batch-size must be >= 1 (got {batch_size})" if batch_size < 1 else f"--limit must be >= 0 (0: all), got {limit}")
     if output is not None:

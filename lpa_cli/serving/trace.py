@@ -31,6 +31,10 @@ from lpa_cli.training.task_losses import ERROR_NAMES, per_sample_errors
 from lpa_cli.models.protocol import ResidualModel, export_head
 from lpa_cli.data.splits import Split, TensorSplit
 from lpa_cli.serving import trace_threads
+from analyzers.trace import open_trace
+from lpa_cli.models.open import load_checkpoint
+from lpa_cli.runtime import resolve_device
+from lpa_cli.data.tasks import data_spec, load_task
 
 MAX_PREDICTION_BYTES = 4 << 30
 DEFAULT_BATCH = {"regression": 4096, "classification": 512, "lm": 64}
@@ -249,8 +253,6 @@ def trace_model(model: ResidualModel, x: Tensor, y: Tensor, kind: str, output: s
 
 def _metrics_from_trace(path: Path) -> dict[str, list[float]]:
     """Summary metrics read back from a trace (after a resume, earlier samples are only on disk)."""
-    from analyzers.trace import open_trace
-
     with open_trace(path) as t:
         errors = {name: t.errors(name) for name in t.error_names}
         return summarize(errors, t.kind, t.attrs.get("target_var"))
@@ -285,10 +287,6 @@ def trace_checkpoint(
 ) -> TraceResult:
     """Trace an lpa checkpoint on its own task's split (or on ``data``, a task spec or data file).
     ``factory``/``trust_factory``: as `load_checkpoint`."""
-    from lpa_cli.models.open import load_checkpoint
-    from lpa_cli.runtime import resolve_device
-    from lpa_cli.data.tasks import data_spec, load_task
-
     if split not in ("train", "test"):
         raise UsageError(f"--split must be train or test, got {split!r}")
     ckpt = load_checkpoint(checkpoint, verify=verify, device=resolve_device(device), factory=factory, trust_factory=trust_factory)

@@ -14,11 +14,11 @@ from lpa_cli.data.base import first_id_at_or_above
 from lpa_cli.models.hf.directory import weights_sha256
 from lpa_cli.models.hf.families import translate
 from lpa_cli.models.hf.load import load_model
+from lpa_cli.data.text import read_text
+from lpa_cli.serving.trace import trace_model
 
 
 def _tokens(text: str | None, tokenizer) -> Tensor:
-    from lpa_cli.data.text import read_text
-
     raw = read_text(text or "")[0]
     return torch.tensor(tokenizer.encode(raw), dtype=torch.long)
 
@@ -30,8 +30,6 @@ def trace_hf(directory: str | Path, output: str | Path | None, *, text: str | No
     Windows of ``context`` tokens, tokenised without special tokens; ``bos`` starts every window with
     the tokenizer's BOS token instead (the model then predicts the window's first text token from it).
     """
-    from lpa_cli.serving.trace import trace_model
-
     directory = Path(directory)
     family, config, t = translate(directory)
     context = min(128, t.positions) if context is None else context

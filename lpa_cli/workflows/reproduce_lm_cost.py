@@ -1,9 +1,12 @@
 """`lpa reproduce lm-cost`: does the sampled head loss keep the per-depth curve that exact LPA gives?
 
-The `llm` experiment's set-up with a vocabulary large enough that the head dominates: a byte-level BPE
-of `VOCAB` tokens trained on the pretraining share of the built-in corpus, a Llama-layout decoder (8
-blocks, width 128) pretrained E2E on it and exported as a Hugging Face directory, then fine-tuned from
-that directory on the held-out text with
+The `llm` experiment's set-up with a vocabulary large enough that the head dominates. The licences
+alone hold too few distinct merges for one (a BPE trained on them stops near 3,900 tokens), so the
+pretraining text is their first 60% plus the Python language reference that every Python installs
+(`pydoc_data.topics`, 465 kB of English): a byte-level BPE of `VOCAB` tokens is trained on it, and a
+Llama-layout decoder (8 blocks, width 128; its head's 2.1 MFLOP per token are 42% of the model's, so
+exact LPA over 9 depths needs about 4.3x E2E's head-and-block FLOPs) is pretrained E2E on it and exported as a Hugging Face directory, then fine-tuned from that
+directory on the licences' held-out 40% with
 
 - E2E, exact LPA (every depth through the full head), sampled LPA (`--head-loss sampled:K`: depths < N
   read the batch's targets and K sampled vocabulary rows; depth N exact), and sampled LPA with
@@ -17,10 +20,12 @@ depth; at equal wall-clock, better than exact LPA's at every depth.
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
+from lpa_core.errors import UsageError
 from lpa_cli.config import RunConfig, TaskConfig
 from lpa_cli.formats.checkpoint import read_info
 from lpa_cli.workflows.reproduce_llm import FINETUNE_CONTEXT, finetune, prepare
@@ -35,6 +40,13 @@ FORMS = {
     SAMPLED: ("lpa", {"head_loss": f"sampled:{K}"}),
     ROTATED: ("lpa", {"head_loss": f"sampled:{K}", "depth_schedule": "rotation:4"}),
 }
+
+
+def reference_text() -> str:
+    """The Python language reference shipped with Python (`pydoc_data.topics`), in a fixed order."""
+    from pydoc_data.topics import topics
+
+    return "".join(topics[k] for k in sorted(topics))
 
 
 def _ppl(metrics: list[dict[str, list[float]]]) -> list[float]:
@@ -57,23 +69,33 @@ def better(m, c) -> tuple[bool, str]:
 
 
 def seconds(cfg: RunConfig, label: str, out: Path) -> float | None:
-    """The training time a finished run recorded (its checkpoint, found by configuration)."""
+    """The training time a finished run took: its log's last record (checkpoints hold no times, so
+    that the same seeded run writes the same bytes)."""
     path = run_path(out, "lm-cost", "equal-steps", label, cfg.train.seed)
-    if not path.exists() or read_info(path).config != cfg:
+    log = path.with_suffix(".jsonl")
+    if not path.exists() or not log.exists() or read_info(path).config != cfg:
         return None
-    return float(read_info(path).training.get("seconds", 0.0)) or None
+    lines = log.read_text(encoding="utf-8").strip().splitlines()
+    try:
+        return float(json.loads(lines[-1])["elapsed_s"]) if lines else None
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def lm_cost_studies(seeds: int, quick: bool, out: Path, progress) -> Iterator[Study]:
     """Equal steps first; its measured times then decide the equal-wall-clock runs' steps."""
-    paths = prepare(out, quick, progress, vocab=VOCAB, folder="lm-cost")
+    paths = prepare(out, quick, progress, vocab=VOCAB, folder="lm-cost", extra=reference_text(), steps=150 if quick else 600)
     task = TaskConfig(name=f"text:{paths['held_out']}", options={"context": FINETUNE_CONTEXT})
     steps = 40 if quick else 100  # as `llm`: more steps overfit the held-out text
     runs = {label: [finetune(paths["base"], task, objective, i, steps, **settings) for i in range(seeds)]
             for label, (objective, settings) in FORMS.items()}
     yield Study("equal-steps", runs, [Target("sampled LPA's per-depth perplexity within 2% of exact LPA's at every depth", within(0.02)),
                                       Target("every LPA form monotone (every seed)", all_lpa_monotone)], metric="ce")
-    times = {label: statistics.median(t for t in (seconds(c, label, out) for c in runs[label]) if t) for label in (EXACT, SAMPLED, ROTATED)}
+    measured = {label: [t for t in (seconds(c, label, out) for c in runs[label]) if t] for label in (EXACT, SAMPLED, ROTATED)}
+    if not all(measured.values()):
+        raise UsageError(f"{out / 'lm-cost' / 'equal-steps'}: the equal-steps runs' training logs (.jsonl) are missing, and their "
+                         "times decide the equal-wall-clock budgets; remove the folder's checkpoints to train them again")
+    times = {label: statistics.median(v) for label, v in measured.items()}
     progress("median training times at equal steps: " + ", ".join(f"{g} {t:.1f} s" for g, t in times.items()))
     budget = {label: max(steps, round(steps * times[EXACT] / times[label])) for label in times}
     wall = {label: [finetune(paths["base"], task, FORMS[label][0], i, budget[label], **FORMS[label][1]) for i in range(seeds)]

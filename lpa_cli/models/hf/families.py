@@ -27,6 +27,7 @@ from torch import Tensor
 from lpa_core.errors import CheckpointError, LpaError
 from lpa_cli.config import ModelConfig
 from lpa_cli.models.hf.directory import read_config, refuse, weight_files
+from lpa_cli.models import build_model
 
 ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new",
                "relu": "relu"}
@@ -291,8 +292,6 @@ def family_of(config: dict, directory: Path) -> Family:
 def translate(directory: Path) -> tuple[Family, dict[str, Any], Translation]:
     """The directory's family, config and lpa model; a config lpa cannot build a model from is refused
     here, naming the file, before anything is allocated."""
-    from lpa_cli.models import build_model
-
     config = read_config(directory)
     weight_files(directory)
     family = family_of(config, directory)

@@ -14,6 +14,8 @@ from lpa_core.errors import CheckpointError, DataError, UsageError
 from lpa_cli.config import ModelConfig, RunConfig
 from lpa_cli.models.hf.directory import TOKENIZER_FILES, read_config, read_weights, refuse
 from lpa_cli.models.hf.families import Family, canonical, translate
+from lpa_cli.models import build_model
+from lpa_cli.formats.tokenizer import BYTES, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +98,6 @@ def checkpoint_metadata(directory: Path) -> dict[str, str]:
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu", context: int | None = None):
     """(protocol model, tokenizer, translation) of a Hugging Face LM directory, for tracing."""
-    from lpa_cli.models import build_model
-
     directory = Path(directory)
     family, config, t = translate(directory)
     if t.arch != "decoder":
@@ -111,8 +111,6 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu", contex
 
 def _tokenizer(directory: Path, config: dict, vocab: int):
     """The directory's tokenizer.json; without any tokenizer files, bytes (when the vocabulary has room)."""
-    from lpa_cli.formats.tokenizer import BYTES, load_tokenizer
-
     if not any((directory / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")):
         if vocab < 256:
             raise DataError(f"{directory}: no tokenizer files and a vocabulary of {vocab} < 256, so bytes cannot be used as tokens")

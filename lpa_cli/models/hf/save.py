@@ -10,6 +10,10 @@ from typing import Any
 from lpa_core.atomic import atomic_path, write_text
 from lpa_core.errors import CheckpointError, UsageError
 from lpa_cli.models.hf.families import FAMILIES, Family
+from lpa_cli.models import resolve_options
+from lpa_cli.models.decoder import DecoderOptions, mlp_hidden
+from lpa_cli.formats.checkpoint import save_file
+from lpa_cli.formats.tokenizer import read_tokenizer
 
 
 def _family_for(ckpt) -> tuple[Family, dict[str, Any], dict[str, str]]:
@@ -22,7 +26,6 @@ def _family_for(ckpt) -> tuple[Family, dict[str, Any], dict[str, str]]:
     if m.arch != "decoder":
         raise UsageError(f"{ckpt.path}: --format hf exports decoder models and models started from a Hugging Face directory "
                          f"(this is a {m.arch} model)")
-    from lpa_cli.models import resolve_options
 
     o = dataclasses.asdict(resolve_options(m))
     llama_like = o["norm"] == "rmsnorm" and o["positions"] == "rope" and o["gated"] and not o["mlp_bias"]
@@ -42,8 +45,6 @@ def _family_for(ckpt) -> tuple[Family, dict[str, Any], dict[str, str]]:
 
 
 def _hidden(width: int, options: dict) -> int:
-    from lpa_cli.models.decoder import DecoderOptions, mlp_hidden
-
     return mlp_hidden(width, DecoderOptions(**options))
 
 
@@ -51,9 +52,6 @@ def export_hf(ckpt, small, output: Path, force: bool = False, generation: dict[s
     """Write ``small`` (a prefix of ``ckpt``'s model) as a Hugging Face model directory: config.json with
     its number of layers, model.safetensors, tokenizer files; ``generation`` settings go into
     generation_config.json (with the source directory's own, if it had one)."""
-    from lpa_cli.formats.checkpoint import save_file
-    from lpa_cli.formats.tokenizer import read_tokenizer
-
     family, config, files = _family_for(ckpt)
     kind = ckpt.kind
     output = Path(output)
@@ -117,6 +115,4 @@ def export_hf(ckpt, small, output: Path, force: bool = False, generation: dict[s
 
 
 def config_options(ckpt) -> dict[str, Any]:
-    from lpa_cli.models import resolve_options
-
     return dataclasses.asdict(resolve_options(ckpt.config.model))
