@@ -296,8 +296,14 @@ def _deploy_index(mean: np.ndarray, metric: str, within: float) -> int:
 
 def constant_baseline(trace, base: str) -> float | None:
     """The mean per-sample error (``se``, ``ce`` or ``err``) of the best constant predictor on the
-    trace's own targets: the targets' mean (regression), the class prior (classification), the
-    unigram distribution of the target tokens (language models). None when it does not apply."""
+    trace's targets: the targets' mean (regression), the class prior (classification), the unigram
+    distribution of the target tokens (language models). None when it does not apply.
+
+    Estimated leave-one-out, each sample judged by the constant fitted to the others (add-one smoothed
+    over the classes or the vocabulary for ``ce``), because the in-sample figure flatters the constant:
+    on 1,152 test tokens of an 8,192-token vocabulary the test set's own unigram distribution has a
+    cross-entropy far below what any predictor fitted elsewhere could reach, and a model that learned
+    would be called "no descent". With many samples per class both are the same."""
     if not trace.has("targets") or (trace.kind == "regression") != (base == "se"):
         return None
     total, sq, counts, n = 0.0, 0.0, np.zeros(0, dtype=np.int64), 0
@@ -311,16 +317,17 @@ def constant_baseline(trace, base: str) -> float | None:
         c = np.bincount(labels)
         counts = np.pad(counts, (0, max(0, c.size - counts.size)))
         counts[: c.size] += c
-    if trace.kind == "regression":
-        return float(np.mean(sq / n - (total / n) ** 2)) if n else None
-    if counts.sum() == 0:
+    if trace.kind == "regression":  # the mean of the other n - 1: (n / (n - 1))^2 times the variance
+        return float(np.mean(sq / n - (total / n) ** 2)) * (n / (n - 1)) ** 2 if n > 1 else None
+    m = int(counts.sum())
+    if m < 2:
         return None
-    p = counts / counts.sum()
     if base == "err":
-        return float(1.0 - p.max())
+        return float(1.0 - counts.max() / m)
     if base == "ce":
-        p = p[p > 0]
-        return float(-(p * np.log(p)).sum())
+        classes = max(counts.size, int(trace.task.get("out_dim") or 0))
+        seen = counts[counts > 0]
+        return float(-(seen / m * np.log(seen / (m - 1 + classes))).sum())  # p_-i(c) = (n_c - 1 + 1) / (m - 1 + K)
     return None
 
 

