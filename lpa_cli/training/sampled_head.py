@@ -55,10 +55,7 @@ def projection(head: nn.Module, option: str) -> nn.Linear:
 class Candidates:
     ids: Tensor  # (C,) vocabulary ids, ascending
     shift: Tensor  # (C,) added to each candidate's logit: 0 always-in, log(m / K) for drawn ones
-
-    @property
-    def exact(self) -> bool:
-        return bool((self.shift == 0).all()) and len(self.ids) == int(self.ids[-1]) + 1
+    exact: bool  # every row a candidate, unshifted: the exact softmax
 
 
 def draw(vocab: int, always: Tensor, k: int, generator: torch.Generator | None, device: torch.device) -> Candidates:
@@ -75,7 +72,7 @@ def draw(vocab: int, always: Tensor, k: int, generator: torch.Generator | None, 
     else:
         keep[rest] = True  # every row: the exact softmax
     ids = keep.nonzero().squeeze(1)
-    return Candidates(ids.to(device), shift[ids].to(device))
+    return Candidates(ids.to(device), shift[ids].to(device), exact=k >= m)
 
 
 class CandidateHead(nn.Module):
