@@ -42,22 +42,63 @@ def quick_args(doc: str | None) -> bool:
     return parser.parse_args().quick
 
 
-def interleaved(variants: dict[str, Callable[[], None]], repeats: int, before: Callable[[], None] | None = None) -> dict[str, float]:
-    """Median wall time of each variant, run round-robin so machine noise hits all of them alike.
-    ``before`` runs untimed ahead of every call (e.g. removing the last call's output)."""
-    for fn in variants.values():  # warm-up
-        if before:
-            before()
-        fn()
+def _cuda_sync() -> Callable[[], None]:
+    """``torch.cuda.synchronize`` where torch sees a GPU, else nothing: a timed region must end when the
+    device's work ends, not when the host has queued it."""
+    if "torch" not in sys.modules:  # the analysis benchmarks run without torch
+        return lambda: None
+    import torch
+
+    return torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+
+def interleaved(variants: dict[str, Callable[[], None]], repeats: int, before: Callable[[], None] | None = None,
+                warmup: int = 1) -> dict[str, float]:
+    """Median wall time of each variant, run round-robin so machine noise hits all of them alike, each
+    timed region between CUDA synchronisations. ``before`` runs untimed ahead of every call (e.g.
+    removing the last call's output)."""
+    sync = _cuda_sync()
+    for _ in range(warmup):
+        for fn in variants.values():
+            if before:
+                before()
+            fn()
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
             if before:
                 before()
+            sync()
             t = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - t)
     return {name: statistics.median(v) for name, v in times.items()}
+
+
+def count_ops(fn: Callable[[], None]):
+    """(aten ops dispatched, of which host reads) by one call of ``fn``: what a GPU launches, roughly,
+    and how often the host waits for it. Deterministic, so it stands in for GPU timing where no GPU is
+    lent. Host reads: ``.item()`` and friends (``_local_scalar_dense``) and the ops whose output size
+    depends on the data (``nonzero``, ``unique``, ``masked_select``)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    reads = {"aten::_local_scalar_dense", "aten::nonzero", "aten::_unique2", "aten::unique_dim", "aten::masked_select"}
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops: Counter = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[func._schema.name] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count() as c:
+        fn()
+    return sum(c.ops.values()), sum(v for k, v in c.ops.items() if k in reads), c.ops
 
 
 def run_child(script: str, spec: dict, threads: int = 2) -> dict:

@@ -112,9 +112,13 @@ class ObjectiveConfig:
     head_loss: str = flag("auto", "--head-loss", help=f"{', '.join(HEAD_LOSSES)}: chunked never holds every depth's output "
                           "(auto: when it would be large); sampled:K: depths < N read the batch's targets and K sampled vocabulary "
                           "rows (language models; depth N exact).")
+    head_chunk_mb: int = flag(0, "--head-chunk-mb", help="MiB of head output the head loss may hold at once: stacked when every "
+                              "depth's fits, else chunks of half of it (0: from the device; a CPU 64, a GPU 1/16 of its free memory, "
+                              "256-4096).")
 
     def __post_init__(self) -> None:
         OBJECTIVES.get(self.name)
+        _count(self.head_chunk_mb, "--head-chunk-mb", 0, 1 << 24)
         WEIGHTINGS.get(self.weights)
         if self.lpa_lambda is not None:
             _finite(self.lpa_lambda, "--lpa-lambda", 0)

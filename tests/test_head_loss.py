@@ -35,7 +35,7 @@ def _run(model, batch, kind, settings, mode, seed=3):
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_chunked_equals_stacked(arch, variant, monkeypatch):
-    monkeypatch.setattr(head_loss, "CHUNK_BYTES", 64)  # many chunks even for tiny heads
+    monkeypatch.setattr(head_loss, "CPU_BUDGET", 128)  # many chunks (of 64 bytes) even for tiny heads
     model, batch, kind = tiny_model(arch)
     stacked, g_stacked = _run(model, batch, kind, VARIANTS[variant], "stacked")
     chunked, g_chunked = _run(model, batch, kind, VARIANTS[variant], "chunked")
@@ -55,14 +55,16 @@ def test_auto_picks_chunked_only_for_large_outputs(monkeypatch):
     monkeypatch.setattr("lpa_cli.training.objectives.chunked_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
     obj(model, batch)
     assert not calls  # 4 depths x 5 x 12 tokens x 32 logits: tiny
-    monkeypatch.setattr("lpa_cli.training.objectives.AUTO_CHUNK_BYTES", 1024)
+    monkeypatch.setattr(head_loss, "CPU_BUDGET", 1024)
     obj(model, batch)
+    assert not calls  # the budget is chosen once per objective and device
+    build_objective(ObjectiveConfig(name="lpa"), model.num_blocks, kind)(model, batch)
     assert calls
 
 
 def test_chunked_never_holds_every_depths_logits(monkeypatch):
     """The largest head output during the chunked loss is a chunk, not the (D, B, T, V) stack."""
-    monkeypatch.setattr(head_loss, "CHUNK_BYTES", 256 << 10)
+    monkeypatch.setattr(head_loss, "CPU_BUDGET", 512 << 10)
     torch.manual_seed(0)
     from lpa_cli.config import ModelConfig
     from lpa_cli.models import build_model
@@ -84,7 +86,7 @@ def test_chunked_never_holds_every_depths_logits(monkeypatch):
         if mode == "stacked":
             assert largest == 5 * B * T * vocab
         else:
-            assert largest * 4 <= head_loss.CHUNK_BYTES  # 16 tokens' logits at a time
+            assert largest * 4 <= head_loss.CPU_BUDGET // 2  # 16 tokens' logits at a time
     handle.remove()
 
 
@@ -92,7 +94,7 @@ def test_chunked_never_holds_every_depths_logits(monkeypatch):
 def test_vectorised_depth_terms_equal_the_per_depth_loop(kind):
     """`stacked_terms` (one operation for every depth) gives each depth's `loss_sum / loss_count`."""
     from lpa_cli.training.head_loss import stacked_terms
-    from lpa_cli.training.task_losses import loss_count, loss_sum
+    from lpa_cli.training.task_losses import loss_denominator, loss_sum
 
     g = torch.Generator().manual_seed(0)
     if kind == "regression":
@@ -102,5 +104,5 @@ def test_vectorised_depth_terms_equal_the_per_depth_loop(kind):
     else:
         preds, y = torch.randn(3, 4, 6, 11, generator=g), torch.randint(0, 11, (4, 6), generator=g)
         y[0, :2] = -100  # padding counts nowhere
-    loop = torch.stack([loss_sum(p, y, kind) / max(1, loss_count(y, kind)) for p in preds])
+    loop = torch.stack([loss_sum(p, y, kind) / loss_denominator(y, kind) for p in preds])
     torch.testing.assert_close(stacked_terms(preds, y, kind), loop)

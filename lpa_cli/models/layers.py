@@ -83,13 +83,25 @@ class Rotary(nn.Module):
     def __init__(self, head_dim: int, theta: float, scaling: dict | None) -> None:
         super().__init__()
         self.register_buffer("inv_freq", rope_frequencies(head_dim, theta, scaling), persistent=False)
+        self._last: tuple | None = None  # (key, cos, sin) of the last call: every layer shares this module
+
+    def angles(self, start: int, T: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """(T, d) cos and sin at positions start .. start + T - 1. The blocks of one forward pass ask for
+        the same ones, so they are computed once, not once per layer (seven small kernels each time,
+        which on a GPU cost launches, not FLOPs); while compiling, the graph computes them itself."""
+        key = (start, T, like.dtype, like.device, self.inv_freq._version, torch.is_inference_mode_enabled())
+        if self._last is not None and self._last[0] == key and not torch.compiler.is_compiling():
+            return self._last[1], self._last[2]
+        positions = torch.arange(start, start + T, device=like.device, dtype=torch.float32)
+        freqs = positions[:, None] * self.inv_freq.to(like.device)[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos().to(like.dtype), emb.sin().to(like.dtype)
+        if not torch.compiler.is_compiling():
+            self._last = (key, cos, sin)
+        return cos, sin
 
     def forward(self, q: Tensor, k: Tensor, start: int) -> tuple[Tensor, Tensor]:  # (B, H, T, d)
-        T = q.shape[2]
-        positions = torch.arange(start, start + T, device=q.device, dtype=torch.float32)
-        freqs = positions[:, None] * self.inv_freq.to(q.device)[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos().to(q.dtype), emb.sin().to(q.dtype)
+        cos, sin = self.angles(start, q.shape[2], q)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 

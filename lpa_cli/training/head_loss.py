@@ -3,13 +3,22 @@
 Two paths give the same values and gradients (tested to float tolerance):
 
 - **stacked**: the states are stacked on the batch axis and read by one head call; one vectorised
-  loss. Fast for small heads, but it holds every depth's output (D x B x T x V logits for an LM).
-- **chunked**: a custom autograd function that, in its forward pass, runs the head over one chunk of
-  rows at a time, takes the loss and, at once, the chunk's gradient for the states and the head's
-  parameters (the approach of fused linear cross-entropy kernels, for any head). Only one chunk's
-  output ever exists. The backward pass scales the stored gradients by the incoming one.
+  loss. It holds every depth's output at once (D x B x T x V logits for an LM).
+- **chunked**: the rows of every depth are laid end to end (depth 0's rows, then depth 1's, ...) and
+  cut into chunks of at most a budget's worth of head output; a chunk may hold several depths' rows,
+  which then go through the head in one call. A custom autograd function, in its forward pass, reads
+  one chunk, takes its loss and, at once, the chunk's gradient for the states and the head's parameters
+  (the approach of fused linear cross-entropy kernels, for any head). Only one chunk's output ever
+  exists. The backward pass scales the stored gradients by the incoming one.
 
-``auto`` picks chunked when the stacked output would exceed `AUTO_CHUNK_BYTES`.
+**The budget** (`head_budget`, ``objective.head_chunk_mb``) is the fp32 head output allowed to exist at
+once. ``auto`` stacks when every depth's output fits it, and otherwise chunks of half of it (a chunk's
+output and its gradient are alive together). Its default depends on the device: on a CPU 64 MB (small
+chunks cost little there, and they stay in cache); on a GPU a sixteenth of the free memory, between
+256 MB and 4 GiB, because there each chunk is a few kernel launches whatever its size, and the launches,
+not the FLOPs, set the time of small chunks (a 32,000-token vocabulary cut into 256-row chunks made
+exact LPA 7x a hand-written loop on an H200). No path reads a value back to the host: counts of real
+targets stay on the device.
 
 A depth's term is its mean label loss or, with ``align = kl``, for depths below N a mix of it and the
 distance to the final depth's detached prediction (KL for distributions, squared error for
@@ -28,11 +37,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lpa_core.errors import UsageError
 from lpa_cli.data.batch import IGNORE_INDEX, Batch
-from lpa_cli.training.task_losses import align_sum, loss_count, loss_sum
+from lpa_cli.training.task_losses import align_rows, align_sum, loss_denominator, loss_rows, loss_sum
 
-AUTO_CHUNK_BYTES = 64 << 20  # stacked outputs above this take the chunked path
-CHUNK_BYTES = 32 << 20  # about this much head output per chunk
+CPU_BUDGET = 64 << 20  # fp32 head output at once on a CPU: stacked up to 64 MB, else 32 MB chunks (0.3's sizes)
+GPU_SHARE = 16  # on a GPU: this fraction of the free memory ...
+GPU_BUDGET_RANGE = (256 << 20, 4 << 30)  # ... kept within these bounds
+
+
+def head_budget(mb: int, device: torch.device) -> int:
+    """Bytes of fp32 head output the head loss may hold at once: ``mb`` MiB when given, else chosen
+    from the device (see the module's docstring)."""
+    if mb > 0:
+        return mb << 20
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # cached, reusable
+        low, high = GPU_BUDGET_RANGE
+        return int(min(high, max(low, free // GPU_SHARE)))
+    return CPU_BUDGET
+
+
+def chunk_rows(budget: int, out_per_row: int) -> int:
+    """Rows per chunk: half the budget, since a chunk's output and its gradient exist together."""
+    return max(1, budget // 2 // max(1, 4 * out_per_row))
 
 
 @dataclass
@@ -69,7 +98,7 @@ def stacked_losses(head: nn.Module, states: Sequence[Tensor], batch: Batch, term
         whole = part == len(y)  # no slices then: each is an autograd node, and on a small model they add up
         rows = states if whole else [h[:part] for h in states]
         m = None if mask is None else (mask if whole else mask[:part]).repeat(D, *[1] * (mask.dim() - 1))
-        preds = _read(head, torch.cat(rows, dim=0), m).unflatten(0, (D, part))  # (D, part, ...)
+        preds = _read(head, rows[0] if D == 1 else torch.cat(rows, dim=0), m).unflatten(0, (D, part))  # (D, part, ...)
         if not terms.align:
             return stacked_terms(preds, y if whole else y[:part], terms.kind)
         preds_list = list(preds.unbind(0))
@@ -77,20 +106,23 @@ def stacked_losses(head: nn.Module, states: Sequence[Tensor], batch: Batch, term
         part = terms.parts[0]
         m = None if mask is None else mask[:part].repeat(D - 1, *[1] * (mask.dim() - 1))
         shallow = _read(head, torch.cat([h[:part] for h in states[:-1]], dim=0), m).unflatten(0, (D - 1, part))
-        preds_list = list(shallow.unbind(0)) + [_read(head, states[-1], mask)]
+        deepest = _read(head, states[-1], mask)
+        if not terms.align:
+            return torch.cat([stacked_terms(shallow, y[:part], terms.kind), stacked_terms(deepest[None], y, terms.kind)])
+        preds_list = list(shallow.unbind(0)) + [deepest]
     final = preds_list[-1].detach() if terms.align else None
     losses = []
     for j, pred in enumerate(preds_list):
         part = terms.parts[j]
         target = y[:part]
         fin = final[:part] if final is not None and j < D - 1 else None
-        losses.append(_term(pred, target, fin, terms.kind, terms.mix) / max(1, loss_count(target, terms.kind)))
+        losses.append(_term(pred, target, fin, terms.kind, terms.mix) / loss_denominator(target, terms.kind))
     return torch.stack(losses)
 
 
 def stacked_terms(preds: Tensor, target: Tensor, kind: str) -> Tensor:
     """(D,) mean label loss of each depth from predictions stacked as (D, rows, ...), in one vectorised
-    operation: the per-depth loop's values (`loss_sum` / `loss_count`), without its D x 5 small
+    operation: the per-depth loop's values (`loss_sum` / `loss_denominator`), without its D x 5 small
     kernels and autograd nodes, which on a small model cost more than the head itself."""
     D = preds.shape[0]
     if kind == "regression":
@@ -98,140 +130,234 @@ def stacked_terms(preds: Tensor, target: Tensor, kind: str) -> Tensor:
         return diff.pow(2).reshape(D, -1).mean(1)
     logits = preds.reshape(-1, preds.shape[-1]).float()
     ce = F.cross_entropy(logits, target.reshape(-1).repeat(D), ignore_index=IGNORE_INDEX, reduction="none").view(D, -1)
-    return ce.sum(1) / max(1, loss_count(target, kind))
+    return ce.sum(1) / loss_denominator(target, kind)
 
 
 class _Chunked(torch.autograd.Function):
-    """Forward: loss value and, already, its gradient; backward: the stored gradient, scaled."""
+    """Forward: the weighted loss and, already, its gradient; backward: the stored gradient, scaled."""
 
     @staticmethod
-    def forward(ctx, job: _ChunkJob, *tensors: Tensor):
-        total, losses, grads = job.run(tensors)
+    def forward(ctx, job: _Layout, *tensors: Tensor):
+        total, sums, grads = job.run(tensors)
         ctx.save_for_backward(*grads)
-        ctx.mark_non_differentiable(losses)
-        return total, losses
+        ctx.mark_non_differentiable(sums)
+        return total, sums
 
     @staticmethod
-    def backward(ctx, grad_total: Tensor, _grad_losses: Tensor):
+    def backward(ctx, grad_total: Tensor, _grad_sums: Tensor):
         return (None, *[None if g is None else g * grad_total for g in ctx.saved_tensors])
 
 
 @dataclass
-class _ChunkJob:
+class _Layout:
+    """One group of depths whose rows are laid end to end (``rows``: the concatenated states, an input of
+    the autograd function), with what every row needs: its target, its depth, its weight."""
+
     head: nn.Module
-    batch: Batch
     terms: Terms
-    combine: Callable[[Tensor], Tensor]  # (D,) per-depth losses -> the scalar to minimise
-    linear_weights: Tensor | None  # the combination's constant coefficients, when it is linear
-    tokenwise: bool
-    n_states: int
-    chunk_rows: int
+    depths: list[int]  # indices into the selected depths (0..D-1) this group holds, in order
+    limits: list[int]  # rows each of them contributes
+    y: Tensor  # (R, ...) every row's target
+    mask: Tensor | None  # (R, T) attention-mask rows, for heads that read whole samples
+    final_at: Tensor | None  # (R,) with alignment: the row of the final depth at each row's position
+    depth_of: Tensor  # (R,) each row's position in ``depths``
+    align_w: Tensor | None  # (R,) with alignment: each row's mix (0 on the final depth's own rows)
+    last: bool  # whether the layout holds the final depth (and so is what alignment compares with)
+    rows_per_chunk: int
+
+    def chunks(self):
+        total = sum(self.limits)
+        for start in range(0, total, self.rows_per_chunk):
+            yield slice(start, min(total, start + self.rows_per_chunk))
+
+    def row_terms(self, pred: Tensor, rows: slice, final: Tensor | None) -> Tensor:
+        """(rows,) each row's term: its label loss, or with alignment its mix with the distance to the
+        final depth's prediction."""
+        kind, y = self.terms.kind, self.y[rows]
+        if final is None:
+            return loss_rows(pred, y, kind)
+        align = align_rows(pred, final, kind, y)
+        if self.terms.mix == 1.0 and not self.last:
+            return align
+        label = loss_rows(pred, y, kind)
+        return label + self.align_w[rows] * (align - label)
+
+    def final(self, rows_t: Tensor, rows: slice) -> Tensor | None:
+        """The final depth's detached prediction at the chunk's positions (alignment only)."""
+        if self.final_at is None:
+            return None
+        with torch.no_grad():
+            at = self.final_at[rows]
+            return _read(self.head, rows_t.index_select(0, at), None if self.mask is None else self.mask[rows]).detach()
+
+    def run(self, tensors: Sequence[Tensor]):
+        """(weighted total, per-depth sums of row terms, gradients for every input)."""
+        rows_t, scale, params = tensors[0], tensors[1], list(tensors[2:])
+        row_scale = scale.index_select(0, self.depth_of)  # (R,) d total / d row term
+        need_rows = rows_t.requires_grad
+        values, grads_rows, grads_params = [], [], [None] * len(params)
+        with torch.enable_grad():
+            for rows in self.chunks():
+                h = rows_t[rows].detach().requires_grad_(need_rows)
+                pred = _read(self.head, h, None if self.mask is None else self.mask[rows])
+                per_row = self.row_terms(pred, rows, self.final(rows_t, rows))
+                wanted = ([h] if need_rows else []) + params
+                if wanted:
+                    grads = list(torch.autograd.grad((per_row * row_scale[rows]).sum(), wanted, allow_unused=True))
+                    if need_rows:
+                        grads_rows.append(grads.pop(0))
+                    for i, g in enumerate(grads):
+                        if g is not None:
+                            grads_params[i] = g if grads_params[i] is None else grads_params[i].add_(g)
+                values.append(per_row.detach().float())
+        per_row = values[0] if len(values) == 1 else torch.cat(values)
+        sums = segment_sums(per_row, self.limits)
+        total = (per_row * row_scale).sum()
+        grad_rows = (grads_rows[0] if len(grads_rows) == 1 else torch.cat(grads_rows)) if need_rows else None
+        return total, sums, [grad_rows, None, *grads_params]
+
+    @torch.no_grad()
+    def measure(self, rows_t: Tensor) -> Tensor:
+        """Per-depth sums of row terms, forward only."""
+        values = []
+        for rows in self.chunks():
+            pred = _read(self.head, rows_t[rows], None if self.mask is None else self.mask[rows])
+            values.append(self.row_terms(pred, rows, self.final(rows_t, rows)).float())
+        return segment_sums(values[0] if len(values) == 1 else torch.cat(values), self.limits)
+
+
+def segment_sums(values: Tensor, limits: list[int]) -> Tensor:
+    """(len(limits),) sums of consecutive segments of ``values`` of the given lengths, a reshape per run
+    of equal lengths (deterministic, unlike an atomic index_add, and no host sync)."""
+    out, start, i = [], 0, 0
+    while i < len(limits):
+        j = i
+        while j < len(limits) and limits[j] == limits[i]:
+            j += 1
+        n = (j - i) * limits[i]
+        out.append(values[start : start + n].view(j - i, limits[i]).sum(1))
+        start, i = start + n, j
+    return out[0] if len(out) == 1 else torch.cat(out)
+
+
+class ChunkedHeadLoss:
+    """Every selected depth's rows laid end to end and read in budget-sized chunks (see the module).
+
+    ``cache``: a dict the caller keeps between steps, for the small index tensors a layout needs (made
+    once per shape: building them from host lists on every step would copy them to the device, and a
+    plain host-to-device copy waits for the device)."""
+
+    def __init__(self, head: nn.Module, states: Sequence[Tensor], batch: Batch, terms: Terms, tokenwise: bool, budget: int,
+                 out_per_row: int, cache: dict | None = None) -> None:
+        self.head, self.terms, self.tokenwise = head, terms, tokenwise
+        self.cache = {} if cache is None else cache
+        T = batch.y.shape[1] if tokenwise else 1
+        self.limits = [p * T for p in terms.parts]  # rows of each depth, in the flattened unit
+        self.flat = [h if lim == len(h) else h[:lim] for h, lim in zip(map(self._rows, states), self.limits)]
+        y = self._rows(batch.y)
+        self.device = y.device
+        self.counts = self._counts(y)
+        per_chunk = chunk_rows(budget, out_per_row)
+        self.layouts = self._layouts(y, None if tokenwise else batch.mask, per_chunk)
 
     def _rows(self, h: Tensor) -> Tensor:
         return h.flatten(0, 1) if self.tokenwise else h  # an LM head reads tokens independently
 
-    def _targets(self) -> Tensor:
-        return self.batch.y.flatten(0, 1) if self.tokenwise else self.batch.y
+    def _cached(self, key: tuple, make: Callable[[], Tensor]) -> Tensor:
+        key = key + (self.device,)
+        if key not in self.cache:
+            self.cache[key] = make().to(self.device)
+        return self.cache[key]
 
-    def _limits(self) -> list[int]:
-        T = self.batch.y.shape[1] if self.tokenwise else 1
-        return [p * T for p in self.terms.parts]
+    def _counts(self, y: Tensor) -> Tensor:
+        """(D,) float terms of each depth's mean (an LM's real tokens, counted on the device)."""
+        if self.terms.kind != "lm":
+            return self._cached(("counts", tuple(self.limits)), lambda: torch.tensor(self.limits, dtype=torch.float32).clamp_min(1))
+        valid = y != IGNORE_INDEX
+        runs, i = [], 0
+        while i < len(self.limits):
+            j = i
+            while j < len(self.limits) and self.limits[j] == self.limits[i]:
+                j += 1
+            lim = self.limits[i]
+            runs.append((valid if lim == len(y) else valid[:lim]).sum().float().clamp_min(1).expand(j - i))
+            i = j
+        return runs[0] if len(runs) == 1 else torch.cat(runs)
 
-    def _chunks(self, limit: int):
-        for start in range(0, limit, self.chunk_rows):
-            yield slice(start, min(limit, start + self.chunk_rows))
+    def _layouts(self, y: Tensor, mask: Tensor | None, per_chunk: int) -> list[_Layout]:
+        """Consecutive depths whose rows have one shape share a layout (a staged network's do not)."""
+        D, out, k = len(self.flat), [], 0
+        while k < D:
+            g = [k]
+            while g[-1] + 1 < D and self.flat[g[-1] + 1].shape[1:] == self.flat[k].shape[1:]:
+                g.append(g[-1] + 1)
+            lims = [self.limits[i] for i in g]
+            if len(g) == 1:
+                ys = y if lims[0] == len(y) else y[: lims[0]]
+            elif len(set(lims)) == 1 and lims[0] == len(y):
+                ys = y.repeat(len(g), *[1] * (y.dim() - 1))
+            else:
+                ys = torch.cat([y[:lim] for lim in lims])
+            ms = None if mask is None else torch.cat([mask[:lim] for lim in lims])
+            last = g[-1] == D - 1
+            final_at = None
+            if self.terms.align and D > 1:
+                if not last or self.flat[-1].shape[1:] != self.flat[g[0]].shape[1:]:
+                    raise UsageError("--align kl needs every selected depth's states in one shape (this model has stages)")
+                offset = sum(lims[:-1])  # the final depth's rows start here in the layout
+                final_at = self._cached(("final_at", tuple(lims)), lambda: offset + torch.cat([torch.arange(lim) for lim in lims]))
+            depth_of = self._cached(("depth_of", tuple(lims)), lambda: torch.repeat_interleave(torch.arange(len(lims)), torch.tensor(lims)))
+            align_w = None
+            if self.terms.align and D > 1:
+                mixes = torch.tensor([0.0 if d == D - 1 else self.terms.mix for d in g])
+                align_w = self._cached(("align_w", tuple(lims), tuple(mixes.tolist())), lambda: mixes.repeat_interleave(torch.tensor(lims)))
+            out.append(_Layout(self.head, self.terms, g, lims, ys, ms, final_at, depth_of, align_w, last, per_chunk))
+            k = g[-1] + 1
+        return out
 
-    def run(self, tensors: Sequence[Tensor]):
-        states, params = tensors[: self.n_states], list(tensors[self.n_states :])
-        terms, kind = self.terms, self.terms.kind
-        flat = [self._rows(h) for h in states]
-        y = self._targets()
-        mask = None if self.tokenwise else self.batch.mask
-        limits = self._limits()
-        D = len(flat)
-        counts = [max(1, loss_count(y[:lim], kind)) for lim in limits]
-        with torch.no_grad():
-            if self.linear_weights is not None:
-                coeff = self.linear_weights
-            else:  # a nonlinear combination: measure every L_k first, then differentiate the combination
-                measured = self._forward_only(flat, y, mask, limits, counts)
-                probe = measured.clone().requires_grad_(True)
-                with torch.enable_grad():
-                    (coeff,) = torch.autograd.grad(self.combine(probe), probe)
-        grad_states = [torch.zeros_like(h) if h.requires_grad else None for h in flat]
-        grad_params = [torch.zeros_like(p) for p in params]
-        sums = torch.zeros(D, dtype=torch.float64, device=y.device)
-        with torch.enable_grad():
-            for rows in self._chunks(max(limits)):
-                final = None
-                if terms.align:
-                    with torch.no_grad():
-                        final = _read(self.head, flat[-1][rows], None if mask is None else mask[rows]).detach()
-                for k in range(D):
-                    stop = min(rows.stop, limits[k])
-                    if stop <= rows.start:
-                        continue
-                    r = slice(rows.start, stop)
-                    h = flat[k][r].detach().requires_grad_(grad_states[k] is not None)
-                    pred = _read(self.head, h, None if mask is None else mask[r])
-                    fin = final[: stop - rows.start] if final is not None and k < D - 1 else None
-                    term = _term(pred, y[r], fin, kind, terms.mix) / counts[k]
-                    wanted = ([h] if grad_states[k] is not None else []) + params
-                    if wanted:
-                        grads = torch.autograd.grad(term * coeff[k].to(term.dtype), wanted, allow_unused=True)
-                        if grad_states[k] is not None:
-                            grad_states[k][r] += grads[0]
-                            grads = grads[1:]
-                        for acc, g in zip(grad_params, grads):
-                            if g is not None:
-                                acc += g
-                    sums[k] += term.detach().double()
-        losses = sums.to(flat[-1].dtype if flat[-1].is_floating_point() else torch.float32).float()
-        with torch.no_grad():
-            total = self.combine(losses)
-        grads_out = [None if g is None else g.view_as(h) for g, h in zip(grad_states, states)] + grad_params
-        return total, losses, grads_out
+    def _inputs(self, layout: _Layout) -> Tensor:
+        g = layout.depths
+        return self.flat[g[0]] if len(g) == 1 else torch.cat([self.flat[i] for i in g])
 
-    @torch.no_grad()
-    def _forward_only(self, flat, y, mask, limits, counts) -> Tensor:
-        sums = torch.zeros(len(flat), dtype=torch.float64, device=y.device)
-        for rows in self._chunks(max(limits)):
-            final = None
-            if self.terms.align:
-                final = _read(self.head, flat[-1][rows], None if mask is None else mask[rows])
-            for k in range(len(flat)):
-                stop = min(rows.stop, limits[k])
-                if stop <= rows.start:
-                    continue
-                r = slice(rows.start, stop)
-                pred = _read(self.head, flat[k][r], None if mask is None else mask[r])
-                fin = final[: stop - rows.start] if final is not None and k < len(flat) - 1 else None
-                sums[k] += (_term(pred, y[r], fin, self.terms.kind, self.terms.mix) / counts[k]).double()
-        return sums.float()
+    def measure(self) -> Tensor:
+        """(D,) per-depth mean losses, forward only."""
+        sums = [layout.measure(self._inputs(layout).detach()) for layout in self.layouts]
+        return (sums[0] if len(sums) == 1 else torch.cat(sums)) / self.counts
+
+    def loss(self, coeff: Tensor, params: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """(sum_k coeff_k L_k with its gradient, (D,) detached L_k)."""
+        scale = coeff.float() / self.counts
+        totals, sums = [], []
+        for layout in self.layouts:
+            part = scale if len(self.layouts) == 1 else scale[layout.depths[0] : layout.depths[-1] + 1]
+            total, s = _Chunked.apply(layout, self._inputs(layout), part, *params)
+            totals.append(total)
+            sums.append(s)
+        total = totals[0] if len(totals) == 1 else torch.stack(totals).sum()
+        return total, (sums[0] if len(sums) == 1 else torch.cat(sums)) / self.counts
 
 
 def chunked_loss(head: nn.Module, states: Sequence[Tensor], batch: Batch, terms: Terms, combine: Callable[[Tensor], Tensor],
-                 linear_weights: Tensor | None, tokenwise: bool, out_per_row: int,
-                 params: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+                 linear_weights: Tensor | None, tokenwise: bool, budget: int, out_per_row: int,
+                 params: list[Tensor] | None = None, cache: dict | None = None) -> tuple[Tensor, Tensor]:
     """(total, per-depth losses) without ever holding more than one chunk of head output. ``params``:
-    the tensors the head reads that get gradients (default: its trainable parameters)."""
+    the tensors the head reads that get gradients (default: its trainable parameters); ``cache``: see
+    `ChunkedHeadLoss`."""
     params = [p for p in head.parameters() if p.requires_grad] if params is None else params
-    return _Chunked.apply(_job(head, batch, terms, combine, linear_weights, tokenwise, len(states), out_per_row), *states, *params)
+    job = ChunkedHeadLoss(head, states, batch, terms, tokenwise, budget, out_per_row, cache)
+    if linear_weights is not None:
+        return job.loss(linear_weights, params)
+    measured = job.measure().requires_grad_(True)  # a nonlinear combination: its gradient where the losses are
+    with torch.enable_grad():
+        (coeff,) = torch.autograd.grad(combine(measured), measured)
+    total, losses = job.loss(coeff, params)
+    return total - total.detach() + combine(losses).detach(), losses
 
 
-def chunked_measure(head: nn.Module, states: Sequence[Tensor], batch: Batch, terms: Terms, tokenwise: bool, out_per_row: int) -> Tensor:
+def chunked_measure(head: nn.Module, states: Sequence[Tensor], batch: Batch, terms: Terms, tokenwise: bool, budget: int,
+                    out_per_row: int, cache: dict | None = None) -> Tensor:
     """(D,) per-depth losses, forward only, one chunk of head output at a time."""
-    job = _job(head, batch, terms, lambda L: L.sum(), None, tokenwise, len(states), out_per_row)
-    flat = [job._rows(h.detach()) for h in states]
-    y = job._targets()
-    limits = job._limits()
-    counts = [max(1, loss_count(y[:lim], terms.kind)) for lim in limits]
-    return job._forward_only(flat, y, None if tokenwise else batch.mask, limits, counts)
-
-
-def _job(head, batch, terms, combine, linear_weights, tokenwise, n_states, out_per_row) -> _ChunkJob:
-    chunk_rows = max(1, CHUNK_BYTES // max(1, 4 * out_per_row))
-    return _ChunkJob(head, batch, terms, combine, linear_weights, tokenwise, n_states, chunk_rows)
+    return ChunkedHeadLoss(head, [h.detach() for h in states], batch, terms, tokenwise, budget, out_per_row, cache).measure()
 
 
 def output_per_row(head: nn.Module, state: Tensor, mask: Tensor | None, tokenwise: bool) -> int:

@@ -39,10 +39,10 @@ from torch import Tensor, nn
 
 from lpa_core.depths import parse_depths
 from lpa_core.errors import UsageError
-from lpa_cli.data.batch import IGNORE_INDEX, Batch
+from lpa_cli.data.batch import Batch
 from lpa_cli.config import ObjectiveConfig
-from lpa_cli.training.head_loss import AUTO_CHUNK_BYTES, CHUNK_BYTES, Terms, chunked_loss, chunked_measure, output_per_row, stacked_losses
-from lpa_cli.training.sampled_head import TOP_K, CandidateHead, candidate_batch, draw, final_top, parse_sampled, projection
+from lpa_cli.training.head_loss import Terms, chunk_rows, chunked_loss, chunked_measure, head_budget, output_per_row, stacked_losses
+from lpa_cli.training.sampled_head import TOP_K, CandidateHead, always_in, candidate_batch, draw, final_top, parse_sampled, projection
 from lpa_cli.models.protocol import ResidualModel
 from lpa_cli.registry import OBJECTIVES
 
@@ -101,6 +101,8 @@ class Objective:
             raise UsageError(f"--head-loss {cfg.head_loss}: a sampled head loss is for language models (a vocabulary to sample); "
                              f"this task is {kind}")
         self._out_per_row: dict[tuple, int] = {}
+        self._budget: dict[torch.device, int] = {}  # the head loss's budget, chosen once per device
+        self._index_cache: dict[tuple, Tensor] = {}  # the chunked head loss's index tensors, made once per shape
 
     def select(self, cfg: ObjectiveConfig, num_blocks: int) -> list[int]:
         return [num_blocks]
@@ -144,41 +146,59 @@ class Objective:
             return self._sampled(head, states, batch, depths, terms, w, tokenwise_head, generator)
         if self._use_chunked(head, states, batch, terms, tokenwise_head):
             total, losses = chunked_loss(head, states, batch, terms, lambda L: self.combine(L, w),
-                                         w if self.cfg.loss_power == 1.0 else None, tokenwise_head,
-                                         self._row_size(head, states[-1], batch, tokenwise_head))
+                                         w if self.cfg.loss_power == 1.0 else None, tokenwise_head, self.budget(states[-1].device),
+                                         self._row_size(head, states[-1], batch, tokenwise_head), cache=self._index_cache)
             return LossOutput(total, depths, losses)
         losses = stacked_losses(head, states, batch, terms)
         return LossOutput(self.combine(losses, w.to(losses.dtype)), depths, losses.detach())
 
+    def budget(self, device: torch.device) -> int:
+        """Bytes of fp32 head output the head loss may hold at once (`head_loss.head_budget`)."""
+        if device not in self._budget:
+            self._budget[device] = head_budget(self.cfg.head_chunk_mb, device)
+        return self._budget[device]
+
     def _sampled(self, head: nn.Module, states: list[Tensor], batch: Batch, depths: list[int], terms: Terms, w: Tensor,
                  tokenwise_head: bool, generator: torch.Generator | None) -> LossOutput:
-        """Depths < N through the candidate rows (`lpa_cli.training.sampled_head`), depth N exact."""
+        """Depths < N through the candidate rows (`lpa_cli.training.sampled_head`), depth N exact. The
+        candidate set is the step's one read back to the host; each group of heads is stacked or
+        chunked by the same budget as the exact loss."""
         option = f"--head-loss {self.cfg.head_loss}"
         proj = projection(head, option)
         vocab = proj.out_features
         if self.sampled > vocab:
             raise UsageError(f"{option}: K must be at most the vocabulary ({vocab:,} rows)")
-        always = batch.y[batch.y != IGNORE_INDEX].unique()
+        device, budget = states[-1].device, self.budget(states[-1].device)
+        wanted = batch.y.flatten()
         if terms.align:
-            always = torch.cat([always, final_top(head, states[-1], TOP_K, max(1, CHUNK_BYTES // (4 * vocab)))]).unique()
-        cand = draw(vocab, always, self.sampled, generator, states[-1].device)
+            wanted = torch.cat([wanted, final_top(head, states[-1], TOP_K, chunk_rows(budget, vocab))])
+        cand = draw(vocab, always_in(wanted.cpu()), self.sampled, generator, device)  # the one host sync
         reader, cbatch, last = CandidateHead(head, proj, cand), candidate_batch(batch, cand), Terms(self.kind, [len(batch)])
-        if not self._use_chunked(head, states[-1:], batch, last, tokenwise_head):
-            losses = torch.cat([stacked_losses(reader, states, cbatch, terms)[:-1], stacked_losses(head, states[-1:], batch, last)])
+        size, csize = self._row_size(head, states[-1], batch, tokenwise_head), len(cand.ids)
+        shallow_chunked = self._too_big(terms, batch, tokenwise_head, csize, budget)
+        final_chunked = self._too_big(last, batch, tokenwise_head, size, budget)
+        # the candidate head reads depths < N; with alignment depth N too (the distribution they fit), weighted 0
+        shallow, sterms = (states, terms) if terms.align else (states[:-1], Terms(self.kind, terms.parts[:-1]))
+        n = len(states) - 1
+        if not shallow_chunked and not final_chunked:
+            losses = torch.cat([stacked_losses(reader, shallow, cbatch, sterms)[:n], stacked_losses(head, states[-1:], batch, last)])
             return LossOutput(self.combine(losses, w.to(losses.dtype)), depths, losses.detach())
-        size = self._row_size(head, states[-1], batch, tokenwise_head)
+        cache = self._index_cache
         if self.cfg.loss_power == 1.0:
             coeff = w
         else:  # a nonlinear combination: measure every L_k, then differentiate the combination there
-            measured = torch.cat([chunked_measure(reader, states, cbatch, terms, tokenwise_head, len(cand.ids))[:-1],
-                                  chunked_measure(head, states[-1:], batch, last, tokenwise_head, size)]).requires_grad_(True)
+            measured = torch.cat([chunked_measure(reader, shallow, cbatch, sterms, tokenwise_head, budget, csize, cache)[:n],
+                                  chunked_measure(head, states[-1:], batch, last, tokenwise_head, budget, size, cache)]).requires_grad_(True)
             with torch.enable_grad():
                 (coeff,) = torch.autograd.grad(self.combine(measured, w), measured)
-        wa, wb = torch.cat([coeff[:-1], coeff.new_zeros(1)]), coeff[-1:]
-        ta, la = chunked_loss(reader, states, cbatch, terms, lambda L: L @ wa, wa, tokenwise_head, len(cand.ids), reader.extra_params())
-        tb, lb = chunked_loss(head, states[-1:], batch, last, lambda L: L @ wb, wb, tokenwise_head, size)
-        losses = torch.cat([la[:-1], lb])
+        wa = coeff[:n] if not terms.align else torch.cat([coeff[:n], coeff.new_zeros(1)])
+        wb = coeff[n:]
+        ta, la = chunked_loss(reader, shallow, cbatch, sterms, lambda L: L @ wa, wa, tokenwise_head, budget, csize, reader.extra_params(), cache)
+        tb, lb = chunked_loss(head, states[-1:], batch, last, lambda L: L @ wb, wb, tokenwise_head, budget, size, cache=cache)
+        losses = torch.cat([la[:n], lb])
         total = ta + tb  # its gradient is the combination's; its value, the combination's too
+        if self.cfg.loss_power == 1.0:
+            return LossOutput(total, depths, losses)
         return LossOutput(total - total.detach() + self.combine(losses, w).detach(), depths, losses)
 
     def _row_size(self, head: nn.Module, state: Tensor, batch: Batch, tokenwise_head: bool) -> int:
@@ -187,12 +207,17 @@ class Objective:
             self._out_per_row[key] = output_per_row(head, state, batch.mask, tokenwise_head)
         return self._out_per_row[key]
 
+    def _too_big(self, terms: Terms, batch: Batch, tokenwise_head: bool, out_per_row: int, budget: int) -> bool:
+        """Whether stacking these terms' head output would pass the budget."""
+        rows = sum(terms.parts) * (batch.y.shape[1] if tokenwise_head and batch.y.dim() > 1 else 1)
+        return rows * out_per_row * 4 > budget
+
     def _use_chunked(self, head: nn.Module, states: list[Tensor], batch: Batch, terms: Terms, tokenwise_head: bool) -> bool:
         mode = self.cfg.head_loss
-        if mode != "auto" and not self.sampled:  # sampled:K reads its heads stacked or chunked as auto would
+        if mode != "auto":
             return mode == "chunked"
-        rows = sum(terms.parts) * (batch.y.shape[1] if tokenwise_head and batch.y.dim() > 1 else 1)
-        return rows * self._row_size(head, states[-1], batch, tokenwise_head) * 4 > AUTO_CHUNK_BYTES
+        return self._too_big(terms, batch, tokenwise_head, self._row_size(head, states[-1], batch, tokenwise_head),
+                             self.budget(states[-1].device))
 
     def _weight_tensor(self, weights: list[float], like: Tensor) -> Tensor:
         """The weights as a tensor, made once per depth subset (steps are short enough to notice)."""

@@ -58,10 +58,17 @@ class Candidates:
     exact: bool  # every row a candidate, unshifted: the exact softmax
 
 
+def always_in(wanted: Tensor) -> Tensor:
+    """The distinct real token ids among ``wanted`` (on the host), padding dropped."""
+    ids = wanted.unique()
+    return ids[ids != IGNORE_INDEX]
+
+
 def draw(vocab: int, always: Tensor, k: int, generator: torch.Generator | None, device: torch.device) -> Candidates:
-    """The always-in ids and K of the others, drawn uniformly without replacement by ``generator``."""
+    """The always-in ids (on the host) and K of the others, drawn uniformly without replacement by
+    ``generator``; the result is copied to ``device`` without waiting for it."""
     keep = torch.zeros(vocab, dtype=torch.bool)
-    keep[always.cpu()] = True
+    keep[always] = True
     rest = (~keep).nonzero().squeeze(1)
     m = len(rest)
     shift = torch.zeros(vocab)
@@ -72,7 +79,7 @@ def draw(vocab: int, always: Tensor, k: int, generator: torch.Generator | None, 
     else:
         keep[rest] = True  # every row: the exact softmax
     ids = keep.nonzero().squeeze(1)
-    return Candidates(ids.to(device), shift[ids].to(device), exact=k >= m)
+    return Candidates(ids.to(device, non_blocking=True), shift[ids].to(device, non_blocking=True), exact=k >= m)
 
 
 class CandidateHead(nn.Module):
@@ -98,19 +105,18 @@ class CandidateHead(nn.Module):
 
 
 def remap(y: Tensor, ids: Tensor) -> Tensor:
-    """Targets as positions in the candidate list (`IGNORE_INDEX` stays)."""
-    real = y != IGNORE_INDEX
-    out = torch.full_like(y, IGNORE_INDEX)
-    out[real] = torch.searchsorted(ids, y[real])
-    return out
+    """Targets as positions in the candidate list (`IGNORE_INDEX` stays); a mask, not an index, so the
+    device never waits for the host."""
+    return torch.where(y != IGNORE_INDEX, torch.searchsorted(ids, y.clamp_min(0)), y)
 
 
 @torch.no_grad()
 def final_top(head: nn.Module, state: Tensor, k: int, chunk_rows: int) -> Tensor:
-    """The ids among the final depth's top ``k`` at any position, read chunk by chunk."""
+    """(positions x k,) the final depth's top ``k`` ids at every position, read chunk by chunk (with
+    repeats: the caller makes them distinct on the host, where it reads them anyway)."""
     rows = state.flatten(0, -2)
-    found = [head(rows[s : s + chunk_rows]).topk(k, dim=-1).indices.flatten().unique() for s in range(0, len(rows), chunk_rows)]
-    return torch.cat(found).unique()
+    found = [head(rows[s : s + chunk_rows]).topk(k, dim=-1).indices.flatten() for s in range(0, len(rows), chunk_rows)]
+    return found[0] if len(found) == 1 else torch.cat(found)
 
 
 def candidate_batch(batch: Batch, cand: Candidates) -> Batch:

@@ -27,10 +27,40 @@ def loss_sum(pred: Tensor, target: Tensor, kind: str) -> Tensor:
 
 
 def loss_count(target: Tensor, kind: str) -> int:
-    """How many terms `loss_sum` adds up."""
+    """How many terms `loss_sum` adds up (a host sync for LMs: for reports, not training steps)."""
     if kind == "lm":
         return int((target != IGNORE_INDEX).sum())
     return int(target.shape[0])
+
+
+def loss_denominator(target: Tensor, kind: str) -> Tensor | int:
+    """`loss_count`, at least 1, without reading anything back to the host: a device tensor for LMs
+    (the count of real tokens), the row count otherwise."""
+    if kind == "lm":
+        return (target != IGNORE_INDEX).sum().clamp_min(1)
+    return max(1, int(target.shape[0]))
+
+
+def loss_rows(pred: Tensor, target: Tensor, kind: str) -> Tensor:
+    """(rows,) each row's `loss_sum` term (an LM row of several tokens: their sum; padding: 0)."""
+    n = pred.shape[0]
+    if kind == "regression":
+        return (pred.float() - target.float()).pow(2).reshape(n, -1).mean(1)
+    ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
+    return ce if target.dim() == 1 else ce.view(n, -1).sum(1)
+
+
+def align_rows(pred: Tensor, final: Tensor, kind: str, target: Tensor) -> Tensor:
+    """(rows,) each row's `align_sum` term."""
+    n = pred.shape[0]
+    if kind == "regression":
+        return (pred.float() - final.float()).pow(2).reshape(n, -1).mean(1)
+    logp = F.log_softmax(pred.reshape(-1, pred.shape[-1]).float(), dim=-1)
+    logq = F.log_softmax(final.reshape(-1, final.shape[-1]).float(), dim=-1)
+    kl = (logq.exp() * (logq - logp)).sum(dim=-1)
+    if kind == "lm":
+        kl = kl * (target.reshape(-1) != IGNORE_INDEX)
+    return kl if kl.shape[0] == n else kl.view(n, -1).sum(1)
 
 
 def align_sum(pred: Tensor, final: Tensor, kind: str, target: Tensor) -> Tensor:
@@ -42,13 +72,13 @@ def align_sum(pred: Tensor, final: Tensor, kind: str, target: Tensor) -> Tensor:
     logq = F.log_softmax(final.reshape(-1, final.shape[-1]).float(), dim=-1)
     kl = (logq.exp() * (logq - logp)).sum(dim=-1)
     if kind == "lm":
-        kl = kl[target.reshape(-1) != IGNORE_INDEX]
+        kl = kl * (target.reshape(-1) != IGNORE_INDEX)  # a mask, not an index: no host sync
     return kl.sum()
 
 
 def batch_loss(pred: Tensor, target: Tensor, kind: str) -> Tensor:
     """Mean training loss of one depth's prediction: MSE for regression, cross-entropy otherwise."""
-    return loss_sum(pred, target, kind) / max(1, loss_count(target, kind))
+    return loss_sum(pred, target, kind) / loss_denominator(target, kind)
 
 
 @torch.no_grad()
