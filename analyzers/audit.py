@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lpa_core.files import readable
 from lpa_core.errors import ConfigError, UsageError
 from lpa_core.tomlfile import TOMLDecodeError, toml_loads
-from analyzers.metrics import format_p
+from analyzers.metrics import error_ratio, format_p
 from analyzers.monotonicity import MonotonicityResult, check_settings
 
 RULES = ("monotone", "max_error", "min_accuracy", "max_final_error_ratio", "max_deploy_depth")
@@ -101,7 +102,7 @@ def _check_table(table: Any, where: str) -> dict[str, Any]:
 
 def load_config(path: str | Path | None) -> AuditConfig:
     """The ``[tool.lpa.audit]`` table of ``path`` (default: ./pyproject.toml)."""
-    path = Path(path) if path else Path("pyproject.toml")
+    path = readable(Path(path) if path else Path("pyproject.toml"), "config", error=ConfigError)
     try:
         data = toml_loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -162,7 +163,7 @@ def check(path: str, rules: dict[str, Any], result: MonotonicityResult, accuracy
     if "max_final_error_ratio" in rules:
         if reference is None:
             raise ConfigError("max_final_error_ratio needs reference = \"PATH\" in the audit table")
-        ratio = result.error_curve[-1] / reference.error_curve[-1] if reference.error_curve[-1] > 0 else float("inf")
+        ratio = error_ratio(result.error_curve[-1], reference.error_curve[-1])
         limit = rules["max_final_error_ratio"]
         cases.append(Case(path, "max_final_error_ratio", ratio <= limit, ratio, limit,
                           f"final {result.metric} {result.curve[-1]:.4g} is {ratio:.3g}x the reference's {reference.curve[-1]:.4g} (limit {limit:g}x)"))

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import stats
 
 from analyzers.bootstrap import add_block_sums, n_blocks, replicate_weights
-from analyzers.metrics import format_p
+from analyzers.metrics import error_ratio, format_p
 from analyzers.monotonicity import METRIC_BASE
 from analyzers.compare_types import CompareResult, Cost, Difference, ExitSweep, FinalComparison, Gap, GroupCurve, Heatmaps, Run, RunVerdict, Violation
 
@@ -142,14 +142,18 @@ def paired_gaps(groups: dict[str, list[Run]], metric: str, alpha: float, paired:
         test_name = (f"paired t-test over {len(a)} shared test samples (per-sample errors averaged over seeds)" if paired
                      else f"Welch's t-test ({len(a)} vs {len(b)} samples; the runs saw different data)")
         fa, fb = float(transform(np.array([a.mean()]))[0]), float(transform(np.array([b.mean()]))[0])
-        ratio = float(a.mean() / b.mean()) if b.mean() else float("inf")
-        if test.pvalue < alpha:
-            verdict = f"{base} is {'worse' if a.mean() > b.mean() else 'better'} than {g} at the final depth"
+        ratio = error_ratio(float(a.mean()), float(b.mean()))
+        if not (a.any() or b.any()):  # no error anywhere: the test has no variance to work with
+            verdict, detail = f"{base} and {g} are both perfect at the final depth", "zero error on every test sample"
         else:
-            verdict = f"no significant difference between {base} and {g} at the final depth"
+            if test.pvalue < alpha:
+                verdict = f"{base} is {'worse' if a.mean() > b.mean() else 'better'} than {g} at the final depth"
+            else:
+                verdict = f"no significant difference between {base} and {g} at the final depth"
+            detail = f"error ratio {ratio:.3g}, {format_p(float(test.pvalue))}"
         finals.append(FinalComparison(
             base, g, depths[base][-1], depths[g][-1], metric, fa, fb, ratio, float(test.pvalue), float(test.statistic), test_name,
-            f"{verdict}: {metric} {fa:.4g} vs {fb:.4g} (error ratio {ratio:.3g}, {format_p(float(test.pvalue))})",
+            f"{verdict}: {metric} {fa:.4g} vs {fb:.4g} ({detail})",
         ))
     return gaps, finals
 

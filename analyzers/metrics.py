@@ -63,6 +63,14 @@ def summarize(errors: dict[str, np.ndarray], kind: str, target_var: float | None
     return out
 
 
+def error_ratio(a: float, b: float) -> float:
+    """``a / b`` for two errors (>= 0): 1 when both are 0 (equally perfect, not infinitely worse), inf
+    when only ``b`` is."""
+    if b > 0:
+        return a / b
+    return 1.0 if a <= 0 else math.inf
+
+
 def format_p(p: float) -> str:
     """A p-value as text: ``p = 0.012``, or ``p < 1e-300`` where it underflows (never ``p = 0``)."""
     if p != p:  # NaN

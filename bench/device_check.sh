@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Every CUDA row in one call on a lent GPU (issue 25): the tests marked `cuda`, then the language-model
-# benchmarks at their full (GPU) sizes; each one's summary lines go to one file,
+# Every CUDA row in one call on a lent GPU (issues 25, 31): bench/gpu_step.py first (lpa's step beside
+# transformers' and the hand-written all-depth loss; lpa's E2E compiled too on the first shape), the
+# tests marked `cuda`, then lm_memory, finetune and inference; each one's summary lines go to one file,
 # $OUT/device_check.txt (or bench/device-results/ without $OUT), its whole output beside it.
-# Budget: under 8 minutes on one GPU, each step under its own timeout so one slow bench cannot eat the rest.
+# Budget: 9 minutes in all. Each step has its own timeout, from the times measured on the first run
+# (2026-12-04, H200: finetune alone 60-120 s, inference > 130 s at full size, so it runs --quick here),
+# and never more than what is left of the 9 minutes, so one slow step cannot eat the rest.
 #   bash bench/device_check.sh            (PYTHON=... to choose the interpreter)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,21 +23,29 @@ fi
     "$PY" -c "import torch; p = torch.cuda.get_device_properties(0); print(f'torch {torch.__version__}, {p.name}, {p.total_memory / 2**30:.0f} GiB')"
 } > "$SUMMARY"
 
-step() {  # name, seconds, command...: run it, keep its log, copy its summary lines
+TOTAL=${DEVICE_CHECK_SECONDS:-540}
+step() {  # name, seconds, command...: run it (within what is left of TOTAL), keep its log, copy its summary lines
     local name=$1 limit=$2
     shift 2
+    local left=$((TOTAL - SECONDS))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -le 5 ]; then
+        echo "## $name (skipped: the ${TOTAL} s budget is spent)" >> "$SUMMARY"
+        return
+    fi
     local began=$SECONDS
     timeout "$limit" "$@" > "$DIR/$name.log" 2>&1
     local rc=$?
     {
-        echo "## $name (exit $rc, $((SECONDS - began)) s)"
-        grep -E '^[a-z_]+\.[A-Za-z0-9_.]+: |passed|failed|skipped' "$DIR/$name.log" | tail -n 40
+        echo "## $name (exit $rc, $((SECONDS - began)) s of $limit)"
+        grep -E '^[a-z_]+\.[A-Za-z0-9_.]+: |^(llama|qwen|ops) |passed|failed|skipped' "$DIR/$name.log" | tail -n 40
     } >> "$SUMMARY"
 }
 
-step tests 100 "$PY" -m pytest -q -o addopts="" -m cuda tests/test_cuda.py
-step lm_cost 150 "$PY" bench/lm_cost.py
-step lm_memory 90 "$PY" bench/lm_memory.py
-step finetune 60 "$PY" bench/finetune.py
-step inference 50 "$PY" bench/inference.py
+export PYTHONUNBUFFERED=1
+step gpu_step 230 "$PY" bench/gpu_step.py --compile
+step tests 70 "$PY" -m pytest -q -o addopts="" -m cuda tests/test_cuda.py
+step lm_memory 100 "$PY" bench/lm_memory.py
+step finetune 110 "$PY" bench/finetune.py
+step inference 40 "$PY" bench/inference.py --quick
 cat "$SUMMARY"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from lpa_core.files import readable
 from lpa_core.errors import ConfigError, UsageError
 from lpa_core.tomlfile import TOMLDecodeError, toml_loads
 from lpa_cli.registry import ARCHITECTURES, OBJECTIVES, TASK_HELP, WEIGHTINGS
@@ -48,6 +49,11 @@ def _finite(value: float, flag: str, low: float | None = None, high: float | Non
         hi = "" if high is None else f"<= {high:g}"
         bounds = " and ".join(b for b in (lo, hi) if b)
         raise UsageError(f"{flag} must be a finite number{' ' + bounds if bounds else ''}, got {value!r}")
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes other scripts' digits, which then get stored verbatim)."""
+    return text.isascii() and text.isdigit()
 
 
 def _count(value: int, flag: str, low: int = 0, high: int | None = None) -> None:
@@ -124,7 +130,7 @@ class ObjectiveConfig:
             _finite(self.lpa_lambda, "--lpa-lambda", 0)
         _count(self.sample_depths, "--sample-depths")
         kind, _, period = self.depth_schedule.partition(":")
-        if self.depth_schedule != "all" and (kind not in ("rotation", "curriculum") or not period.isdigit() or int(period) < 1):
+        if self.depth_schedule != "all" and (kind not in ("rotation", "curriculum") or not _digits(period) or int(period) < 1):
             raise UsageError(f"--depth-schedule must be all, rotation:R or curriculum:S with R, S >= 1 steps, got {self.depth_schedule!r}")
         if self.depth_schedule != "all" and self.sample_depths:
             raise UsageError("--depth-schedule and --sample-depths both choose each step's depths; give one of them")
@@ -134,7 +140,7 @@ class ObjectiveConfig:
             raise UsageError(f"unknown --align {self.align!r}; expected one of {', '.join(ALIGNMENTS)}")
         _finite(self.align_mix, "--align-mix", 0, 1)
         kind, _, k = self.head_loss.partition(":")
-        if self.head_loss not in HEAD_LOSSES and not (kind == "sampled" and k.isdigit() and int(k) >= 1):
+        if self.head_loss not in HEAD_LOSSES and not (kind == "sampled" and _digits(k) and int(k) >= 1):
             raise UsageError(f"--head-loss must be one of {', '.join(HEAD_LOSSES)} or sampled:K (K >= 1 sampled vocabulary rows), "
                              f"got {self.head_loss!r}")
 
@@ -284,7 +290,7 @@ def _build(cls: type, data: Any, section: str) -> Any:
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    path = readable(path, "config", error=ConfigError)
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:

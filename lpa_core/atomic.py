@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lpa_core.errors import OutputError, OutputExistsError
+from lpa_core.files import open_new
 
 TMP_MARK = ".tmp-"
 
@@ -121,9 +122,9 @@ def output_lock(target: str | Path) -> Iterator[None]:
     lock = target.with_name(target.name + ".lock")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
         raise _os_error(lock, err) from None
+    fd = open_new(lock, os.O_RDWR | os.O_CREAT)  # never through a planted link
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

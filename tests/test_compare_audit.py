@@ -256,3 +256,19 @@ def test_bad_config_files(tmp_path):
     (tmp_path / "empty.toml").write_text("[tool.other]\nx = 1\n")
     assert_clean_error(run("audit", LPA, "--config", tmp_path / "empty.toml"), "no [tool.lpa.audit]")
     assert_clean_error(run("audit", LPA, "--config", _config(tmp_path, 'min_accuracy = { "1" = 0.5 }\n')), "does not apply")
+
+
+def test_two_perfect_runs_are_equal_not_infinitely_apart():
+    """Red team 4, row 23: 0 / 0 is a ratio of 1 (an audit rule passes), and compare says both are perfect."""
+    import numpy as np
+
+    from analyzers.compare import paired_gaps
+    from analyzers.compare_types import Run
+    from analyzers.metrics import error_ratio
+
+    assert error_ratio(0.0, 0.0) == 1.0 and error_ratio(1.0, 0.0) == float("inf") and error_ratio(1.0, 2.0) == 0.5
+    zeros = np.zeros((20, 3))
+    runs = {g: [Run(g, f"{g}.h5", {}, [0, 1, 2], zeros.copy(), None)] for g in ("lpa", "e2e")}
+    _, finals = paired_gaps(runs, "err", 0.05)
+    assert finals[0].error_ratio == 1.0
+    assert "both perfect" in finals[0].statement and "inf" not in finals[0].statement and "nan" not in finals[0].statement

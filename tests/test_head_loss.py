@@ -106,3 +106,76 @@ def test_vectorised_depth_terms_equal_the_per_depth_loop(kind):
         y[0, :2] = -100  # padding counts nowhere
     loop = torch.stack([loss_sum(p, y, kind) / loss_denominator(y, kind) for p in preds])
     torch.testing.assert_close(stacked_terms(preds, y, kind), loop)
+
+
+def _lm(depth=4, vocab=512, B=2, T=64, seed=0):
+    from lpa_cli.config import ModelConfig
+    from lpa_cli.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(arch="decoder", depth=depth, width=32, zero_init=False, options={"heads": 2, "vocab": vocab}),
+                        (T,), vocab, "tokens", "lm")
+    g = torch.Generator().manual_seed(seed + 1)
+    y = torch.randint(0, vocab, (B, T), generator=g)
+    y[0, :5] = -100  # padding counts nowhere
+    return model, Batch(torch.randint(0, vocab, (B, T), generator=g), y)
+
+
+def test_a_chunk_holds_several_depths_in_one_head_call():
+    """With room for two depths' logits per chunk, the head runs once per two depths (not once per depth
+    and chunk, which is what made exact LPA 7x a hand-written loop on a GPU), with the same losses and
+    gradients as the stacked path."""
+    model, batch = _lm()  # 5 depths x 128 tokens x 512 logits x 4 bytes = 1.25 MiB stacked
+    calls = []
+    handle = model.head.register_forward_hook(lambda m, a, out: calls.append(out.shape[0]))
+    try:
+        chunked, g_chunked = _run(model, batch, "lm", {"head_chunk_mb": 1}, "auto")  # chunks of 0.5 MiB: two depths
+    finally:
+        handle.remove()
+    assert calls[-3:] == [256, 256, 128], calls  # 5 depths x 128 rows in chunks of 256 rows (one warm-up read of a row first)
+    stacked, g_stacked = _run(model, batch, "lm", {}, "stacked")
+    torch.testing.assert_close(chunked.losses, stacked.losses, rtol=1e-5, atol=1e-7)
+    for name in g_stacked:
+        torch.testing.assert_close(g_chunked[name], g_stacked[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_budget_comes_from_the_device(monkeypatch):
+    from lpa_cli.training.head_loss import GPU_BUDGET_RANGE, head_budget
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert head_budget(0, cpu) == 64 << 20 and head_budget(100, cpu) == 100 << 20 and head_budget(100, gpu) == 100 << 20
+    free = {"bytes": 140 << 30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 141 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 2 << 30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 << 30)
+    assert head_budget(0, gpu) == GPU_BUDGET_RANGE[1]  # an H200: capped at 4 GiB
+    free["bytes"] = 15 << 30  # 16 GiB free with the allocator's cached GiB: a sixteenth
+    assert head_budget(0, gpu) == 1 << 30
+    free["bytes"] = 0
+    assert head_budget(0, gpu) == GPU_BUDGET_RANGE[0]
+
+
+@pytest.mark.parametrize("settings", [{"name": "e2e"}, {"name": "lpa"}, {"name": "lpa", "head_chunk_mb": 1},
+                                      {"name": "lpa", "head_chunk_mb": 1, "align": "kl", "align_mix": 0.5},
+                                      {"name": "lpa", "head_chunk_mb": 1, "loss_power": 0.5, "sample_fraction": 0.5},
+                                      {"name": "lpa", "head_loss": "sampled:64"}, {"name": "lpa", "head_loss": "sampled:64", "head_chunk_mb": 1}])
+def test_the_head_loss_never_reads_back_to_the_host(settings):
+    """No `.item()` and no data-dependent shape on the device in a step's loss, forward and backward
+    (each one stops a GPU's queue); the sampled loss copies the targets to the host once and draws there."""
+    from bench.common import count_ops
+
+    model, batch = _lm()
+    obj = build_objective(ObjectiveConfig(**settings), model.num_blocks, "lm")
+    gen = torch.Generator().manual_seed(0)
+    obj(model, batch, 0, gen).loss.backward()  # the first call measures a row and makes its index tensors
+    copies = []
+    real_cpu = torch.Tensor.cpu
+    try:
+        torch.Tensor.cpu = lambda t, *a, **k: copies.append(t.shape) or real_cpu(t, *a, **k)
+        ops, reads, _ = count_ops(lambda: obj(model, batch, 1, gen).loss.backward())
+    finally:
+        torch.Tensor.cpu = real_cpu
+    sampled = "sampled" in settings.get("head_loss", "")
+    assert copies == ([batch.y.flatten().shape] if sampled else []), copies
+    assert reads == (3 if sampled else 0)  # sampled: unique and two nonzero, on the host copy (`sampled_head.draw`)
+    assert ops > 50

@@ -237,6 +237,8 @@ def is_trace(path: str | Path) -> bool:
     if p.suffix in (".h5", ".hdf5") or p.name.endswith(".partial"):
         return True
     try:
+        if not p.is_file():  # a FIFO or a device: not a trace, and sniffing it would hang (the opener then says why)
+            return False
         with p.open("rb") as f:
             return f.read(8) == HDF5_SIGNATURE
     except OSError:

@@ -16,6 +16,7 @@ import numpy as np
 
 from lpa_core.atomic import check_writable, fsync_path
 from lpa_core.errors import OutputError, UsageError
+from lpa_core.files import refuse_link
 import analyzers.trace.spec as _spec  # CHUNK_BYTES is read at call time (tests shrink it)
 from analyzers.trace.spec import FORMAT, FORMAT_VERSION, TraceSpec, chunk_shape, filters, jsonable, partial_path
 from analyzers.trace.sync import Syncer
@@ -67,10 +68,11 @@ class TraceWriter:
             self.output.parent.mkdir(parents=True, exist_ok=True)
             resumed = resume and self.partial.exists() and self._try_resume()
             if not resumed:
+                refuse_link(self.partial)  # h5py would write through a planted link
                 self._file = h5py.File(self.partial, "w", rdcc_nbytes=RDCC_BYTES)
                 self._create()
             self._syncer = Syncer(self.partial, self.start)
-        except UsageError:
+        except (UsageError, OutputError):
             raise
         except H5_WRITE_ERRORS as err:
             self._discard(remove=not resumed)

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from lpa_core.files import readable
 from lpa_cli.commands.options import Device, Factory, Json, Quiet, Seed, TrustFactory, Verify
 from lpa_cli.commands.render import consoles, esc, print_json, progress_lines
 
@@ -45,7 +46,7 @@ def generate_command(
         raise UsageError("give the prompt with --prompt TEXT or --prompt-file FILE (one of them)")
     if prompt_file is not None:
         try:
-            prompt = prompt_file.read_text(encoding="utf-8")
+            prompt = readable(prompt_file, "text", missing_ok=False).read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
             raise UsageError(f"{prompt_file}: the prompt is not UTF-8 text (byte {err.start})") from None
         except OSError as err:

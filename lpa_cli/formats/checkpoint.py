@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from lpa_core.files import readable
 from lpa_core.atomic import atomic_path
 from lpa_core.errors import CheckpointError, LpaError
 from lpa_cli import __version__
@@ -210,7 +211,7 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
     cannot contain: a header longer than the file or than 16 MiB, offsets out of bounds, overlapping
     or not matching the dtype and shape, unknown dtypes, trailing bytes.
     """
-    path = Path(path)
+    path = readable(path, "checkpoint", error=CheckpointError)
     try:
         size = path.stat().st_size
         if path.is_dir():

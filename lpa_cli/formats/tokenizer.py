@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lpa_core.files import readable
 from lpa_core.errors import CheckpointError, DataError, UsageError
 
 HF_HINT = "reading tokenizer.json needs the optional extra: pip install 'lpa[hf]' (or pip install tokenizers)"
@@ -118,7 +119,7 @@ def _special_id(tok, directory: Path, name: str, config: dict[str, Any]) -> int 
     path = directory / "tokenizer_config.json"
     if path.is_file():
         try:
-            token = json.loads(path.read_text(encoding="utf-8")).get(f"{name}_token")
+            token = json.loads(readable(path, "json", inside=directory, error=DataError).read_text(encoding="utf-8")).get(f"{name}_token")
         except (ValueError, OSError):
             token = None
         if isinstance(token, dict):
@@ -160,15 +161,15 @@ def load_tokenizer(spec: str | Path, config: dict[str, Any] | None = None) -> To
         hint = f" (found {', '.join(others)}; lpa reads tokenizer.json only)" if others else ""
         raise DataError(f"{directory}: no tokenizer.json{hint}")
     try:
-        text = file.read_text(encoding="utf-8")
+        text = readable(file, "tokenizer", inside=directory, error=DataError).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{file}: cannot read ({err})") from None
     tok = _hf_from_str(text)
     config = config or {}
     if not config and (directory / "config.json").is_file():
         try:
-            config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-        except (ValueError, OSError):
+            config = json.loads(readable(directory / "config.json", "config", inside=directory, error=DataError).read_text(encoding="utf-8"))
+        except (ValueError, OSError, RecursionError):
             config = {}
     return Tokenizer("hf", tok.get_vocab_size(with_added_tokens=True), text,
                      _special_id(tok, directory, "bos", config), _special_id(tok, directory, "eos", config))

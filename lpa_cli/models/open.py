@@ -13,6 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file as st_load_file
 
+from lpa_core.files import readable
 from lpa_core.errors import CheckpointError, LpaError, UsageError
 from lpa_cli.config import RunConfig
 from lpa_cli.formats.checkpoint import CUSTOM, Checkpoint, CheckpointInfo, checkpoint_error, read_header, read_info, tensor_hash
@@ -37,8 +38,9 @@ def source_kind(path: str | Path, option: str = "--init") -> Source:
         return "hf"
     if path.is_dir():
         raise UsageError(f"{option} {path}: a folder with no config.json, so not a Hugging Face model directory")
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"{option} {path}: no such file or directory")
+    readable(path, "checkpoint", error=UsageError)  # a FIFO or a device: one line, never a hang
     return "checkpoint"
 
 

@@ -118,8 +118,11 @@ class _Decoder:
             c.truncate(length)
 
 
+GREEDY_BELOW = 1e-6  # temperatures below this are greedy: dividing logits by them overflows to inf
+
+
 def _pick(logits: Tensor, temperature: float, top_k: int, gen: torch.Generator) -> int:
-    if temperature <= 0:
+    if temperature < GREEDY_BELOW:
         return int(logits.argmax())
     return int(torch.multinomial(_probs(logits, temperature, top_k), 1, generator=gen))
 
@@ -233,13 +236,13 @@ def _speculate(model, dec: _Decoder, token: int, device, k: int, n: int, tempera
         h = dec.run(dec.embed(torch.tensor([[cur]], device=device), start + i), 0, k)
         states.append(h)
         logits = model.read(h)[0, -1]
-        if temperature > 0:
+        if temperature >= GREEDY_BELOW:
             q.append(_probs(logits, temperature, top_k))
         cur = _pick(logits, temperature, top_k, gen)
         drafts.append(cur)
     full = dec.run(torch.cat(states, dim=1), k, N)  # the remaining blocks on every drafted position at once
     logits = model.read(full)[0]  # (n, vocab): the full model's next token after each position
-    if temperature <= 0:
+    if temperature < GREEDY_BELOW:
         target = logits.argmax(-1).tolist()
         m = next((i for i in range(n) if drafts[i] != target[i]), n)
         emit = drafts[:m] + ([target[m]] if m < n else [])

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lpa_core.atomic import output_lock
 from lpa_core.depths import parse_depths
 from lpa_core.errors import UsageError
 from analyzers.metrics import summarize
@@ -141,20 +142,21 @@ def trace_split(
     if states:
         split = split.padded()  # per-token states: one width for every batch
     spec = _spec(model, split, kind, n, chosen, states, predictions, dtype, compression, attrs)
-    writer = TraceWriter(output, spec, force=force, resume=resume)
-    start_at = writer.start
-    totals = _Totals(kind, len(chosen))
-    if kind == "regression":  # the targets' variance (R^2), including the rows a resumed trace already has
-        for start in range(0, start_at, 1 << 16):
-            totals.add_targets(writer.read("targets", slice(start, min(start_at, start + (1 << 16)))))
-    began = time.perf_counter()
-    _stream(model, split, writer, spec, totals, batch_size or DEFAULT_BATCH[kind], progress)
-    final_attrs = {"target_var": totals.target_var(n)} if kind == "regression" else {}
-    path = writer.finish(final_attrs)
-    seconds = time.perf_counter() - began
-    metrics = _metrics_from_trace(path) if start_at else summarize(
-        {name: (totals.sums[name] / n)[None, :] for name in totals.sums}, kind, final_attrs.get("target_var")
-    )
+    with output_lock(output):  # a second trace to the same output stops at once (and never removes this one's partial file)
+        writer = TraceWriter(output, spec, force=force, resume=resume)
+        start_at = writer.start
+        totals = _Totals(kind, len(chosen))
+        if kind == "regression":  # the targets' variance (R^2), including the rows a resumed trace already has
+            for start in range(0, start_at, 1 << 16):
+                totals.add_targets(writer.read("targets", slice(start, min(start_at, start + (1 << 16)))))
+        began = time.perf_counter()
+        _stream(model, split, writer, spec, totals, batch_size or DEFAULT_BATCH[kind], progress)
+        final_attrs = {"target_var": totals.target_var(n)} if kind == "regression" else {}
+        path = writer.finish(final_attrs)
+        seconds = time.perf_counter() - began
+        metrics = _metrics_from_trace(path) if start_at else summarize(
+            {name: (totals.sums[name] / n)[None, :] for name in totals.sums}, kind, final_attrs.get("target_var")
+        )
     return TraceResult(path, n, chosen, kind, metrics, seconds, (n - start_at) / max(seconds, 1e-9), path.stat().st_size, start_at)
 
 

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lpa_core.files import open_new
 from lpa_core.errors import UsageError
 from analyzers.metrics import finite
 from lpa_core.atomic import atomic_path
@@ -79,7 +80,7 @@ class JsonlTracker(Tracker):
         entry = {"step": step, "lr": lr, "train_loss": loss, "train_loss_per_depth": {str(k): v for k, v in per_depth.items()},
                  "test": metrics, "elapsed_s": round(elapsed, 3)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
+        with os.fdopen(open_new(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a") as f:  # never through a link
             f.write(json.dumps(finite(entry), allow_nan=False) + "\n")
 
 

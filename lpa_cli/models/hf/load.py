@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from lpa_core.files import readable
 from lpa_core.errors import CheckpointError, DataError, UsageError
 from lpa_cli.config import ModelConfig, RunConfig
 from lpa_cli.models.hf.directory import TOKENIZER_FILES, read_config, read_weights, refuse
@@ -92,7 +93,7 @@ def checkpoint_metadata(directory: Path) -> dict[str, str]:
     for name in TOKENIZER_FILES:
         path = directory / name
         if path.is_file() and path.stat().st_size < 1 << 20:
-            files[name] = path.read_text(encoding="utf-8", errors="replace")
+            files[name] = readable(path, "json", inside=directory, error=CheckpointError).read_text(encoding="utf-8", errors="replace")
     return {"hf": json.dumps({"family": config["model_type"], "config": config, "files": files}, sort_keys=True)}
 
 

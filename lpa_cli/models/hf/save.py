@@ -9,6 +9,7 @@ from typing import Any
 
 from lpa_core.atomic import atomic_path, write_text
 from lpa_core.errors import CheckpointError, UsageError
+from lpa_cli.models.hf.directory import EXPORT_FILES, hf_block
 from lpa_cli.models.hf.families import FAMILIES, Family
 from lpa_cli.models import resolve_options
 from lpa_cli.models.decoder import DecoderOptions, mlp_hidden
@@ -20,8 +21,8 @@ def _family_for(ckpt) -> tuple[Family, dict[str, Any], dict[str, str]]:
     """The family and base config of a checkpoint: those it started from, or (a decoder trained in lpa)
     the family whose layout its options have."""
     if "hf" in ckpt.metadata:
-        meta = json.loads(ckpt.metadata["hf"])
-        return FAMILIES[meta["family"]], dict(meta["config"]), meta.get("files", {})
+        family, config, files = hf_block(ckpt.metadata["hf"], str(ckpt.path), FAMILIES)
+        return FAMILIES[family], config, files
     m = ckpt.config.model
     if m.arch != "decoder":
         raise UsageError(f"{ckpt.path}: --format hf exports decoder models and models started from a Hugging Face directory "
@@ -67,7 +68,11 @@ def export_hf(ckpt, small, output: Path, force: bool = False, generation: dict[s
     if kind == "lm" and not family.lm_class:
         raise UsageError(f"{ckpt.path}: {family.name} has no language-model class")
     depth = small.num_blocks
-    opts = family.translate(config, Path(str(ckpt.path))).options if "hf" in ckpt.metadata else config_options(ckpt)
+    try:
+        opts = family.translate(config, Path(str(ckpt.path))).options if "hf" in ckpt.metadata else config_options(ckpt)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:  # a config edited into something no model has
+        raise CheckpointError(f"{ckpt.path}: its Hugging Face config cannot describe a {family.name} model ({type(err).__name__}: "
+                              f"{str(err)[:80]})") from None
     ours = {k: v.detach().cpu().contiguous() for k, v in small.state_dict().items()}
     if family.to_hf is not None:
         hf = family.to_hf(ours, depth, opts, kind)
@@ -107,8 +112,8 @@ def export_hf(ckpt, small, output: Path, force: bool = False, generation: dict[s
         files["generation_config.json"] = json.dumps((settings if isinstance(settings, dict) else {}) | generation, indent=2, sort_keys=True)
     if tokenizer is not None or generation:
         for name, text in files.items():
-            if Path(name).name != name:
-                raise CheckpointError(f"{ckpt.path}: stored tokenizer file name {name!r} is not a plain file name")
+            if name not in EXPORT_FILES:  # config.json and the weights are lpa's own, written above
+                raise CheckpointError(f"{ckpt.path}: stored file name {name!r} is not one lpa exports")
             write_text(output / name, text, force=True)
             written.append(name)
     return {"files": written, "family": family.name, "class": config["architectures"][0]}

@@ -1,0 +1,172 @@
+"""Red team 4 (issue 32), the rows fixed so far: writers never follow a planted link, the HF export
+writes a fixed set of names from validated metadata, every file lpa reads is a regular file (a FIFO
+is a one-line error, never a hang), and the small rows (a perfect model's audit, Arabic-Indic digits,
+a vanishing temperature). Each: one line on stderr, the documented exit code, nothing destroyed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.cli_helpers import TINY_TRAIN, assert_clean_error, run, run_json
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
+MLP = SAMPLES / "mlp-stripe-lpa.safetensors"
+GPT = SAMPLES / "gpt-text-lpa.safetensors"
+
+
+def _train(out: Path, *extra: str):
+    return run("train", *TINY_TRAIN, "--steps", "3", "--quiet", *extra, "-o", out)
+
+
+# rows 1-3: a planted link where lpa writes or locks
+def test_row1_a_lock_through_a_planted_link_is_refused_and_its_target_untouched(tmp_path):
+    victim = tmp_path / "v.txt"
+    victim.write_text("PRECIOUS")
+    (tmp_path / "n.safetensors.lock").symlink_to(victim)
+    assert_clean_error(_train(tmp_path / "n.safetensors"), "symbolic link")
+    assert victim.read_text() == "PRECIOUS" and not (tmp_path / "n.safetensors").exists()
+    (tmp_path / "d.safetensors.lock").symlink_to(tmp_path / "nowhere.txt")  # a dangling link creates nothing either
+    assert_clean_error(_train(tmp_path / "d.safetensors"), "symbolic link")
+    assert not (tmp_path / "nowhere.txt").exists()
+
+
+def test_row2_the_training_log_is_never_written_through_a_link(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "p.jsonl").symlink_to(tmp_path / "elsewhere" / "new.txt")
+    assert_clean_error(_train(tmp_path / "p.safetensors"), "symbolic link")
+    assert not (tmp_path / "elsewhere" / "new.txt").exists()
+
+
+def test_row3_a_partial_trace_is_never_written_through_a_link(tmp_path):
+    victim = tmp_path / "v.txt"
+    victim.write_text("PRECIOUS")
+    (tmp_path / "out.h5.partial").symlink_to(victim)
+    assert_clean_error(run("trace", MLP, "--limit", "20", "-o", tmp_path / "out.h5", "--quiet"), "symbolic link")
+    assert victim.read_text() == "PRECIOUS" and not (tmp_path / "out.h5").exists()
+
+
+# row 4: two traces to one output
+def test_row4_a_second_trace_to_the_same_output_stops_and_leaves_the_firsts_partial(tmp_path):
+    from lpa_core.atomic import output_lock
+
+    out = tmp_path / "same.h5"
+    partial = tmp_path / "same.h5.partial"
+    with output_lock(out):  # the first trace, still running
+        partial.write_bytes(b"the first trace's rows")
+        assert_clean_error(run("trace", MLP, "--limit", "20", "-o", out, "--force", "--quiet"), "another lpa process")
+        assert partial.read_bytes() == b"the first trace's rows"
+
+
+# rows 5-7: Hugging Face directories and exports
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    pytest.importorskip("transformers", reason="the hf extra is not installed (pip install 'lpa[hf]')")
+    from tests.test_hf import TRAIN, bpe_tokenizer, build, save
+
+    tmp = tmp_path_factory.mktemp("ft")
+    path = save(build("llama", bos_token_id=0, eos_token_id=1), tmp, "llama")
+    bpe_tokenizer(path)
+    ckpt = tmp / "ft.safetensors"
+    run_json("train", "--init", path, "--task", "text", *TRAIN, "-o", ckpt)
+    return path, ckpt
+
+
+def _edit_hf(src: Path, dst: Path, change) -> Path:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta = dict(meta)
+    meta["hf"] = change(json.loads(meta["hf"]))
+    save_file(tensors, str(dst), metadata=meta)
+    return dst
+
+
+def test_row5_a_link_out_of_the_model_directory_is_refused_for_every_file(finetuned, tmp_path):
+    path, _ = finetuned
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        d = tmp_path / f"llama_{name}"
+        shutil.copytree(path, d)
+        outside = tmp_path / f"outside_{name}"
+        if name == "tokenizer_config.json":
+            outside.write_text(json.dumps({"tokenizer_class": "AKIA-TOPSECRET"}))
+        else:
+            (d / name).rename(outside)
+        (d / name).unlink(missing_ok=True)
+        (d / name).symlink_to(outside)
+        result = run("train", "--init", d, "--task", "text", "--steps", "1", "--quiet", "-o", tmp_path / "x.safetensors")
+        assert_clean_error(result, "link out of")
+        assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda m: m | {"files": m["files"] | {"modeling_evil.py": "import os"}}, "does not write"),
+    (lambda m: m | {"files": m["files"] | {"model.safetensors": "not weights"}}, "does not write"),
+    (lambda m: m | {"family": "evil"}, "unknown family"),
+    (lambda m: [1, 2], "not a JSON object"),
+    (lambda m: m | {"files": ["a"]}, "file names to text"),
+    (lambda m: m | {"files": {"tokenizer.json": 5}}, "file names to text"),
+    (lambda m: {k: v for k, v in m.items() if k != "config"}, "no config"),
+    (lambda m: '{"family": "llama", "files": {}, "config": ' + "[" * 5000 + "]" * 5000 + "}", "not valid JSON"),
+    (lambda m: m | {"config": {"a": json.loads('{"b":' * 100 + "1" + "}" * 100)}}, "nested"),
+])
+def test_rows6_7_an_export_writes_only_what_lpa_writes_from_validated_metadata(finetuned, tmp_path, change, needle):
+    _, ckpt = finetuned
+    edited = _edit_hf(ckpt, tmp_path / "x.safetensors", lambda m: json.dumps(change(m)) if not isinstance(change(m), str) else change(m))
+    out = tmp_path / "exp"
+    assert_clean_error(run("export", edited, "--at", "1", "--format", "hf", "-o", out), needle)
+    assert not out.exists()
+
+
+def test_row6_auto_map_is_dropped_from_an_export(finetuned, tmp_path):
+    _, ckpt = finetuned
+    edited = _edit_hf(ckpt, tmp_path / "x.safetensors", lambda m: json.dumps(m | {"config": m["config"] | {"auto_map": {"AutoModel": "evil.M"}}}))
+    out = tmp_path / "exp"
+    run_json("export", edited, "--at", "1", "--format", "hf", "-o", out)
+    assert "auto_map" not in json.loads((out / "config.json").read_text())
+    assert {p.name for p in out.iterdir()} <= set(["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                                                            "special_tokens_map.json", "generation_config.json"])
+
+
+# row 8: FIFOs
+@pytest.mark.parametrize("args", [
+    lambda f: ("info", f),
+    lambda f: ("monotonicity", f),
+    lambda f: ("export", f, "--at", "1", "-o", f.parent / "e.safetensors"),
+    lambda f: ("generate", f, "--prompt", "x"),
+    lambda f: ("train", "--config", f, "-o", f.parent / "t.safetensors"),
+    lambda f: ("audit", MLP, "--config", f),
+    lambda f: ("generate", GPT, "--prompt-file", f),
+    lambda f: ("trace", f, "-o", f.parent / "t.h5"),
+    lambda f: ("train", "--init", f, "-o", f.parent / "t.safetensors"),
+])
+def test_row8_a_fifo_is_a_one_line_error_never_a_hang(tmp_path, args):
+    fifo = tmp_path / "f.safetensors"
+    os.mkfifo(fifo)
+    assert_clean_error(run(*args(fifo)), "not a regular file")
+
+
+# row 20, 22, 23
+def test_row20_a_vanishing_temperature_is_greedy(tmp_path):
+    greedy = run_json("generate", GPT, "--prompt", "This", "--max-new-tokens", "8")
+    tiny = run_json("generate", GPT, "--prompt", "This", "--max-new-tokens", "8", "--temperature", "1e-320")
+    assert tiny["text"] == greedy["text"]
+
+
+@pytest.mark.parametrize("flag, value", [("--head-loss", "sampled:\u0663"), ("--depth-schedule", "rotation:\u0663")])
+def test_row22_digits_are_ascii(tmp_path, flag, value):
+    assert_clean_error(_train(tmp_path / "m.safetensors", flag, value), flag)
+
+
+def test_row23_two_perfect_runs_pass_their_audit(tmp_path):
+    from analyzers.audit import AuditConfig  # noqa: F401  (the rule's arithmetic is analyzers.metrics.error_ratio)
+    from analyzers.metrics import error_ratio
+
+    assert error_ratio(0.0, 0.0) == 1.0 <= 1.25
