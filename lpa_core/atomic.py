@@ -131,8 +131,13 @@ def output_lock(target: str | Path) -> Iterator[None]:
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             raise OutputError(f"{target}: another lpa process (pid {holder}) is writing it; wait for it to finish") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as err:  # a full disk: no lock file left behind
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            raise _os_error(target, err) from None
         try:
             yield
         finally:

@@ -19,7 +19,7 @@ from lpa_core.errors import LpaError, OutputError, UsageError
 
 MiB = 1 << 20
 # the largest file of each kind lpa reads whole (weights are memory-mapped and checked by their header)
-LIMITS = {"config": 16 * MiB, "json": 64 * MiB, "tokenizer": 256 * MiB, "text": 2048 * MiB, "checkpoint": 1 << 40}
+LIMITS = {"config": 16 * MiB, "json": 64 * MiB, "script": 64 * MiB, "tokenizer": 256 * MiB, "text": 2048 * MiB}
 
 
 def _size(n: int) -> str:

@@ -170,3 +170,67 @@ def test_row23_two_perfect_runs_pass_their_audit(tmp_path):
     from analyzers.metrics import error_ratio
 
     assert error_ratio(0.0, 0.0) == 1.0 <= 1.25
+
+
+def _edit_meta(src: Path, dst: Path, key: str, change) -> Path:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    meta[key] = json.dumps(change(json.loads(meta[key])))
+    save_file(tensors, str(dst), metadata=meta)
+    return dst
+
+
+# row 10: a config claiming far more blocks than the file holds
+def test_row10_a_huge_depth_is_refused_from_the_header(tmp_path):
+    import time
+
+    edited = _edit_meta(MLP, tmp_path / "d.safetensors", "config", lambda c: c | {"model": c["model"] | {"depth": 100000}})
+    began = time.perf_counter()
+    assert_clean_error(run("info", edited), "claims 100000 blocks")
+    assert time.perf_counter() - began < 20  # was 93 s and 2.2 GB before the comparison
+
+
+# rows 12-14: a failed run or tokenisation leaves the earlier output and its companions as they were
+def test_row13_a_failed_forced_run_keeps_the_earlier_checkpoint_and_its_log(tmp_path):
+    out = tmp_path / "d.safetensors"
+    assert _train(out).exit_code == 0
+    before = (out.read_bytes(), out.with_suffix(".jsonl").read_text())
+    failed = _train(out, "--lr", "1e12", "--force")
+    assert failed.exit_code != 0 and "diverged" in failed.stderr, failed.stderr
+    assert (out.read_bytes(), out.with_suffix(".jsonl").read_text()) == before
+    assert _train(out, "--force").exit_code == 0  # and a good forced run replaces both
+    assert out.with_suffix(".jsonl").read_text() != before[1] and not (tmp_path / "d.jsonl.new").exists()
+
+
+def test_row14_tokenizing_no_text_over_an_earlier_output_keeps_it(tmp_path):
+    (tmp_path / "n.txt").write_text("some text to tokenize. " * 20)
+    (tmp_path / "empty.txt").write_text("")
+    out = tmp_path / "c.bin"
+    run_json("data", "tokenize", tmp_path / "n.txt", "-o", out)
+    before = (out.read_bytes(), (tmp_path / "c.bin.json").read_text())
+    assert_clean_error(run("data", "tokenize", tmp_path / "empty.txt", "-o", out, "--force"), "no text")
+    assert (out.read_bytes(), (tmp_path / "c.bin.json").read_text()) == before
+
+
+def test_row12_a_sidecar_that_cannot_be_written_leaves_no_token_file(tmp_path, monkeypatch):
+    import errno
+
+    import lpa_cli.data.tokens as tokens
+
+    real = tokens.atomic_path
+
+    def failing(target, force=False):
+        if str(target).endswith(".json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(target, force)
+
+    monkeypatch.setattr(tokens, "atomic_path", failing)
+    (tmp_path / "n.txt").write_text("some text to tokenize. " * 20)
+    from lpa_core.errors import OutputError
+
+    with pytest.raises(OutputError, match="no space left"):
+        tokens.tokenize_files([tmp_path / "n.txt"], "bytes", tmp_path / "c.bin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n.txt"]

@@ -13,8 +13,9 @@ from typing import Any
 import plotly
 import plotly.io as pio
 
+from lpa_core.files import readable
 from lpa_core.atomic import write_text
-from lpa_core.errors import UsageError
+from lpa_core.errors import OutputError, UsageError
 
 PLOTLYJS = ("embed", "directory")  # where a report's plotly.js lives: inside it, or shared beside it
 BUNDLE = "plotly.min.js"
@@ -120,7 +121,7 @@ class Page:
         if plotlyjs == "directory":
             bundle = Path(path).with_name(BUNDLE)
             js = plotly.offline.get_plotlyjs()
-            old = bundle.read_bytes() if bundle.is_file() else None
+            old = readable(bundle, "script", error=OutputError).read_bytes() if bundle.is_file() else None
             if old != js.encode("utf-8"):  # missing, or another plotly's: replaced; anything else only with force
                 write_text(bundle, js, force=force or (old is not None and old.startswith(b"/**\n* plotly.js")))
         return write_text(path, page, force=force)

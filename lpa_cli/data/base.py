@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lpa_core.files import readable
 from lpa_core.errors import DataError
 from lpa_cli.data.splits import Split
 
@@ -109,17 +109,11 @@ def float_option(options: dict[str, Any], key: str, default: float, low: float, 
     return value
 
 
-def regular_file(path: str | Path) -> Path:
-    """``path``, unless it exists as something that is neither a file nor a folder: a device such as
-    /dev/zero or a FIFO never ends, so reading one would run until killed."""
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return path  # missing: the loader says so in its own words
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        raise DataError(f"{path}: not a regular file (a device, pipe or socket); lpa reads data from files only")
-    return path
+def regular_file(path: str | Path, kind: str = "") -> Path:
+    """``path``, unless it exists as something that is neither a file nor a folder (a device such as
+    /dev/zero or a FIFO never ends, so reading one would run until killed) or, for a ``kind`` read
+    whole (``text``), is larger than lpa reads (`lpa_core.files.LIMITS`)."""
+    return readable(path, kind, error=DataError)
 
 
 def first_id_at_or_above(tokens: Any, limit: int, block: int = 1 << 24) -> tuple[int, int] | None:

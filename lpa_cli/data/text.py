@@ -46,7 +46,7 @@ def read_text(source: str) -> tuple[str, str, str]:
     parts = []
     for f in files:
         try:
-            raw = regular_file(f).read_bytes()
+            raw = regular_file(f, "text").read_bytes()  # read whole: a corpus larger than this goes through `lpa data tokenize`
         except FileNotFoundError:
             raise DataError(f"{f}: text file not found") from None
         except OSError as err:

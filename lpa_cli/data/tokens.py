@@ -52,7 +52,7 @@ def _documents(paths: Iterable[Path]) -> Iterator[tuple[Path, str]]:
             raise DataError(f"{p}: directory holds no .txt files")
         for f in files:
             try:
-                yield f, regular_file(f).read_text(encoding="utf-8")
+                yield f, regular_file(f, "text").read_text(encoding="utf-8")
             except FileNotFoundError:
                 raise DataError(f"{f}: text file not found") from None
             except UnicodeDecodeError as err:
@@ -103,13 +103,14 @@ def tokenize_files(texts: list[str | Path], tokenizer: str | Path, output: str |
                 documents += 1
             f.flush()
             os.fsync(f.fileno())
-    if count == 0:
-        output.unlink()
-        raise DataError("the text files hold no text")
-    meta = {"format": FORMAT, "version": VERSION, "dtype": dtype.name, "count": int(count), "documents": documents,
-            "vocab_size": tok.vocab_size, "tokenizer": tok.to_dict()}
-    with atomic_path(sidecar(output), force=True) as tmp:
-        tmp.write_text(json.dumps(meta, indent=1))
+        if count == 0:  # before either rename: an earlier output stays as it was
+            raise DataError("the text files hold no text")
+        meta = {"format": FORMAT, "version": VERSION, "dtype": dtype.name, "count": int(count), "documents": documents,
+                "vocab_size": tok.vocab_size, "tokenizer": tok.to_dict()}
+        # the sidecar is written while the tokens are still under their temporary name: a full disk stops
+        # both, and no token file is ever left without the sidecar that describes it
+        with atomic_path(sidecar(output), force=True) as side:
+            side.write_text(json.dumps(meta, indent=1))
     return {"output": str(output), "sidecar": str(sidecar(output)), "tokens": int(count), "documents": documents,
             "dtype": dtype.name, "vocab_size": tok.vocab_size, "tokenizer": tok.name, "bytes": output.stat().st_size}
 

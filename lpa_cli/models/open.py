@@ -77,6 +77,8 @@ def check_consistency(path: str | Path, info: CheckpointInfo | None = None, mode
     if model is None:
         if info.config.model.arch == CUSTOM and not info.config.model.factory:
             return  # a model built in Python: checked when the caller passes it
+        if info.config.model.arch != CUSTOM:  # every built-in block has parameters; a factory's might not
+            _check_depth(path, info.config.model.depth, stored)
         model = _build(path, info, "meta", factory, trust_factory)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(stored))
@@ -87,6 +89,16 @@ def check_consistency(path: str | Path, info: CheckpointInfo | None = None, mode
     for name, shape in expected.items():
         if stored[name] != shape:
             raise checkpoint_error(path, f"config and tensors disagree: tensor {name!r} has shape {stored[name]}, the config's model needs {shape}")
+
+
+def _check_depth(path: Path, depth: int, stored: dict) -> None:
+    """Every protocol model stores block k's tensors under ``blocks.k.``: a config claiming more blocks
+    than the header holds is refused from the names alone, before building (a depth of 100,000 took
+    minutes and gigabytes to build on the meta device before the comparison said so)."""
+    found = {name.split(".", 2)[1] for name in stored if name.startswith("blocks.") and name.count(".") >= 2}
+    if depth > len(found):
+        raise checkpoint_error(path, f"config and tensors disagree: the config claims {depth} blocks, the file holds tensors "
+                               f"for {len(found)}")
 
 
 def load_checkpoint(path: str | Path, verify: bool = True, device: str | torch.device = "cpu", model: ResidualModel | None = None, *,

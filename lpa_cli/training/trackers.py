@@ -12,14 +12,15 @@ them. A tracker's failure is one line on stderr (exit 2), like any other.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-from lpa_core.files import open_new
-from lpa_core.errors import UsageError
+from lpa_core.files import open_new, refuse_link
+from lpa_core.errors import OutputError, UsageError
 from analyzers.metrics import finite
 from lpa_core.atomic import atomic_path
 
@@ -59,29 +60,50 @@ class Tracker(Callbacks):
 
 
 class JsonlTracker(Tracker):
-    """One JSON object per record in the run's ``.jsonl`` log (strict JSON: non-finite numbers are null)."""
+    """One JSON object per record in the run's ``.jsonl`` log (strict JSON: non-finite numbers are null).
+
+    A fresh run over an earlier run's log (``--force``) writes beside it, under ``<log>.new``, and
+    renames it into place when the checkpoint is saved: a run that fails (diverges, fills the disk, is
+    killed) leaves the earlier checkpoint and its log as they were."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.writing = path  # where records go until the checkpoint is saved
         self.fresh = False
 
     def start(self, config: dict[str, Any], resumed_at: int) -> None:
         self.fresh = not resumed_at
         if resumed_at:
             truncate_log(self.path, resumed_at)
-        elif self.path.exists():
-            self.path.unlink()  # the caller checked that it may (an earlier run's log, with --force)
+        elif self.path.exists() or self.path.is_symlink():
+            self.writing = refuse_link(self.path.with_name(self.path.name + ".new"))
+            if self.writing.exists():
+                self.writing.unlink()  # a killed run's: it never replaced the log
+
+    def saved(self, path: Path) -> None:
+        if self.writing != self.path:
+            refuse_link(self.path)
+            if self.writing.exists():
+                os.replace(self.writing, self.path)
+            else:  # nothing was logged yet: the earlier run's log goes with its checkpoint
+                self.path.unlink()
+            self.writing = self.path
 
     def discard(self) -> None:
-        if self.fresh and self.path.exists():
-            self.path.unlink()  # a resumed run keeps its log: the snapshot it resumes from still stands
+        if self.fresh and self.writing.exists():
+            self.writing.unlink()  # a resumed run keeps its log: the snapshot it resumes from still stands
 
     def record(self, step, lr, loss, per_depth, metrics, elapsed) -> None:
         entry = {"step": step, "lr": lr, "train_loss": loss, "train_loss_per_depth": {str(k): v for k, v in per_depth.items()},
                  "test": metrics, "elapsed_s": round(elapsed, 3)}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with os.fdopen(open_new(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a") as f:  # never through a link
-            f.write(json.dumps(finite(entry), allow_nan=False) + "\n")
+        self.writing.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(finite(entry), allow_nan=False) + "\n"
+        try:
+            with os.fdopen(open_new(self.writing, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a") as f:  # never through a link
+                f.write(line)
+        except OSError as err:
+            raise OutputError(f"{self.writing}: {'no space left on device' if err.errno == errno.ENOSPC else err.strerror or err}; "
+                              "the run stopped, and an earlier checkpoint is unchanged") from None
 
 
 def truncate_log(path: Path, step: int) -> None:
