@@ -92,7 +92,21 @@ def main() -> None:
     from lpa_cli.allocator import tune_allocator
 
     tune_allocator()
-    app(prog_name="lpa")
+    try:
+        code = app(prog_name="lpa", standalone_mode=False)
+    except Exception as err:  # noqa: BLE001 - click's usage errors (Typer vendors its own click): one line, as every error
+        if type(err).__name__ == "Abort":
+            print("error: interrupted", file=sys.stderr)
+            sys.exit(130)
+        if not (hasattr(err, "format_message") and hasattr(err, "exit_code")):
+            raise
+        if not err.format_message().strip():  # `lpa` alone: the help was the answer
+            sys.exit(err.exit_code)
+        ctx = getattr(err, "ctx", None)
+        where = f" (see lpa {ctx.command_path.removeprefix('lpa').strip()} --help)".replace("lpa  --help", "lpa --help") if ctx else ""
+        print(f"error: {' '.join(err.format_message().split())}{where}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -234,3 +234,91 @@ def test_row12_a_sidecar_that_cannot_be_written_leaves_no_token_file(tmp_path, m
     with pytest.raises(OutputError, match="no space left"):
         tokens.tokenize_files([tmp_path / "n.txt"], "bytes", tmp_path / "c.bin")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["n.txt"]
+
+
+# row 15: a stored tokenizer is validated
+@pytest.mark.parametrize("change, needle", [(lambda t: t | {"eos_id": "x"}, "eos_id"), (lambda t: t | {"eos_id": 10**20}, "eos_id"),
+                                            (lambda t: t | {"vocab_size": 10**12}, "vocab_size")])
+def test_row15_a_stored_tokenizer_is_validated(finetuned, tmp_path, change, needle):
+    _, ckpt = finetuned
+    edited = _edit_meta(ckpt, tmp_path / "x.safetensors", "tokenizer", change)
+    (tmp_path / "n.txt").write_text("some text. " * 10)
+    assert_clean_error(run("data", "tokenize", tmp_path / "n.txt", "--tokenizer", edited, "-o", tmp_path / "c.bin"), needle)
+    assert not (tmp_path / "c.bin").exists() and not (tmp_path / "c.bin.json").exists()
+
+
+# row 16: a planted module beside the user's factory is never imported instead of the real one
+def test_row16_the_working_directory_never_shadows_the_standard_library(tmp_path, monkeypatch):
+    import subprocess
+
+    from tests.cli_helpers import lpa_executable
+
+    (tmp_path / "mymodels.py").write_text(
+        "from torch import nn\nfrom lpa_cli import ResidualModel\n"
+        "def make_model(width=8, depth=2, inputs=2, classes=1):\n"
+        "    return ResidualModel(nn.Linear(inputs, width), [nn.Linear(width, width) for _ in range(depth)], nn.Linear(width, classes))\n")
+    (tmp_path / "statistics.py").write_text("raise ImportError('planted statistics')\n")
+    result = subprocess.run([lpa_executable(), "train", "--model", "mymodels:make_model", "--task", "surface:stripe", "--steps", "2",
+                             "--threads", "1", "--quiet", "-o", "m.safetensors"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "planted" not in result.stderr, result.stderr
+
+
+# rows 17, 19: reproduce's output folder and stdout
+def test_row17_reproduce_into_a_file_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    assert_clean_error(run("reproduce", "minilm", "-o", tmp_path / "afile"), "is a file")
+
+
+def test_row19_the_model_packages_greeting_never_reaches_stdout(capsys, tmp_path):
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("all_minilm_l6_v2") is None:  # not importorskip: importing it prints the greeting
+        pytest.skip("the real MiniLM package (the test extra) is not installed")
+
+    from lpa_cli.workflows.reproduce_llm import minilm
+
+    sys.modules.pop("all_minilm_l6_v2", None)  # imported afresh: its greeting is printed on import
+    model, _ = minilm(tmp_path)
+    assert capsys.readouterr().out == "" and (model / "config.json").is_file()
+    assert not [p for p in (tmp_path / "minilm").iterdir() if p.name.startswith(".minilm-")]  # unpacked, then renamed
+
+
+# row 21: click's own usage errors, from the real executable
+@pytest.mark.parametrize("args, needle", [(["train", "--steps", "abc"], "--steps"), (["train", "--bogus"], "--bogus"),
+                                          (["predict", str(MLP)], "--exit"), (["bogus"], "bogus")])
+def test_row21_usage_errors_are_one_line(args, needle):
+    import subprocess
+
+    from tests.cli_helpers import lpa_executable
+
+    result = subprocess.run([lpa_executable(), *args], capture_output=True, text=True, timeout=60)
+    assert_clean_error(result, needle)
+
+
+# row 24: what progress lines count
+def test_row24_rates_start_after_the_first_item_and_counts_stay_whole():
+    from rich.console import Console
+
+    from lpa_cli.commands.render import progress_lines
+    from lpa_cli.commands.train import _count
+
+    console = Console(record=True, width=200)
+    clock = iter([0.0, 10.0, 20.0, 30.0])
+    import lpa_cli.commands.render as render
+
+    report = progress_lines(console, "traced", "samples")
+    real = render.LogProgress.__init__
+
+    def timed(self, *a, **k):
+        real(self, *a, **k, clock=lambda: next(clock))
+    render.LogProgress.__init__ = timed
+    try:
+        report = progress_lines(console, "traced", "samples")
+        report(1000, 3000)  # the first batch: no rate yet (it took the model's warm-up)
+        report(3000, 3000)
+    finally:
+        render.LogProgress.__init__ = real
+    text = console.export_text()
+    assert "traced 3,000/3,000" in text and "200.0 samples/s" in text  # 2,000 samples in the 10 s after the first
+    assert _count(353) == "353" and _count(1500) == "1.5k"

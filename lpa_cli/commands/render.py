@@ -145,8 +145,13 @@ class LogProgress:
         """Report ``done`` of the total (``detail``: e.g. the loss per depth); ``per_unit`` converts the
         rate into ``rate_unit`` (samples per step, say)."""
         now = self.clock()
-        if self.start is None:
+        if self.start is None:  # the first item starts the clock: a rate counts only what came after it
             self.start, self.began = done, now
+            if done < self.total:
+                return
+            self.shown = done  # everything in one go: the line, without a rate it cannot know
+            self.console.print(escape(f"{self.what} {done:,}/{self.total:,}" + (f"  {detail}" if detail else "")), soft_wrap=True,
+                               highlight=False)
             return
         if not self.due(done):
             return
@@ -185,9 +190,8 @@ def progress_lines(console: Console, what: str, unit: str) -> Callable[[int, int
     lines: list[LogProgress] = []
 
     def report(done: int, total: int) -> None:
-        if not lines:
+        if not lines:  # the clock starts at the first item reported: rates count what came after it
             lines.append(LogProgress(console, what, total, unit))
-            lines[0].update(0)
         lines[0].update(done)
 
     return report

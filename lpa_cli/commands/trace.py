@@ -21,7 +21,8 @@ class SpeedColumn(ProgressColumn):
 
 
 def progress_bar(console) -> Progress:
-    return Progress(TextColumn("[bold]tracing"), BarColumn(), MofNCompleteColumn(), SpeedColumn(), TimeRemainingColumn(), console=console)
+    return Progress(TextColumn("[bold]tracing"), BarColumn(), MofNCompleteColumn(), SpeedColumn(), TimeRemainingColumn(), console=console,
+                    disable=not console.is_terminal)  # a log gets plain lines; a live display would leave a blank line
 
 
 def trace_command(

@@ -16,7 +16,10 @@ from lpa_cli.commands.render import LogProgress, duration, consoles, depth_table
 
 
 def _count(n: float) -> str:
-    return next(f"{n / d:.1f}{u}" for d, u in ((1e9, "B"), (1e6, "M"), (1e3, "k"), (1, "")) if n >= d or d == 1)
+    """A count for people: 353, 12.3k, 4.5M (whole numbers below a thousand stay whole)."""
+    if n < 1000:
+        return f"{int(n)}" if float(n).is_integer() else f"{n:.1f}"
+    return next(f"{n / d:.1f}{u}" for d, u in ((1e9, "B"), (1e6, "M"), (1e3, "k")) if n >= d)
 
 
 class ProgressCallbacks:
@@ -40,7 +43,10 @@ class ProgressCallbacks:
         self.plan = plan
         if self.defaults:
             self.console.print(esc(self.defaults), soft_wrap=True, highlight=False)
-        tokens = f" ({_count(plan['tokens_per_step'])} tokens)" if plan.get("tokens_per_step") else ""
+        tokens = ""
+        if plan.get("tokens_per_step"):
+            bound = "at most " if plan.get("padded_to_longest") else ""  # each batch is padded to its longest text only
+            tokens = f" ({bound}{_count(plan['tokens_per_step'])} tokens)"
         procs = f" x {plan['processes']} processes" if plan["processes"] > 1 else ""
         resumed = f", resuming at step {plan['start']}" if plan["start"] else ""
         self.console.print(esc(f"plan: {_count(plan['parameters'])} parameters ({_count(plan['trainable'])} trained), "
@@ -189,6 +195,7 @@ def train_command(**values: Any) -> None:
         TimeRemainingColumn(),
         console=err,
         transient=True,  # gone when training ends: the table follows, and an error stays one line
+        disable=not err.is_terminal,  # a log gets plain lines (LogProgress); a live display would leave a blank line
     )
     with progress:
         result = train(cfg, output, force=values["force"], resume=values["resume"], snapshot_every=values["snapshot_every"],

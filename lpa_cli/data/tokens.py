@@ -29,10 +29,9 @@ from lpa_core.errors import DataError, UsageError
 from lpa_cli.config import TaskConfig
 from lpa_cli.data.base import Task, check_options, first_id_at_or_above, float_option, int_option, regular_file
 from lpa_cli.data.splits import MappedArray, Windows
-from lpa_cli.formats.tokenizer import Tokenizer, load_tokenizer
+from lpa_cli.formats.tokenizer import MAX_VOCAB, Tokenizer, load_tokenizer
 
 FORMAT = "lpa-tokens"
-MAX_VOCAB = 1 << 24  # 16.7M ids: far above any real vocabulary (Gemma's 262k), far below an absurd allocation
 VERSION = 1
 OPTIONS = ("context", "test_fraction")
 

