@@ -322,3 +322,46 @@ def test_row24_rates_start_after_the_first_item_and_counts_stay_whole():
     text = console.export_text()
     assert "traced 3,000/3,000" in text and "200.0 samples/s" in text  # 2,000 samples in the 10 s after the first
     assert _count(353) == "353" and _count(1500) == "1.5k"
+
+
+# row 9: sizes checked before a byte is read
+def test_row9_huge_files_are_refused_from_their_size(finetuned, tmp_path):
+    path, _ = finetuned
+    for name in ("config.json", "tokenizer.json"):  # (a tokenizer_config.json over 1 MiB is not read at all)
+        d = tmp_path / f"big_{name}"
+        shutil.copytree(path, d)
+        with open(d / name, "wb") as f:
+            f.truncate(12 << 30)  # sparse: 12 GB claimed, nothing on disk
+        result = run("train", "--init", d, "--task", "text", "--steps", "1", "--quiet", "-o", tmp_path / "x.safetensors")
+        assert_clean_error(result, "more than lpa reads")
+    prompt = tmp_path / "prompt.txt"
+    with open(prompt, "wb") as f:
+        f.truncate(6 << 30)
+    assert_clean_error(run("generate", GPT, "--prompt-file", prompt), "more than lpa reads")
+    assert_clean_error(run("train", "--arch", "gpt", "--data", prompt, "--steps", "1", "-o", tmp_path / "t.safetensors"), "more than lpa reads")
+
+
+# row 11: a full disk while the log is appended
+def test_row11_a_full_disk_during_training_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import lpa_cli.training.trackers as trackers
+
+    class Full:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, _):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full(fd, *a, **k):
+        os.close(fd)
+        return Full()
+
+    monkeypatch.setattr(trackers.os, "fdopen", full)
+    out = tmp_path / "t3.safetensors"
+    assert_clean_error(_train(out, "--steps", "150"), "no space left on device")
+    assert not out.exists() and not (tmp_path / "t3.safetensors.lock").exists()

@@ -19,7 +19,8 @@ from lpa_cli.config import RunConfig
 from lpa_cli.formats.checkpoint import CUSTOM, Checkpoint, CheckpointInfo, checkpoint_error, read_header, read_info, tensor_hash
 from lpa_cli.models.factory import build_from_config, check_factory
 from lpa_cli.models.hf import load as hf_load
-from lpa_cli.models.hf.directory import is_hf_dir
+from lpa_cli.models.hf.directory import hf_block, is_hf_dir
+from lpa_cli.models.hf.families import FAMILIES
 from lpa_cli.models.protocol import ResidualModel
 from lpa_cli.registry import ARCHITECTURES
 
@@ -68,6 +69,8 @@ def check_consistency(path: str | Path, info: CheckpointInfo | None = None, mode
     """
     path = Path(path)
     info = info or read_info(path)
+    if "hf" in info.metadata:  # what export --format hf would write from: validated on opening, as the config is
+        hf_block(info.metadata["hf"], str(path), FAMILIES)
     header, _ = read_header(path)
     stored = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
     for alias, target in info.aliases.items():
