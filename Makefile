@@ -16,13 +16,18 @@ $(VENV)/.torch: | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install $(TORCH)
 	touch $@
 
+# the demo needs lpa and torch only; the tests install every optional extra (transformers, trackers, MiniLM)
+$(VENV)/.installed-lean: pyproject.toml $(VENV)/.torch
+	$(BIN)/pip install -e .
+	touch $@
+
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	$(BIN)/pip install -e ".[test]"
 	touch $@
 
 setup: $(VENV)/.installed
 
-demo: setup
+demo: $(VENV)/.installed-lean
 	$(BIN)/lpa train --force
 
 test: setup

@@ -82,17 +82,17 @@ class Tokenizer:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Tokenizer:
         """A stored tokenizer, validated (it comes from a file's metadata, which its hash does not cover):
-        a known kind, a vocabulary of 1 .. 2^24 ids (what a token file's sidecar allows), special ids
-        within it, the JSON as text."""
+        a known kind, a vocabulary of 1 .. 2^24 ids (what a token file's sidecar allows), special ids as
+        integers in that range, the JSON as text."""
         if not isinstance(data, dict) or data.get("kind") not in ("bytes", "hf"):
             raise DataError("malformed tokenizer description")
         vocab = data.get("vocab_size")
         if not _plain_int(vocab) or not 1 <= vocab <= MAX_VOCAB or (data["kind"] == "bytes" and vocab != 256):
             raise DataError(f"malformed tokenizer description: vocab_size {str(vocab)[:40]!r} (1 to {MAX_VOCAB:,}; 256 for bytes)")
-        for name in ("bos_id", "eos_id"):
+        for name in ("bos_id", "eos_id"):  # bounded, not by the vocabulary: a config may name ids its tokenizer lacks
             value = data.get(name)
-            if value is not None and (not _plain_int(value) or not 0 <= value < vocab):
-                raise DataError(f"malformed tokenizer description: {name} {str(value)[:40]!r} is not an id below {vocab:,}")
+            if value is not None and (not _plain_int(value) or not 0 <= value < MAX_VOCAB):
+                raise DataError(f"malformed tokenizer description: {name} {str(value)[:40]!r} is not an id (0 to {MAX_VOCAB - 1:,})")
         if not isinstance(data.get("json", ""), str):
             raise DataError("malformed tokenizer description: its tokenizer.json is not text")
         return cls(data["kind"], vocab, data.get("json", ""), data.get("bos_id"), data.get("eos_id"))
