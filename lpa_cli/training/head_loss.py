@@ -196,25 +196,59 @@ class _Layout:
         row_scale = scale.index_select(0, self.depth_of)  # (R,) d total / d row term
         need_rows = rows_t.requires_grad
         values, grads_rows, grads_params = [], [], [None] * len(params)
+        plain = self.terms.kind != "regression" and self.final_at is None and self.mask is None and self.y.dim() == 1
+        fused = linear_map(self.head) if plain else None  # rows of one token or sample each, cross-entropy, no alignment
         with torch.enable_grad():
             for rows in self.chunks():
                 h = rows_t[rows].detach().requires_grad_(need_rows)
-                pred = _read(self.head, h, None if self.mask is None else self.mask[rows])
-                per_row = self.row_terms(pred, rows, self.final(rows_t, rows))
-                wanted = ([h] if need_rows else []) + params
-                if wanted:
-                    grads = list(torch.autograd.grad((per_row * row_scale[rows]).sum(), wanted, allow_unused=True))
-                    if need_rows:
-                        grads_rows.append(grads.pop(0))
-                    for i, g in enumerate(grads):
-                        if g is not None:
-                            grads_params[i] = g if grads_params[i] is None else grads_params[i].add_(g)
+                if fused is not None:
+                    per_row, grads = self._fused_chunk(h, rows, row_scale[rows], fused, params, need_rows)
+                else:
+                    pred = _read(self.head, h, None if self.mask is None else self.mask[rows])
+                    per_row = self.row_terms(pred, rows, self.final(rows_t, rows))
+                    wanted = ([h] if need_rows else []) + params
+                    grads = list(torch.autograd.grad((per_row * row_scale[rows]).sum(), wanted, allow_unused=True)) if wanted else []
+                if need_rows:
+                    grads_rows.append(grads.pop(0))
+                for i, g in enumerate(grads):
+                    if g is not None:
+                        grads_params[i] = g if grads_params[i] is None else grads_params[i].add_(g)
                 values.append(per_row.detach().float())
         per_row = values[0] if len(values) == 1 else torch.cat(values)
         sums = segment_sums(per_row, self.limits)
         total = (per_row * row_scale).sum()
         grad_rows = (grads_rows[0] if len(grads_rows) == 1 else torch.cat(grads_rows)) if need_rows else None
         return total, sums, [grad_rows, None, *grads_params]
+
+    def _fused_chunk(self, h: Tensor, rows: slice, scale: Tensor, fused: tuple, params: list[Tensor], need_rows: bool):
+        """(per-row cross-entropy, gradients for [h] + params) of one chunk of a head that is features
+        followed by one linear map, with the gradient of the logits written by hand, in place: softmax
+        minus the target's one-hot, times the row's weight (fused linear cross-entropy). One buffer of
+        logits instead of autograd's three (logits, log-softmax, their gradient), and half the kernels."""
+        weight, bias, shift = fused
+        feats = self.head.features(h)  # (n, C), with its graph back to h and the features' parameters
+        f = feats.detach()
+        y = self.y[rows]
+        with torch.no_grad():
+            z = F.linear(f, weight, bias).float()  # (n, V)
+            if shift is not None:
+                z += shift
+            valid = y != IGNORE_INDEX
+            target = y.clamp_min(0)[:, None]
+            lse = torch.logsumexp(z, dim=-1)
+            per_row = (lse - z.gather(1, target).squeeze(1)) * valid  # cross-entropy; padding 0
+            w = (scale * valid)[:, None]  # d total / d row
+            z.sub_(lse[:, None]).exp_().mul_(w)  # softmax x weight ...
+            z.scatter_add_(1, target, -w)  # ... minus the one-hot: the logits' gradient
+            grad_f = (z.to(weight.dtype) @ weight).to(feats.dtype)
+            grad_w = (z.t().to(f.dtype) @ f).to(weight.dtype) if weight.requires_grad else None
+            grad_b = z.sum(0).to(bias.dtype) if bias is not None and bias.requires_grad else None
+        own = [p for p in params if p is not weight and p is not bias]
+        inner = torch.autograd.grad(feats, ([h] if need_rows else []) + own, grad_f, allow_unused=True) if (need_rows or own) else []
+        inner = list(inner)
+        grad_h = inner.pop(0) if need_rows else None
+        by_id = dict(zip(map(id, own), inner)) | {id(weight): grad_w} | ({id(bias): grad_b} if bias is not None else {})
+        return per_row, ([grad_h] if need_rows else []) + [by_id.get(id(p)) for p in params]
 
     @torch.no_grad()
     def measure(self, rows_t: Tensor) -> Tensor:
@@ -224,6 +258,17 @@ class _Layout:
             pred = _read(self.head, rows_t[rows], None if self.mask is None else self.mask[rows])
             values.append(self.row_terms(pred, rows, self.final(rows_t, rows)).float())
         return segment_sums(values[0] if len(values) == 1 else torch.cat(values), self.limits)
+
+
+def linear_map(head: nn.Module) -> tuple[Tensor, Tensor | None, Tensor | None] | None:
+    """(weight, bias, shift) when the head is ``features(h)`` followed by one linear map to the logits
+    (lpa's language-model heads, and the sampled loss's candidate head), else None (the generic path)."""
+    if hasattr(head, "logit_map"):
+        return head.logit_map()
+    proj = getattr(head, "proj", None)
+    if callable(getattr(head, "features", None)) and isinstance(proj, nn.Linear):
+        return proj.weight, proj.bias, None
+    return None
 
 
 def segment_sums(values: Tensor, limits: list[int]) -> Tensor:

@@ -97,6 +97,13 @@ class CandidateHead(nn.Module):
         z = F.linear(self.head.features(h), self.weight, self.bias)
         return z if self.shift is None else z + self.shift.to(z.dtype)
 
+    def features(self, h: Tensor) -> Tensor:
+        return self.head.features(h)
+
+    def logit_map(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(weight, bias, shift) of the linear map after `features` (the chunked loss's fused path)."""
+        return self.weight, self.bias, self.shift
+
     def extra_params(self) -> list[Tensor]:
         """The tensors a chunked loss differentiates: the features' parameters and the gathered rows."""
         own = [p for n, p in self.head.named_parameters() if not n.startswith("proj.") and p.requires_grad]
