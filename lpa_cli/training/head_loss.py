@@ -198,11 +198,16 @@ class _Layout:
         values, grads_rows, grads_params = [], [], [None] * len(params)
         plain = self.terms.kind != "regression" and self.final_at is None and self.mask is None and self.y.dim() == 1
         fused = linear_map(self.head) if plain else None  # rows of one token or sample each, cross-entropy, no alignment
+        scratch: dict[str, Tensor] = {}  # the fused path's logits buffer, one for every chunk of this call
+        if fused is not None:  # what every row needs, made once per call rather than once per chunk
+            valid = self.y != IGNORE_INDEX
+            weight_col = (row_scale * valid).unsqueeze(1)  # d total / d row, 0 on padding
+            scratch |= {"valid": valid, "target": self.y.clamp_min(0).unsqueeze(1), "w": weight_col, "-w": -weight_col}
         with torch.enable_grad():
             for rows in self.chunks():
                 h = rows_t[rows].detach().requires_grad_(need_rows)
                 if fused is not None:
-                    per_row, grads = self._fused_chunk(h, rows, row_scale[rows], fused, params, need_rows)
+                    per_row, grads = self._fused_chunk(h, rows, fused, params, need_rows, grads_params, scratch)
                 else:
                     pred = _read(self.head, h, None if self.mask is None else self.mask[rows])
                     per_row = self.row_terms(pred, rows, self.final(rows_t, rows))
@@ -215,39 +220,54 @@ class _Layout:
                         grads_params[i] = g if grads_params[i] is None else grads_params[i].add_(g)
                 values.append(per_row.detach().float())
         per_row = values[0] if len(values) == 1 else torch.cat(values)
+        if fused is not None:
+            per_row = per_row * scratch["valid"]  # padding's rows count nowhere
         sums = segment_sums(per_row, self.limits)
         total = (per_row * row_scale).sum()
         grad_rows = (grads_rows[0] if len(grads_rows) == 1 else torch.cat(grads_rows)) if need_rows else None
         return total, sums, [grad_rows, None, *grads_params]
 
-    def _fused_chunk(self, h: Tensor, rows: slice, scale: Tensor, fused: tuple, params: list[Tensor], need_rows: bool):
+    def _fused_chunk(self, h: Tensor, rows: slice, fused: tuple, params: list[Tensor], need_rows: bool,
+                     grads_params: list[Tensor | None], scratch: dict[str, Tensor]):
         """(per-row cross-entropy, gradients for [h] + params) of one chunk of a head that is features
         followed by one linear map, with the gradient of the logits written by hand, in place: softmax
-        minus the target's one-hot, times the row's weight (fused linear cross-entropy). One buffer of
-        logits instead of autograd's three (logits, log-softmax, their gradient), and half the kernels."""
+        minus the target's one-hot, times the row's weight (fused linear cross-entropy). The logits live
+        in one buffer reused by every chunk (no fresh allocation per chunk: on a CPU freed blocks of
+        varying sizes fragment the heap), the weight's gradient is accumulated into its sum with one
+        matmul, and autograd only differentiates the features: about 16 kernels a chunk besides them."""
         weight, bias, shift = fused
         feats = self.head.features(h)  # (n, C), with its graph back to h and the features' parameters
         f = feats.detach()
-        y = self.y[rows]
         with torch.no_grad():
-            z = F.linear(f, weight, bias).float()  # (n, V)
+            if "z" not in scratch:
+                scratch["z"] = torch.empty(self.rows_per_chunk, weight.shape[0], dtype=torch.float32, device=f.device)
+            z = scratch["z"][: h.shape[0]]  # (n, V)
+            if f.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled(f.device.type):
+                torch.mm(f, weight.t(), out=z)
+                if bias is not None:
+                    z.add_(bias)
+            else:  # autocast or low precision: the matmul in its dtype, the softmax in fp32
+                z.copy_(F.linear(f, weight, bias))
             if shift is not None:
-                z += shift
-            valid = y != IGNORE_INDEX
-            target = y.clamp_min(0)[:, None]
-            lse = torch.logsumexp(z, dim=-1)
-            per_row = (lse - z.gather(1, target).squeeze(1)) * valid  # cross-entropy; padding 0
-            w = (scale * valid)[:, None]  # d total / d row
-            z.sub_(lse[:, None]).exp_().mul_(w)  # softmax x weight ...
-            z.scatter_add_(1, target, -w)  # ... minus the one-hot: the logits' gradient
+                z.add_(shift)
+            target, w = scratch["target"][rows], scratch["w"][rows]
+            picked = z.gather(1, target)
+            top = z.amax(dim=-1, keepdim=True)  # logsumexp by hand, in place: its own would allocate another (n, V)
+            total = z.sub_(top).exp_().sum(dim=-1, keepdim=True)
+            per_row = (top + total.log() - picked).squeeze(1)  # cross-entropy (padding rows: masked by the caller)
+            z.mul_(w / total)  # softmax x weight ...
+            z.scatter_add_(1, target, scratch["-w"][rows])  # ... minus the one-hot: the logits' gradient
             grad_f = (z.to(weight.dtype) @ weight).to(feats.dtype)
-            grad_w = (z.t().to(f.dtype) @ f).to(weight.dtype) if weight.requires_grad else None
-            grad_b = z.sum(0).to(bias.dtype) if bias is not None and bias.requires_grad else None
+            for i, p in enumerate(params):
+                if p is weight and p.requires_grad:  # accumulated in place: no (V, C) temporary per chunk
+                    g = z.t().to(p.dtype)
+                    grads_params[i] = g @ f.to(p.dtype) if grads_params[i] is None else grads_params[i].addmm_(g, f.to(p.dtype))
+                elif p is bias and p.requires_grad:
+                    grads_params[i] = z.sum(0).to(p.dtype) if grads_params[i] is None else grads_params[i].add_(z.sum(0))
         own = [p for p in params if p is not weight and p is not bias]
-        inner = torch.autograd.grad(feats, ([h] if need_rows else []) + own, grad_f, allow_unused=True) if (need_rows or own) else []
-        inner = list(inner)
+        inner = list(torch.autograd.grad(feats, ([h] if need_rows else []) + own, grad_f, allow_unused=True)) if (need_rows or own) else []
         grad_h = inner.pop(0) if need_rows else None
-        by_id = dict(zip(map(id, own), inner)) | {id(weight): grad_w} | ({id(bias): grad_b} if bias is not None else {})
+        by_id = dict(zip(map(id, own), inner))
         return per_row, ([grad_h] if need_rows else []) + [by_id.get(id(p)) for p in params]
 
     @torch.no_grad()

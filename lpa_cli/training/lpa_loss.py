@@ -29,7 +29,7 @@ class LPALoss(nn.Module):
     ``kind``: ``regression`` (MSE), ``classification`` or ``lm`` (cross-entropy). The keywords are
     `lpa_cli.config.ObjectiveConfig`'s: ``objective`` (``lpa``, ``lpa-local``, ``e2e``), ``weights``,
     ``lpa_lambda``, ``depths``, ``sample_depths``, ``sample_fraction``, ``loss_power``, ``align``,
-    ``align_mix``, ``head_loss``, ``depth_schedule`` (which follows ``step``). ``seed`` seeds depth sampling (one draw per call, or per ``step``).
+    ``align_mix``, ``head_loss``, ``head_chunk_mb``, ``depth_schedule`` (which follows ``step``). ``seed`` seeds depth sampling (one draw per call, or per ``step``).
     """
 
     def __init__(self, kind: str, objective: str = "lpa", *, seed: int = 0, **options) -> None:
