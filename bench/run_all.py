@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["train_overhead.py", "train_throughput.py", "allocator.py", "trace_overhead.py", "analysis.py", "lm_memory.py", "lm_cost.py", "finetune.py",
+SCRIPTS = ["train_overhead.py", "train_throughput.py", "allocator.py", "trace_overhead.py", "analysis.py", "lm_memory.py", "lm_cost.py", "gpu_step.py", "finetune.py",
            "data_scale.py", "inference.py",
            "quickstart.py"]
 

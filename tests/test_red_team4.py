@@ -166,10 +166,17 @@ def test_row22_digits_are_ascii(tmp_path, flag, value):
 
 
 def test_row23_two_perfect_runs_pass_their_audit(tmp_path):
-    from analyzers.audit import AuditConfig  # noqa: F401  (the rule's arithmetic is analyzers.metrics.error_ratio)
-    from analyzers.metrics import error_ratio
+    """0 / 0 is a ratio of 1 (equal), so a perfect run against a perfect reference passes
+    max_final_error_ratio instead of failing with inf (compare's side: test_compare_audit.py)."""
+    from types import SimpleNamespace
 
-    assert error_ratio(0.0, 0.0) == 1.0 <= 1.25
+    from analyzers.audit import check
+
+    perfect = SimpleNamespace(error_curve=[0.5, 0.0], curve=[0.5, 0.0], metric="err")
+    cases = check("a.h5", {"max_final_error_ratio": 1.25}, perfect, None, SimpleNamespace(error_curve=[0.4, 0.0], curve=[0.4, 0.0]))
+    assert [(c.passed, c.value) for c in cases] == [(True, 1.0)]
+    worse = SimpleNamespace(error_curve=[0.5, 0.1], curve=[0.5, 0.1], metric="err")
+    assert not check("b.h5", {"max_final_error_ratio": 1.25}, worse, None, SimpleNamespace(error_curve=[0.4, 0.0], curve=[0.4, 0.0]))[0].passed
 
 
 def _edit_meta(src: Path, dst: Path, key: str, change) -> Path:
