@@ -51,7 +51,7 @@ def test_auto_picks_chunked_only_for_large_outputs(monkeypatch):
     model, batch, kind = tiny_model("gpt")
     obj = build_objective(ObjectiveConfig(name="lpa"), model.num_blocks, kind)
     calls = []
-    real = head_loss.chunked_loss
+    from lpa_cli.training.chunked_head import chunked_loss as real
     monkeypatch.setattr("lpa_cli.training.objectives.chunked_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
     obj(model, batch)
     assert not calls  # 4 depths x 5 x 12 tokens x 32 logits: tiny

@@ -41,7 +41,8 @@ from lpa_core.depths import parse_depths
 from lpa_core.errors import UsageError
 from lpa_cli.data.batch import Batch
 from lpa_cli.config import ObjectiveConfig
-from lpa_cli.training.head_loss import Terms, chunk_rows, chunked_loss, chunked_measure, head_budget, output_per_row, stacked_losses
+from lpa_cli.training.chunked_head import chunked_loss, chunked_measure
+from lpa_cli.training.head_loss import Terms, chunk_rows, head_budget, output_per_row, stacked_losses
 from lpa_cli.training.sampled_head import TOP_K, CandidateHead, always_in, candidate_batch, draw, final_top, parse_sampled, projection
 from lpa_cli.models.protocol import ResidualModel
 from lpa_cli.registry import OBJECTIVES
