@@ -187,3 +187,25 @@ def test_the_head_loss_never_reads_back_to_the_host(settings):
     assert copies == ([batch.y.flatten().shape] if sampled else []), copies
     assert reads == (3 if sampled else 0)  # sampled: unique and two nonzero, on the host copy (`sampled_head.draw`)
     assert ops > 50
+
+
+def test_a_step_with_only_depth_n_under_the_sampled_loss_keeps_to_the_budget():
+    """`sampled:K` on a step that reads depth N alone (E2E, or a rotation step) is stacked or chunked as
+    `auto` would: above the budget it never stacks."""
+    model, batch = _lm()
+    sizes = []
+    handle = model.head.norm.register_forward_hook(lambda m, a, out: sizes.append(out.numel() // out.shape[-1]))
+    try:
+        build_objective(ObjectiveConfig(name="e2e", head_loss="sampled:64", head_chunk_mb=1), model.num_blocks, "lm")(model, batch)
+    finally:
+        handle.remove()
+    # 128 tokens x 512 logits = 256 KiB: fits 1 MiB, one read of every token (after the one-row measurement)
+    assert sizes[-1] == 128
+    model2, batch2 = _lm(B=8, T=128)  # 1,024 tokens x 512 logits = 2 MiB: chunks of 256 tokens
+    sizes.clear()
+    handle = model2.head.norm.register_forward_hook(lambda m, a, out: sizes.append(out.numel() // out.shape[-1]))
+    try:
+        build_objective(ObjectiveConfig(name="e2e", head_loss="sampled:64", head_chunk_mb=1), model2.num_blocks, "lm")(model2, batch2)
+    finally:
+        handle.remove()
+    assert max(sizes) == 256, sizes

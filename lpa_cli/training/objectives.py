@@ -215,7 +215,7 @@ class Objective:
 
     def _use_chunked(self, head: nn.Module, states: list[Tensor], batch: Batch, terms: Terms, tokenwise_head: bool) -> bool:
         mode = self.cfg.head_loss
-        if mode != "auto":
+        if mode != "auto" and not self.sampled:  # sampled:K reads its heads stacked or chunked as auto would
             return mode == "chunked"
         return self._too_big(terms, batch, tokenwise_head, self._row_size(head, states[-1], batch, tokenwise_head),
                              self.budget(states[-1].device))
