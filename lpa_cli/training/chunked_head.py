@@ -18,6 +18,8 @@ from lpa_cli.data.batch import IGNORE_INDEX, Batch
 from lpa_cli.training.head_loss import Terms, _read, chunk_rows
 from lpa_cli.training.task_losses import align_rows, loss_rows
 
+CACHE_ENTRIES = 64  # index tensors kept per objective (a few per batch shape)
+
 
 class _Chunked(torch.autograd.Function):
     """Forward: the weighted loss and, already, its gradient; backward: the stored gradient, scaled."""
@@ -217,6 +219,8 @@ class ChunkedHeadLoss:
     def _cached(self, key: tuple, make: Callable[[], Tensor]) -> Tensor:
         key = key + (self.device,)
         if key not in self.cache:
+            if len(self.cache) >= CACHE_ENTRIES:  # batches of ever-new shapes (padding to each batch's longest): start over
+                self.cache.clear()
             self.cache[key] = make().to(self.device)
         return self.cache[key]
 
