@@ -28,6 +28,7 @@ from lpa_core.errors import ConfigError, UsageError
 from lpa_core.tomlfile import TOMLDecodeError, toml_loads
 from analyzers.metrics import error_ratio, format_p
 from analyzers.monotonicity import MonotonicityResult, check_settings
+from lpa_core.depths import spans
 
 RULES = ("monotone", "max_error", "min_accuracy", "max_final_error_ratio", "max_deploy_depth")
 SETTINGS = ("metric", "alpha", "tolerance", "within", "bootstrap", "seed", "reference")
@@ -148,8 +149,9 @@ def check(path: str, rules: dict[str, Any], result: MonotonicityResult, accuracy
         want = rules["monotone"]
         worst = ", ".join(f"{s.frm}→{s.to} rises {s.delta:.3g} ({format_p(s.p_holm)})" for s in result.violations) or "no significant rise"
         ok = result.monotone or not want
+        never = f"; warning: {spans(result.never_learned)} never left chance" if result.never_learned and not result.no_descent else ""
         cases.append(Case(path, "monotone", ok, result.verdict, "monotone" if want else "any",
-                          f"{result.verdict} at alpha {result.alpha:g}, tolerance {result.tolerance_rel:g} of the descent: {worst}"))
+                          f"{result.verdict} at alpha {result.alpha:g}, tolerance {result.tolerance_rel:g} of the descent: {worst}{never}"))
     for key, limit in (rules.get("max_error") or {}).items():
         depth, value = _at(result.curve, result.depths, key, "max_error")
         if result.metric == "acc":

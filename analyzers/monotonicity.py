@@ -35,6 +35,7 @@ from scipy import optimize, stats
 
 from analyzers.bootstrap import replicate_weights
 from analyzers.error_pass import ErrorSums, stream_errors
+from lpa_core.depths import spans
 from lpa_core.errors import UsageError
 from analyzers.metrics import finite
 
@@ -136,6 +137,7 @@ class MonotonicityResult:
     notes: list[str] = field(default_factory=list)
     baseline: float | None = None  # the constant predictor's error (tested error's units), when known
     no_descent: bool = False  # the final depth is no better than the constant predictor
+    never_learned: list[int] = field(default_factory=list)  # depths no better than the constant predictor
 
     def __post_init__(self) -> None:
         D = len(self.depths)
@@ -239,6 +241,9 @@ def assess_monotonicity(
     slope = stats.theilslopes(mean, x)
     iso_rmse = float(np.sqrt(np.mean((mean - optimize.isotonic_regression(mean, increasing=False).x) ** 2)))
     no_descent = baseline is not None and float(hi[-1]) >= baseline * (1 - 1e-9)  # the interval's upper end reaches it
+    never = [d for d, h in zip(depths, hi) if baseline is not None and float(h) >= baseline * (1 - 1e-9)]
+    if never and not no_descent:  # a warning, not a verdict: the model learned, some depths did not
+        notes.append(f"{spans(never)} never left chance: no better than a constant predictor's error ({baseline:.4g})")
     if no_descent:
         notes.append(f"the final depth's error ({mean[-1]:.4g}) is no better than a constant predictor's ({baseline:.4g}): the model learned nothing")
     classification = kind == "classification"
@@ -256,7 +261,7 @@ def assess_monotonicity(
         overthinking_share=s.overthinking / n if classification else None,
         wasteful_share=s.wasteful / n if classification else None,
         first_correct=s.first_correct[:D].tolist() if classification else None,
-        bootstrap=bootstrap, seed=seed, notes=notes, baseline=baseline, no_descent=no_descent,
+        bootstrap=bootstrap, seed=seed, notes=notes, baseline=baseline, no_descent=no_descent, never_learned=never,
     )
 
 

@@ -64,3 +64,16 @@ def select_recorded(spec: str | None, recorded: list[int], n_depths: int | None 
     if not positions:
         raise UsageError(f"depth selection {spec!r} selects none of the recorded depths ({', '.join(map(str, recorded))})")
     return positions
+
+
+def spans(depths: list[int]) -> str:
+    """Depths as runs, for people: [0, 1, 2, 3, 5] -> "depths 0-3 and 5"; [4] -> "depth 4"."""
+    runs: list[list[int]] = []
+    for d in sorted(depths):
+        if runs and d == runs[-1][-1] + 1:
+            runs[-1].append(d)
+        else:
+            runs.append([d])
+    parts = [f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs]
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"depth{'s' if len(depths) > 1 else ''} {text}"

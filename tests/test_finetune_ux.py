@@ -252,3 +252,23 @@ def test_the_constant_baseline_is_leave_one_out_against_a_hand_written_loop():
     labels = rng.integers(0, 3, size=3000)  # many samples per class: the in-sample value, to 0.1%
     prior = np.bincount(labels) / 3000
     assert np.isclose(constant_baseline(_Targets("classification", labels, out_dim=3), "ce"), -(prior * np.log(prior)).sum(), rtol=1e-3)
+
+
+def test_train_names_the_depths_that_never_left_chance():
+    """Issue 33: at the end of a run that learned, the depths no better than the majority class (or than
+    the mean, for regression) are named in one warning; a run that learned nothing keeps its own."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from lpa_cli.training.loop import LossWatch, never_learned
+
+    y = torch.tensor([0] * 31 + [1] * 35 + [2] * 34)  # majority 0.35
+    task = SimpleNamespace(kind="classification", out_dim=3, test=SimpleNamespace(y=y))
+    metrics = {"acc": [0.35, 0.35, 0.35, 0.5, 0.9], "ce": [1.1, 1.1, 1.1, 0.9, 0.3]}
+    assert never_learned(metrics, task) == ["depths 0-2 never left chance: no better than always answering the majority class "
+                                            "(0.35) on the test split"]
+    regression = SimpleNamespace(kind="regression", out_dim=1, test=None)
+    assert never_learned({"r2": [0.0, 0.5, 0.9]}, regression)[0].startswith("depth 0 never left chance")
+    assert never_learned({"r2": [0.3, 0.5, 0.9]}, regression) == []
+    assert LossWatch().judge({"acc": [0.35] * 3, "ce": [1.1, 1.1, 1.0999]}, task)[0].startswith("the final depth's cross-entropy")

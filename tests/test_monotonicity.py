@@ -211,3 +211,21 @@ def test_bad_inputs_exit_2(tmp_path):
     part.write_bytes(trace.read_bytes())
     assert_clean_error(run("monotonicity", part), "incomplete")
     assert_clean_error(run("monotonicity", tmp_path / "missing.safetensors"), "no such file")
+
+
+def test_depths_that_never_left_chance_are_named():
+    """Issue 33: a model that learned, whose shallow depths stayed at the constant predictor's error,
+    says which depths (a note, not a verdict: still monotone)."""
+    import numpy as np
+
+    from analyzers.monotonicity import from_arrays
+    from lpa_core.depths import spans
+
+    assert spans([0, 1, 2, 3]) == "depths 0-3" and spans([4]) == "depth 4" and spans([0, 1, 3, 5, 6]) == "depths 0-1, 3 and 5-6"
+    rng = np.random.default_rng(0)
+    n = 400
+    base = rng.uniform(0.9, 1.1, size=n)
+    errors = np.stack([base, base, base * 0.5, base * 0.2], axis=1)  # depths 0-1 at the baseline's 1.0
+    result = from_arrays(errors, kind="regression", metric="mse", baseline=1.0, bootstrap=200)
+    assert result.never_learned == [0, 1] and not result.no_descent and result.monotone
+    assert any("depths 0-1 never left chance" in note for note in result.notes)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lpa_core.depths import spans
 from lpa_core.errors import LpaError
 from lpa_cli.config import RunConfig
 from lpa_cli.data.batch import Batch
@@ -56,7 +57,27 @@ class LossWatch:
         if task.kind == "classification" and ce and ce[-1] is not None and ce[-1] >= 0.98 * math.log(task.out_dim):
             out.append(f"the final depth's cross-entropy is {ce[-1]:.4g}, chance level for {task.out_dim} classes (ln {task.out_dim} = "
                        f"{math.log(task.out_dim):.4g}): the model learned nothing")
+        if not out:  # the model learned: say which depths did not (LPA's promise is a model at every depth)
+            out.extend(never_learned(metrics, task))
         return out
+
+
+def never_learned(metrics: dict[str, list[float]], task) -> list[str]:
+    """A warning naming the depths that never left chance on the test split: for classification an
+    accuracy no better than always answering the majority class, for regression an R^2 of at most 0.01
+    (`lpa monotonicity` tests the same against the constant predictor's leave-one-out error)."""
+    depths = list(range(len(metrics.get("r2") or metrics.get("acc") or [])))  # evaluated at every depth 0..N
+    if task.kind == "regression" and metrics.get("r2"):
+        never = [d for d, r in zip(depths, metrics["r2"]) if r is not None and r <= 0.01]
+        baseline = "predicting the mean (R^2 <= 0.01)"
+    elif task.kind == "classification" and metrics.get("acc") and isinstance(getattr(task.test, "y", None), torch.Tensor):
+        y = task.test.y
+        majority = float(torch.bincount(y.flatten().clamp_min(0)).max()) / max(1, y.numel())
+        never = [d for d, a in zip(depths, metrics["acc"]) if a is not None and a <= majority + 1e-9]
+        baseline = f"always answering the majority class ({majority:.3g})"
+    else:
+        return []
+    return [f"{spans(never)} never left chance: no better than {baseline} on the test split"] if never else []
 
 
 @dataclass
