@@ -272,3 +272,24 @@ def test_train_names_the_depths_that_never_left_chance():
     assert never_learned({"r2": [0.0, 0.5, 0.9]}, regression)[0].startswith("depth 0 never left chance")
     assert never_learned({"r2": [0.3, 0.5, 0.9]}, regression) == []
     assert LossWatch().judge({"acc": [0.35] * 3, "ce": [1.1, 1.1, 1.0999]}, task)[0].startswith("the final depth's cross-entropy")
+
+
+def test_depths_whose_loss_has_not_moved_by_the_midpoint_are_warned_about(caplog):
+    import logging
+
+    from lpa_cli.training.loop import LossWatch, stuck_depths
+
+    assert stuck_depths({0: 1.0986, 1: 1.0986, 2: 1.0986}, {0: 1.0990, 1: 0.7, 2: 1.09}) == [0, 2]
+    watch = LossWatch()
+    with caplog.at_level(logging.WARNING):
+        watch.follow_depths(1, 100, {0: 1.0986, 1: 1.0986, 6: 1.0986})
+        watch.follow_depths(25, 100, {0: 1.0986, 1: 1.0986, 6: 0.2})
+        assert not caplog.records
+        watch.follow_depths(50, 100, {0: 1.0987, 1: 1.0985, 6: 0.2})
+    assert "step 50 of 100: the loss of depths 0-1 has not moved" in caplog.text
+    caplog.clear()
+    flat = LossWatch()  # nothing moved, the deepest depth included: the end-of-run check speaks for that
+    with caplog.at_level(logging.WARNING):
+        flat.follow_depths(1, 100, {0: 1.0, 6: 1.0})
+        flat.follow_depths(50, 100, {0: 1.0, 6: 1.0})
+    assert not caplog.records

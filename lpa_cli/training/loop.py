@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import math
 import time
 import warnings
@@ -27,6 +28,9 @@ from lpa_cli.training.snapshot import save_snapshot
 from lpa_cli.training.trackers import Callbacks
 
 
+log = logging.getLogger(__name__)
+
+
 class TrainingError(LpaError):
     """Training cannot go on (the loss diverged); nothing was written."""
 
@@ -38,6 +42,18 @@ class LossWatch:
     def __init__(self) -> None:
         self.first: list[float] = []
         self.last: collections.deque = collections.deque(maxlen=10)
+        self.first_per_depth: dict[int, float] = {}
+
+    def follow_depths(self, step: int, steps: int, per_depth: dict) -> None:
+        """Each depth's first loss, then at the run's midpoint a warning (in the log and on stderr) naming
+        the depths whose loss has not moved from it: two reads of the losses a run, not one a step."""
+        if step == 1 or (not self.first_per_depth and per_depth):
+            self.first_per_depth = {k: float(v) for k, v in per_depth.items()}
+        elif step == steps // 2 and steps >= MIN_STEPS_TO_FOLLOW:
+            stuck = stuck_depths(self.first_per_depth, {k: float(v) for k, v in per_depth.items()})
+            if stuck and max(self.first_per_depth) not in stuck:  # the model learns (its deepest depth moved), these depths do not
+                log.warning("step %d of %d: the loss of %s has not moved from its first value (within %.0f%%): likely never to "
+                            "leave chance", step, steps, spans(stuck), 100 * STUCK)
 
     def add(self, loss: float) -> None:
         if len(self.first) < 10:
@@ -80,6 +96,15 @@ def never_learned(metrics: dict[str, list[float]], task) -> list[str]:
     return [f"{spans(never)} never left chance: no better than {baseline} on the test split"] if never else []
 
 
+STUCK = 0.02  # a depth whose loss is within this fraction of its first value at the midpoint has not moved
+MIN_STEPS_TO_FOLLOW = 20  # shorter runs (smoke tests) are too short to say
+
+
+def stuck_depths(first: dict[int, float], now: dict[int, float]) -> list[int]:
+    """The depths whose loss ``now`` is within `STUCK` of its ``first`` value (and that learned, then, nothing)."""
+    return sorted(k for k, v in now.items() if k in first and abs(v - first[k]) <= STUCK * abs(first[k]))
+
+
 @dataclass
 class Loop:
     """What the loop leaves for the finish."""
@@ -106,6 +131,7 @@ def run_steps(run: Run, callbacks: Callbacks, snapshot_every: int) -> Loop:
         callbacks.on_step(done, loss if done % 10 == 0 or done == t.steps else None)
         on_progress(done, loss, out.per_depth)
         loop.watch.add(loss)
+        loop.watch.follow_depths(done, t.steps, out.per_depth)
         if done == t.steps:
             continue
         evaluating = bool(t.eval_every) and done % t.eval_every == 0
