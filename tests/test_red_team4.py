@@ -310,15 +310,15 @@ def test_row24_rates_start_after_the_first_item_and_counts_stay_whole():
     from lpa_cli.commands.render import progress_lines
     from lpa_cli.commands.train import _count
 
-    console = Console(record=True, width=200)
-    clock = iter([0.0, 10.0, 20.0, 30.0])
     import lpa_cli.commands.render as render
 
-    report = progress_lines(console, "traced", "samples")
+    console = Console(record=True, width=200)
+    clock = iter([0.0, 10.0, 20.0, 30.0])
     real = render.LogProgress.__init__
 
     def timed(self, *a, **k):
         real(self, *a, **k, clock=lambda: next(clock))
+
     render.LogProgress.__init__ = timed
     try:
         report = progress_lines(console, "traced", "samples")
