@@ -100,7 +100,7 @@ def test_chunked_never_holds_every_depths_logits(monkeypatch):
 
 @pytest.mark.parametrize("kind", ["regression", "classification", "lm"])
 def test_vectorised_depth_terms_equal_the_per_depth_loop(kind):
-    """`stacked_terms` (one operation for every depth) gives each depth's `loss_sum / loss_count`."""
+    """`stacked_terms` (one operation for every depth) gives each depth's `loss_sum / loss_denominator`."""
     from lpa_cli.training.head_loss import stacked_terms
     from lpa_cli.training.task_losses import loss_denominator, loss_sum
 

@@ -16,7 +16,7 @@ ERROR_NAMES = {"regression": ("se",), "classification": ("ce", "correct"), "lm":
 
 
 def loss_sum(pred: Tensor, target: Tensor, kind: str) -> Tensor:
-    """Sum over the batch of each sample's (or token's) loss; divide by `loss_count` for the mean.
+    """Sum over the batch of each sample's (or token's) loss; divide by `loss_denominator` for the mean.
 
     Regression: squared error averaged over output dimensions (so the mean is ``F.mse_loss``);
     classification and LMs: cross-entropy in nats (LMs: per token).
@@ -26,16 +26,9 @@ def loss_sum(pred: Tensor, target: Tensor, kind: str) -> Tensor:
     return F.cross_entropy(pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-def loss_count(target: Tensor, kind: str) -> int:
-    """How many terms `loss_sum` adds up (a host sync for LMs: for reports, not training steps)."""
-    if kind == "lm":
-        return int((target != IGNORE_INDEX).sum())
-    return int(target.shape[0])
-
-
 def loss_denominator(target: Tensor, kind: str) -> Tensor | int:
-    """`loss_count`, at least 1, without reading anything back to the host: a device tensor for LMs
-    (the count of real tokens), the row count otherwise."""
+    """How many terms `loss_sum` adds up, at least 1, without reading anything back to the host: a device
+    tensor for LMs (the count of real tokens), the row count otherwise."""
     if kind == "lm":
         return (target != IGNORE_INDEX).sum().clamp_min(1)
     return max(1, int(target.shape[0]))
@@ -74,11 +67,6 @@ def align_sum(pred: Tensor, final: Tensor, kind: str, target: Tensor) -> Tensor:
     if kind == "lm":
         kl = kl * (target.reshape(-1) != IGNORE_INDEX)  # a mask, not an index: no host sync
     return kl.sum()
-
-
-def batch_loss(pred: Tensor, target: Tensor, kind: str) -> Tensor:
-    """Mean training loss of one depth's prediction: MSE for regression, cross-entropy otherwise."""
-    return loss_sum(pred, target, kind) / loss_denominator(target, kind)
 
 
 @torch.no_grad()
