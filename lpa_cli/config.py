@@ -72,6 +72,8 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)  # the architecture's extras (a factory's keyword arguments)
     factory: str = ""  # "package.module:function" returning a ResidualModel (--model); arch is then "custom"
     init: str = flag("", "--init", help="Start from these weights: a Hugging Face model directory (local safetensors) or an lpa checkpoint.")
+    reinit: str = flag("", "--reinit", help="With --init: these modules start from fresh weights instead (comma-separated "
+                       "names, e.g. head.pooler).")
 
     def __post_init__(self) -> None:
         _count(self.depth, "--depth", 1, 100_000)
@@ -175,6 +177,9 @@ class TrainConfig:
     parallel: str = flag("ddp", "--parallel", help=f"Under torchrun: {', '.join(PARALLEL)}.")  # fsdp: fully_shard per block and on the model
     workers: int = flag(0, "--workers", help="Data-loading worker processes.")  # 0: load in the training process
     eval_samples: int = flag(0, "--eval-samples", help="Evaluate on this many test samples, spread evenly (0: all).")
+    head_lr_scale: float = flag(1.0, "--head-lr-scale", help="The head's learning rate as a multiple of --lr (a new classifier "
+                                "learns faster, as fine-tuning recipes give it).")
+    head_warmup: int = flag(0, "--head-warmup", help="Train the head alone for this many steps first (the body's learning rate is 0).")
     train_only: str = flag("all", "--train-only", help=f"Which parameters train: {', '.join(TRAIN_ONLY)}.")
     lora_rank: int = flag(0, "--lora-rank", help="Train LoRA adapters of this rank on the blocks (peft); merged when saved.")
     lora_alpha: float = 16.0
@@ -200,6 +205,8 @@ class TrainConfig:
             if value not in choices:
                 raise UsageError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
         _count(self.grad_accum, "--grad-accum", 1, 1 << 16)
+        _finite(self.head_lr_scale, "--head-lr-scale", 0, 1e6, low_open=True)
+        _count(self.head_warmup, "--head-warmup")
         _count(self.workers, "--workers", 0, 256)
         _count(self.eval_samples, "--eval-samples")
         _count(self.lora_rank, "--lora-rank", 0, 1 << 16)

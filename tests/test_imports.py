@@ -118,6 +118,7 @@ LAYERS = [
     ("models", ("lpa_cli.models",)),
     ("training", ("lpa_cli.training",)),
     ("serving", ("lpa_cli.serving",)),
+    ("integrations", ("lpa_cli.integrations",)),
     ("workflows", ("lpa_cli.workflows",)),
     ("commands", ("lpa_cli.commands", "lpa_cli.app", "lpa_cli.__main__")),
 ]

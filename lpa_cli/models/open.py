@@ -148,7 +148,7 @@ def resolve_init(cfg: RunConfig, trust_factory: bool = False) -> RunConfig:
         return hf_load.resolve_init(cfg, path)
     info = read_info(path)
     check_factory(info.config.model.factory, path, cfg.model.factory, trust_factory)
-    model = dataclasses.replace(info.config.model, init=str(path))
+    model = dataclasses.replace(info.config.model, init=str(path), reinit=cfg.model.reinit)
     options = dict(cfg.task.options)
     if info.task.get("input_kind") == "tokens" and cfg.task.name.partition(":")[0] in ("text", "classify", "tokens"):
         # the same tokens and (for position embeddings) the same context as the model was made for
@@ -171,15 +171,39 @@ def complete(cfg: RunConfig, task) -> RunConfig:
 
 
 def build_initial_model(cfg: RunConfig, task) -> ResidualModel:
-    """The model to train: built from ``cfg.model`` and, with ``--init``, given the starting weights."""
+    """The model to train: built from ``cfg.model`` and, with ``--init``, given the starting weights
+    (then the modules ``--reinit`` names start fresh again)."""
     model = build_from_config(cfg, task.in_shape, task.out_dim, task.input_kind, task.kind)
     init = cfg.model.init
+    if cfg.model.reinit and not init:
+        raise UsageError("--reinit names modules to start fresh instead of --init's weights; give --init too")
     if not init:
         return model
     path = Path(init)
     if source_kind(path) == "hf":
         hf_load.load_weights(model, path)
-        return model
+    else:
+        _load_checkpoint_weights(model, path, cfg)
+    reinitialise(model, cfg.model.reinit)
+    return model
+
+
+def reinitialise(model: ResidualModel, names: str) -> None:
+    """Give the named modules (``head.pooler``, ``blocks.5``) fresh weights from their own initialiser."""
+    for name in filter(None, (n.strip() for n in names.split(","))):
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            known = ", ".join(n for n, _ in model.named_modules() if n and n.count(".") <= 1)
+            raise UsageError(f"--reinit {name}: the model has no such module (it has {known})") from None
+        resets = [m for m in module.modules() if hasattr(m, "reset_parameters")]
+        if not resets:
+            raise UsageError(f"--reinit {name}: that module has no weights to re-initialise")
+        for m in resets:
+            m.reset_parameters()
+
+
+def _load_checkpoint_weights(model: ResidualModel, path: Path, cfg: RunConfig) -> None:
     source = load_checkpoint(path, factory=cfg.model.factory)  # resolve_init checked it is the one allowed
     theirs = source.model.state_dict()
     ours = model.state_dict()
@@ -189,7 +213,6 @@ def build_initial_model(cfg: RunConfig, task) -> ResidualModel:
     if fresh:
         log.warning("--init %s: new head for this task (%s start fresh)", path, ", ".join(fresh))
     model.load_state_dict({k: theirs[k] for k in ours if k not in fresh}, strict=False)
-    return model
 
 
 def init_metadata(cfg: RunConfig) -> dict[str, str]:

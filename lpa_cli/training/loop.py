@@ -23,7 +23,7 @@ from lpa_cli.data.batch import Batch
 from lpa_cli.training.distributed import World, full_model_state, full_optimizer_state
 from lpa_cli.training.evaluate import autocast, evaluate
 from lpa_cli.training.objectives import LossOutput
-from lpa_cli.training.setup import Run, batches, learning_rate
+from lpa_cli.training.setup import Run, batches, set_rates
 from lpa_cli.training.snapshot import save_snapshot
 from lpa_cli.training.trackers import Callbacks
 
@@ -152,9 +152,7 @@ def run_steps(run: Run, callbacks: Callbacks, snapshot_every: int) -> Loop:
 def _one_step(run: Run, step: int, batch: Batch) -> tuple[float, float, LossOutput]:
     """(learning rate, loss, loss output) of one optimisation step, taken."""
     t, opt, scaler = run.cfg.train, run.opt, run.scaler
-    lr = learning_rate(run.cfg, step)
-    for group in opt.param_groups:
-        group["lr"] = lr
+    lr = set_rates(run.cfg, opt, step)
     opt.zero_grad(set_to_none=True)
     out, run.runner = _step(run.runner, run.step_module, batch, step, run.depth_gen, run.device, run.cfg, scaler, run.world, run.fsdp)
     loss = float(out.loss)

@@ -45,15 +45,33 @@ def learning_rate(cfg: RunConfig, step: int) -> float:
     return t.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(cfg: RunConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(cfg: RunConfig, params: list[nn.Parameter], head: set[int] | None = None) -> torch.optim.Optimizer:
+    """The optimizer over ``params``; with ``--head-lr-scale`` or ``--head-warmup`` the parameters whose ids
+    are in ``head`` form a second group (`lr_scale`, `warm`: what `group_rates` reads each step)."""
     t = cfg.train
     if not params:
         raise UsageError("nothing to train: every parameter is frozen (check --train-only)")
+    groups: list[dict] = [{"params": params, "lr_scale": 1.0, "warm": True}]
+    if head is not None and (t.head_lr_scale != 1.0 or t.head_warmup):
+        body = [p for p in params if id(p) not in head]
+        tops = [p for p in params if id(p) in head]
+        groups = [g for g in ({"params": body, "lr_scale": 1.0, "warm": False}, {"params": tops, "lr_scale": t.head_lr_scale, "warm": True})
+                  if g["params"]]
     if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, **fused_options(params))
+        return torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay, **fused_options(params))
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, **fused_options(params))
-    return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+        return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay, **fused_options(params))
+    return torch.optim.SGD(groups, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay)
+
+
+def set_rates(cfg: RunConfig, opt: torch.optim.Optimizer, step: int) -> float:
+    """Set every group's learning rate for ``step``: the schedule's, times the group's scale, and 0 for
+    the body during ``--head-warmup``. Returns the schedule's rate (what logs show)."""
+    lr = learning_rate(cfg, step)
+    warming = step < cfg.train.head_warmup
+    for group in opt.param_groups:
+        group["lr"] = 0.0 if warming and not group.get("warm", True) else lr * group.get("lr_scale", 1.0)
+    return lr
 
 
 def fused_options(params: list[nn.Parameter]) -> dict:
@@ -196,7 +214,8 @@ def prepare(cfg: RunConfig, output: Path | None, model: ResidualModel | None, ta
     objective = build_objective(cfg.objective, model.num_blocks, task.kind)
     step_module = wrap(LossModule(model, objective), model, t.parallel, world, objective.leaves_parameters_unused(model))
     fsdp = world.size > 1 and t.parallel == "fsdp"
-    opt = make_optimizer(cfg, [p for p in step_module.parameters() if p.requires_grad] if fsdp else trainable)
+    opt = make_optimizer(cfg, [p for p in step_module.parameters() if p.requires_grad] if fsdp else trainable,
+                         {id(p) for p in model.head.parameters()})
     scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
     depth_gen = torch.Generator().manual_seed(t.seed + 7919)
     snap = snapshot_path(output) if output is not None else None

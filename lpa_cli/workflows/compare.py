@@ -10,7 +10,7 @@ from typing import Any
 
 from analyzers.compare import compare
 from analyzers.compare_types import CompareResult, Run
-from lpa_core.errors import LpaError, UsageError
+from lpa_core.errors import DataError, LpaError, UsageError
 from analyzers.monotonicity import METRIC_BASE, check_metric, from_trace
 from analyzers.trace import is_trace, open_trace
 from lpa_cli.workflows.inputs import as_trace
@@ -87,7 +87,10 @@ def _costs(ckpt: Path | None, cache: dict[str, Any], trust: dict[str, Any]) -> d
     c = load_checkpoint(ckpt, **trust)
     key = c.config.model.__repr__() + json.dumps(c.task, sort_keys=True)
     if key not in cache:
-        test = load_task(c.task_config()).test
+        try:
+            test = load_task(c.task_config()).test
+        except DataError:  # its data is not here (moved, or a checkpoint written by another loop): no cost column
+            return None
         cache[key] = depth_costs(c.model, test.rows(0, min(len(test), 64 if c.kind == "lm" else 256)))
     return cache[key]
 

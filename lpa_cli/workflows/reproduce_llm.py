@@ -129,10 +129,19 @@ def prepare(out: Path, quick: bool, progress, vocab: int = VOCAB, folder: str = 
 
 def finetune(base: Path, task: TaskConfig, objective: str, seed: int, steps: int, **settings: Any) -> RunConfig:
     """A fine-tuning run from the base directory, with its model settings resolved (explicit, so a run
-    already trained is found again)."""
-    obj = {k: v for k, v in settings.items() if k in {f.name for f in dataclasses.fields(ObjectiveConfig)}}
-    cfg = RunConfig(ModelConfig(init=str(base)), task, ObjectiveConfig(name=objective, **obj),
-                    TrainConfig(steps=steps, batch_size=16, lr=1e-3, warmup=steps // 10, seed=seed, threads=1))
+    already trained is found again). ``settings`` name objective or train fields, ``reinit``, or the
+    model options an ``--init`` run may set (``pool``, ``dropout``); any other name is an error."""
+    sections: dict[str, dict[str, Any]] = {"objective": {}, "train": {}, "options": {}, "model": {}}
+    fields = {"objective": ObjectiveConfig, "train": TrainConfig}
+    for key, value in settings.items():
+        section = next((n for n, cls in fields.items() if key in {f.name for f in dataclasses.fields(cls)}), None)
+        section = section or ("options" if key in ("pool", "dropout") else "model" if key == "reinit" else None)
+        if section is None:
+            raise UsageError(f"unknown fine-tuning setting {key!r}")
+        sections[section][key] = value
+    train_cfg = dict(steps=steps, batch_size=16, lr=1e-3, warmup=steps // 10, seed=seed, threads=1) | sections["train"]
+    cfg = RunConfig(ModelConfig(init=str(base), options=sections["options"], **sections["model"]), task,
+                    ObjectiveConfig(name=objective, **sections["objective"]), TrainConfig(**train_cfg))
     return resolve_init(cfg, base)
 
 
@@ -176,7 +185,6 @@ def minilm(out: Path) -> tuple[Path, Path]:
 
 def finetune_pretrained(base: Path, task: TaskConfig, objective: str, seed: int, steps: int, **settings: Any) -> RunConfig:
     """As `finetune`, on the fine-tuning defaults a user of `lpa train --init` gets (AdamW, 5e-5,
-    batch 8, linear decay), for ``steps`` steps."""
-    cfg = finetune(base, task, objective, seed, steps, **settings)
-    defaults = {k: v for k, v in FINETUNE_DEFAULTS.items() if k != "epochs"}
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **defaults, threads=2))
+    batch 8, linear decay), for ``steps`` steps; ``settings`` replace any of them."""
+    defaults = {k: v for k, v in FINETUNE_DEFAULTS.items() if k != "epochs"} | {"threads": 2}
+    return finetune(base, task, objective, seed, steps, **(defaults | settings))

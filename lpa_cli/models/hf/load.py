@@ -29,7 +29,8 @@ def resolve_init(cfg: RunConfig, directory: Path) -> RunConfig:
     and its context (capped at `DEFAULT_CONTEXT_CAP`) unless the task sets one."""
     family, _, t = translate(directory)
     options = dict(t.options) | {k: v for k, v in cfg.model.options.items() if k in ("pool", "dropout")}
-    model = ModelConfig(arch=t.arch, depth=t.depth, width=t.width, zero_init=False, options=options, init=str(directory))
+    model = ModelConfig(arch=t.arch, depth=t.depth, width=t.width, zero_init=False, options=options, init=str(directory),
+                        reinit=cfg.model.reinit)
     task = cfg.task
     spec = task.name.partition(":")[0]
     opts = dict(task.options)
@@ -107,10 +108,10 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu", contex
     cfg = ModelConfig(arch="decoder", depth=t.depth, width=t.width, zero_init=False, options=t.options)
     model = build_model(cfg, (window,), t.options["vocab"], "tokens", "lm")
     load_weights(model, directory)
-    return model.to(device).eval(), _tokenizer(directory, config, t.options["vocab"]), t
+    return model.to(device).eval(), directory_tokenizer(directory, config, t.options["vocab"]), t
 
 
-def _tokenizer(directory: Path, config: dict, vocab: int):
+def directory_tokenizer(directory: Path, config: dict, vocab: int):
     """The directory's tokenizer.json; without any tokenizer files, bytes (when the vocabulary has room)."""
     if not any((directory / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")):
         if vocab < 256:
