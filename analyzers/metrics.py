@@ -71,6 +71,15 @@ def error_ratio(a: float, b: float) -> float:
     return 1.0 if a <= 0 else math.inf
 
 
+def format_t(t: float) -> str:
+    """A t statistic as text; an infinite one (every sample changed by the same amount) is said in words."""
+    if t != t:
+        return "-"
+    if math.isinf(t):
+        return "no spread"
+    return f"{t:.3g}"
+
+
 def format_p(p: float) -> str:
     """A p-value as text: ``p = 0.012``, or ``p < 1e-300`` where it underflows (never ``p = 0``)."""
     if p != p:  # NaN

@@ -98,6 +98,11 @@ class Step:
     significant: bool  # p_holm < alpha: a rise beyond the tolerance
     significant_strict: bool  # the same test with tolerance 0 (Holm-corrected too)
 
+    @property
+    def direction(self) -> str:
+        """What the error did over the step: falls, rises or flat (the test asks only whether it rose)."""
+        return "falls" if self.delta < 0 else "rises" if self.delta > 0 else "flat"
+
 
 @dataclass
 class MonotonicityResult:

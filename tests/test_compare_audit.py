@@ -72,7 +72,7 @@ def test_compare_surface_has_heatmaps_and_training_curves(tmp_path):
     assert data["training"]  # the samples' .jsonl logs
     html = report.read_text()
     assert "Predictions by depth" in html
-    assert "Training curves" in html and "training loss at the final depth" in html  # the logs' training losses (no evaluations)
+    assert "Training curves" in html and "training loss at every depth" in html  # the logs' per-depth training losses (no evaluations)
 
 
 def test_a_report_says_when_training_curves_are_absent(tmp_path):
@@ -107,7 +107,7 @@ def test_runs_without_evaluations_log_a_training_loss_curve(tmp_path):
     report = tmp_path / "curves.html"
     run_json("compare", "--no-measure", "--run", f"A={tmp_path / 'a.safetensors'}", "--run", f"B={tmp_path / 'b.safetensors'}", "-o", report)
     html = report.read_text()
-    assert "training loss at the final depth" in html and "Not shown" not in html
+    assert "training loss at every depth" in html and "Not shown" not in html
 
 
 def test_compare_with_many_groups_renders(tmp_path):

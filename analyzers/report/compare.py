@@ -44,7 +44,7 @@ def curves_figure(r: CompareResult) -> go.Figure:
     for i, (g, c) in enumerate(r.curves.items()):
         if all(v is not None and v == v for v in c.low + c.high):
             fig.add_trace(go.Scatter(x=c.depths + c.depths[::-1], y=c.high + c.low[::-1], fill="toself", fillcolor=_rgba(_colour(i), 0.2),
-                                     line={"width": 0}, hoverinfo="skip", name=f"{_name(g)}: {_name(c.band)}"))
+                                     line={"width": 0, "color": _colour(i)}, hoverinfo="skip", name=f"{_name(g)}: {_name(c.band)}"))
         fig.add_trace(go.Scatter(x=c.depths, y=c.mean, mode="lines+markers", line={"color": _colour(i)},
                                  name=f"{_name(g)} ({c.seeds} seed{'s' * (c.seeds > 1)}{', mean' if c.seeds > 1 else ''})"))
         if c.seeds > 1:
@@ -172,7 +172,44 @@ def training_figure(r: CompareResult, points: dict[str, list[tuple[int, float]]]
     fig = go.Figure()
     for i, (path, pts) in enumerate(points.items()):
         fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=_name(path), line={"color": _colour(i)}))
-    fig.update_layout(title=f"training: {key} at the final depth", xaxis_title="step", yaxis_title=key, height=360)
+    log = _log_axis([p[1] for pts in points.values() for p in pts])
+    fig.update_layout(title=f"training: {key} at the final depth", xaxis_title="step", yaxis_title=key, yaxis_type="log" if log else "linear",
+                      height=360)
+    return fig
+
+
+def depth_colour(k: int, n: int) -> str:
+    """Depth k of n on a light-to-dark blue ramp: shallow depths pale, the final depth darkest."""
+    f = k / max(1, n - 1)
+    lo, hi = (158, 202, 225), (8, 48, 107)
+    return "#" + "".join(f"{round(a + f * (b - a)):02x}" for a, b in zip(lo, hi))
+
+
+def _depth_runs(r: CompareResult) -> dict[str, tuple[str, list[dict]]]:
+    """Each group's first run whose log holds per-depth training losses at two steps or more."""
+    out = {}
+    for g, paths in r.groups.items():
+        for path in paths:
+            records = [rec for rec in r.training.get(path) or [] if rec.get("train_loss_per_depth")]
+            if len(records) >= 2:
+                out[g] = (path, records)
+                break
+    return out
+
+
+def depth_training_figure(runs: dict[str, tuple[str, list[dict]]]) -> go.Figure:
+    """Every depth's training loss against the step, one panel per group, on a log axis."""
+    depths = sorted({int(k) for _, recs in runs.values() for rec in recs for k in rec["train_loss_per_depth"]})
+    fig = make_subplots(rows=1, cols=len(runs), subplot_titles=[_name(g) for g in runs], horizontal_spacing=0.06)
+    for col, (g, (_, records)) in enumerate(runs.items(), start=1):
+        for k in depths:
+            pts = [(rec["step"], rec["train_loss_per_depth"].get(str(k))) for rec in records]
+            pts = [(step, v) for step, v in pts if v is not None and v > 0]
+            fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines", name=f"depth {k}", legendgroup=f"depth {k}",
+                                     showlegend=col == 1, line={"color": depth_colour(k, len(depths)), "width": 1.5}), row=1, col=col)
+    fig.update_yaxes(type="log")
+    fig.update_xaxes(title="step")
+    fig.update_layout(title="training loss at every depth (log axis; each group's first run)", yaxis_title="training loss", height=400)
     return fig
 
 
@@ -252,8 +289,17 @@ def cost_section(page: Page, r: CompareResult) -> None:
     page.table(["group", "depth", "FLOPs/sample", "ms/sample", r.metric, "Pareto"], rows)
 
 
+def not_applicable(page: Page, heading: str, why: str) -> None:
+    """A section that does not apply to these runs keeps its heading and says why, so nothing vanishes unexplained."""
+    page.heading(heading)
+    page.paragraph(f"Does not apply here: {why}", "note")
+
+
 def first_correct_section(page: Page, r: CompareResult) -> None:
     if not r.first_correct:
+        if r.kind == "regression":
+            not_applicable(page, "When samples are first right", "regression predictions are never right or wrong; the per-depth error "
+                           "above is their measure.")
         return
     page.heading("When samples are first right")
     page.figure(first_correct_figure(r))
@@ -261,6 +307,10 @@ def first_correct_section(page: Page, r: CompareResult) -> None:
 
 def early_exit_section(page: Page, r: CompareResult) -> None:
     if not r.early_exit:
+        if r.kind == "regression":
+            not_applicable(page, "Early exit", "exiting by confidence needs class probabilities, and these are regression runs; a fixed "
+                           "depth (lpa predict --exit depth:k, lpa export --at k) is how a regressor's prefix is served, and the "
+                           "cost table above prices every depth.")
         return
     page.heading("Early exit")
     page.paragraph("Each sample (for language models: each token) exits at the first depth whose confidence passes the "
@@ -307,14 +357,19 @@ def heatmap_section(page: Page, r: CompareResult) -> None:
     if r.heatmaps:
         page.heading("Predictions by depth")
         page.figure(heatmap_figure(r))
+        page.paragraph("The grids behind this figure are in `lpa compare --json`, not in this page's embedded JSON (they are "
+                       "most of its size).", "note")
 
 
 def training_section(page: Page, r: CompareResult) -> None:
     points, key = _curve_points(r)
+    runs = _depth_runs(r)
     page.heading("Training curves")
-    if points:
+    if runs:
+        page.figure(depth_training_figure(runs))
+    if points and key.startswith("test"):
         page.figure(training_figure(r, points, key))
-    else:
+    if not runs and not points:
         page.paragraph("Not shown: no run's training log (<checkpoint>.jsonl beside the checkpoint) is at hand, or none records "
                        "per-depth training losses.", "note")
 
@@ -336,5 +391,8 @@ def compare_page(r: CompareResult, title: str = "lpa compare", sections: list[Ca
     page = Page(title)
     for section in sections or SECTIONS:
         section(page, r)
-    page.raw_json("lpa-compare", r.to_dict())
+    data = r.to_dict()
+    if data.get("heatmaps"):  # the prediction grids are most of the page's weight; `lpa compare --json` has them
+        data["heatmaps"] = {k: v for k, v in data["heatmaps"].items() if k not in ("groups", "target")} | {"grids": "lpa compare --json"}
+    page.raw_json("lpa-compare", data)
     return page

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import html
+import math
 
 import plotly.graph_objects as go
 
-from analyzers.metrics import format_p
+from analyzers.metrics import format_p, format_t
 from analyzers.monotonicity import MonotonicityResult
 from analyzers.report.page import Page, depth_axis
 
@@ -19,13 +20,16 @@ def fmt(v: float | None) -> str:
     return f"{v:.3e}"
 
 
+COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
 def curve_figure(results: list[MonotonicityResult]) -> go.Figure:
     fig = go.Figure()
-    for r in results:
-        name = html.escape(r.source)  # plotly renders HTML in legend entries; a file name is text
-        fig.add_trace(go.Scatter(x=r.depths + r.depths[::-1], y=r.ci_high + r.ci_low[::-1], fill="toself", opacity=0.2,
-                                 line={"width": 0}, showlegend=False, hoverinfo="skip", name=name))
-        fig.add_trace(go.Scatter(x=r.depths, y=r.curve, mode="lines+markers", name=name))
+    for i, r in enumerate(results):
+        name, colour = html.escape(r.source), COLOURS[i % len(COLOURS)]  # plotly renders HTML in legend entries; a file name is text
+        fig.add_trace(go.Scatter(x=r.depths + r.depths[::-1], y=r.ci_high + r.ci_low[::-1], fill="toself", fillcolor=_rgba(colour, 0.2),
+                                 line={"width": 0, "color": colour}, hoverinfo="skip", name=f"{name}: 95% bootstrap band"))
+        fig.add_trace(go.Scatter(x=r.depths, y=r.curve, mode="lines+markers", name=name, line={"color": colour}))
     spans = [max(r.curve) / min(r.curve) for r in results if min(r.curve) > 0]
     log = bool(spans) and max(spans) > 30
     fig.update_layout(xaxis=depth_axis(), yaxis_title=results[0].metric, yaxis_type="log" if log else "linear",
@@ -33,16 +37,45 @@ def curve_figure(results: list[MonotonicityResult]) -> go.Figure:
     return fig
 
 
+def _rgba(hex_colour: str, alpha: float) -> str:
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def symlog(values: list[float], unit: float) -> list[float]:
+    """sign(v) log10(1 + |v| / unit): linear near 0, logarithmic beyond ``unit``, both signs kept."""
+    return [math.copysign(math.log10(1 + abs(v) / unit), v) for v in values]
+
+
+def _symlog_ticks(lo: float, hi: float, unit: float) -> tuple[list[float], list[str]]:
+    """Tick values (in symlog units) and their labels (in data units): 0 and signed powers of ten."""
+    values = [0.0]
+    for k in range(math.floor(math.log10(unit)) + 1, math.ceil(math.log10(max(abs(lo), abs(hi), unit))) + 1):
+        values += [10.0**k, -(10.0**k)]
+    values = [v for v in sorted(values) if lo - unit <= v <= hi + unit]
+    return symlog(values, unit), [fmt(v) if v else "0" for v in values]
+
+
 def step_figure(r: MonotonicityResult) -> go.Figure:
+    """The paired change at each step, with its interval; on a symlog axis when one step dwarfs the others,
+    so the small steps (where a rise would hide) stay readable."""
     labels = [f"{s.frm}→{s.to}" for s in r.steps]
-    deltas = [s.delta for s in r.steps]
-    fig = go.Figure(go.Bar(x=labels, y=deltas, marker_color=["#b00020" if s.significant else "#4a78b5" for s in r.steps],
-                           error_y={"type": "data", "symmetric": False,
-                                    "array": [s.ci_high - s.delta for s in r.steps],
-                                    "arrayminus": [s.delta - s.ci_low for s in r.steps]}))
-    fig.add_hline(y=r.tolerance, line_dash="dot", annotation_text="tolerance")
+    deltas, highs, lows = [s.delta for s in r.steps], [s.ci_high for s in r.steps], [s.ci_low for s in r.steps]
+    sizes = sorted(abs(d) for d in deltas if d)
+    unit = sizes[len(sizes) // 2] / 10 if sizes else 0.0  # a tenth of the median step: linear below it
+    scaled = bool(sizes) and sizes[-1] / sizes[len(sizes) // 2] > 20
+    f = (lambda v: symlog(v, unit)) if scaled else (lambda v: v)
+    y, hi, lo = f(deltas), f(highs), f(lows)
+    fig = go.Figure(go.Bar(x=labels, y=y, marker_color=["#b00020" if s.significant else "#4a78b5" for s in r.steps],
+                           text=[f"change {fmt(s.delta)} [{fmt(s.ci_low)}, {fmt(s.ci_high)}], error {s.direction}" for s in r.steps],
+                           hoverinfo="text+x", error_y={"type": "data", "symmetric": False, "array": [a - b for a, b in zip(hi, y)],
+                                                        "arrayminus": [b - a for a, b in zip(lo, y)]}))
+    fig.add_hline(y=f([r.tolerance])[0], line_dash="dot", annotation_text="tolerance")
+    axis = {"title": "mean change" + (" (symlog axis)" if scaled else "")}
+    if scaled:
+        axis["tickvals"], axis["ticktext"] = _symlog_ticks(min(lows + [r.tolerance]), max(highs + [r.tolerance]), unit)
     fig.update_layout(title="paired change of the per-sample error at each step (red: significant rise)",
-                      xaxis_title="step", yaxis_title="mean change", height=360)
+                      xaxis_title="step", yaxis=axis, height=360)
     return fig
 
 
@@ -60,10 +93,12 @@ def add_result(page: Page, r: MonotonicityResult) -> None:
     page.table(["depth", r.metric, "95% CI", "samples first within tolerance of final"], rows)
     rows, classes = [], []
     for s in r.steps:
-        rows.append([f"{s.frm} → {s.to}", fmt(s.delta), f"[{fmt(s.ci_low)}, {fmt(s.ci_high)}]", fmt(s.t), format_p(s.p_holm),
+        rows.append([f"{s.frm} → {s.to}", s.direction, fmt(s.delta), f"[{fmt(s.ci_low)}, {fmt(s.ci_high)}]", format_t(s.t), format_p(s.p_holm),
                      "rise" if s.significant else ("rise (strict)" if s.significant_strict else "ok")])
-        classes.append(["", "", "", "", "", "bad" if s.significant else ""])
-    page.table(["step", "mean change", "CI", "t", "p (Holm-corrected)", "verdict"], rows, classes=classes)
+        classes.append(["", "", "", "", "", "", "bad" if s.significant else ""])
+    page.table(["step", "error", "mean change", "CI", "t (vs tolerance)", "p of a rise (Holm-corrected)", "verdict"], rows, left=2, classes=classes)
+    page.paragraph("Each step is tested one-sided for a rise beyond the tolerance: a falling step's p of a rise is close to 1 "
+                   "by construction (it says the error did not rise). \"no spread\": every sample changed by the same amount.", "note")
     page.figure(step_figure(r))
     extra = [
         ["Kendall's tau (depth vs error)", fmt(r.kendall_tau), f"one-sided {format_p(r.kendall_p)}"],

@@ -16,8 +16,10 @@ import plotly.io as pio
 from lpa_core.files import readable
 from lpa_core.atomic import write_text
 from lpa_core.errors import OutputError, UsageError
+from analyzers.report.svg import figure_svg
 
-PLOTLYJS = ("embed", "directory")  # where a report's plotly.js lives: inside it, or shared beside it
+PLOTLYJS = ("none", "embed", "directory")  # none: figures drawn as SVG, no script; embed/directory: interactive plotly, its
+# plotly.js inside the report or shared beside it
 BUNDLE = "plotly.min.js"
 
 CSS = """
@@ -25,7 +27,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem 
 h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}
 th{background:#f5f5f5}td.l,th.l{text-align:left}.bad{color:#b00020;font-weight:600}.good{color:#0a7a2f;font-weight:600}
-.note{color:#555;font-size:.9rem}code{background:#f3f3f3;padding:0 .2rem}
+.note{color:#555;font-size:.9rem}code{background:#f3f3f3;padding:0 .2rem}figure.fig{margin:.5rem 0}
 """
 
 
@@ -87,8 +89,16 @@ class Page:
         self.parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
 
     def figure(self, fig) -> None:
+        self.parts.append(fig)  # drawn when the page is rendered: as SVG, or as a plotly figure
+
+    @staticmethod
+    def _draw(part: Any, plotlyjs: str) -> str:
+        if isinstance(part, str):
+            return part
+        if plotlyjs == "none":
+            return f'<figure class="fig">{figure_svg(part)}</figure>'
         # plotly escapes <, > and / inside its JSON, so strings in figures cannot close the script tag.
-        self.parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=False, config={"displaylogo": False}))
+        return pio.to_html(part, full_html=False, include_plotlyjs=False, config={"displaylogo": False})
 
     def raw_json(self, element_id: str, data: Any) -> None:
         """Machine-readable results embedded in the page (escaped for a script element)."""
@@ -96,14 +106,16 @@ class Page:
         text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
         self.parts.append(f'<script type="application/json" id="{esc(element_id)}">{text}</script>')
 
-    def render(self, plotlyjs: str = "embed") -> str:
-        """The page; ``plotlyjs="embed"`` puts plotly.js inside it (one file, 4.7 MB), ``"directory"``
-        loads ``plotly.min.js`` from the report's own folder (a few hundred KB a report; `save` writes
-        the bundle there). Either way the page loads nothing from the network."""
+    def render(self, plotlyjs: str | None = None) -> str:
+        """The page. ``plotlyjs="none"`` draws every figure as inline SVG (no script; tens of KB), ``"embed"``
+        puts plotly.js inside it for interactive figures (one file, 4.8 MB more), ``"directory"`` loads
+        ``plotly.min.js`` from the report's own folder (`save` writes the bundle there). The page loads
+        nothing from the network in any of them. None: the first of `PLOTLYJS` (none)."""
+        plotlyjs = plotlyjs or PLOTLYJS[0]
         if plotlyjs not in PLOTLYJS:
             raise UsageError(f"--plotlyjs must be {' or '.join(PLOTLYJS)}, got {plotlyjs!r}")
-        script = (f"<script type=\"text/javascript\">{plotly.offline.get_plotlyjs()}</script>" if plotlyjs == "embed"
-                  else f"<script src=\"{BUNDLE}\" charset=\"utf-8\"></script>")
+        script = {"embed": f"<script type=\"text/javascript\">{plotly.offline.get_plotlyjs()}</script>",
+                  "directory": f"<script src=\"{BUNDLE}\" charset=\"utf-8\"></script>", "none": ""}[plotlyjs]
         tail = Page("")
         tail.heading("Provenance")
         tail.table(["", ""], provenance(), left=2)
@@ -111,10 +123,10 @@ class Page:
             "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{esc(self.title)}</title><style>{CSS}</style>"
             f"{script}</head><body>"
-            f"<h1>{esc(self.title)}</h1>" + "\n".join(self.parts + tail.parts) + "</body></html>\n"
+            f"<h1>{esc(self.title)}</h1>" + "\n".join(self._draw(p, plotlyjs) for p in self.parts + tail.parts) + "</body></html>\n"
         )
 
-    def save(self, path: str | Path, force: bool = False, plotlyjs: str = "embed") -> Path:
+    def save(self, path: str | Path, force: bool = False, plotlyjs: str | None = None) -> Path:
         """Write the page; with ``plotlyjs="directory"`` also the shared bundle beside it (once: reports
         in one folder share it; it is rewritten only when it is not this plotly's)."""
         page = self.render(plotlyjs)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from lpa_cli.commands.options import Factory, Force, Json, Output, PlotlyJs, Quiet, Seed, TrustFactory
+from lpa_cli.commands.options import PLOTLYJS_DEFAULT, Factory, Force, Json, Output, PlotlyJs, Quiet, Seed, TrustFactory
 from lpa_cli.commands.render import consoles, esc, fmt, print_json
 
 
@@ -20,7 +20,7 @@ def compare_command(
     seed: Seed = None,
     measure: Annotated[bool, typer.Option("--measure/--no-measure", help="Also run early exit for real on each group's first "
                                           "checkpoint and time it (classifiers, language models).")] = True,
-    plotlyjs: PlotlyJs = "embed",
+    plotlyjs: PlotlyJs = PLOTLYJS_DEFAULT,
     factory: Factory = None,
     trust_factory: TrustFactory = False,
     force: Force = False,

@@ -9,23 +9,24 @@ import typer
 from rich.table import Table
 
 from analyzers.metrics import format_p
-from lpa_cli.commands.options import Depths, ExitZero, Factory, Force, Json, PlotlyJs, Quiet, Seed, TrustFactory, Verify
+from lpa_cli.commands.options import PLOTLYJS_DEFAULT, Depths, ExitZero, Factory, Force, Json, PlotlyJs, Quiet, Seed, TrustFactory, Verify
 from lpa_cli.commands.render import bars, consoles, distinct_names, esc, fmt, print_json
 
 
 def _detail(r) -> list:
     table = Table(title=f"{esc(r.source)}: {r.metric} per depth", title_justify="left")
-    for col in ("depth", r.metric, "95% CI", "step Δ", "p (Holm)", ""):
+    for col in ("depth", r.metric, "95% CI", "step Δ", "error", "p of a rise (Holm)", ""):
         table.add_column(col, justify="right" if col != "" else "left")
     drawn = bars(r.curve)
     for j, k in enumerate(r.depths):
         if j == 0:
-            step, p, flag = "", "", ""
+            step, direction, p, flag = "", "", "", ""
         else:
             s = r.steps[j - 1]
-            step, p = fmt(s.delta), format_p(s.p_holm)
+            step, direction, p = fmt(s.delta), s.direction, format_p(s.p_holm)
             flag = "[red]rise[/red]" if s.significant else ("[yellow]rise (strict)[/yellow]" if s.significant_strict else "")
-        table.add_row(str(k), fmt(r.curve[j], r.metric), f"[{fmt(r.ci_low[j], r.metric)}, {fmt(r.ci_high[j], r.metric)}]", step, p, f"[cyan]{drawn[j]}[/cyan] {flag}")
+        table.add_row(str(k), fmt(r.curve[j], r.metric), f"[{fmt(r.ci_low[j], r.metric)}, {fmt(r.ci_high[j], r.metric)}]", step, direction, p,
+                      f"[cyan]{drawn[j]}[/cyan] {flag}")
     colour = "green" if r.monotone else "red"
     lines = [
         f"[bold {colour}]{r.verdict}[/bold {colour}] at alpha {r.alpha:g}, tolerance {r.tolerance_rel:g} of the descent "
@@ -42,7 +43,7 @@ def _detail(r) -> list:
 
 def _summary(results: list) -> Table:
     table = Table(title="monotonicity", title_justify="left")
-    for col in ("input", "metric", "n", "verdict", "strict", "worst step", "p (Holm)", "deploy depth"):
+    for col in ("input", "metric", "n", "verdict", "strict", "worst step", "p of a rise (Holm)", "deploy depth"):
         table.add_column(col, justify="left" if col in ("input", "verdict") else "right")
     for r, name in zip(results, distinct_names([r.source for r in results])):
         worst = max(r.steps, key=lambda s: s.delta)
@@ -64,7 +65,7 @@ def monotonicity_command(
     lens: Annotated[Optional[str], typer.Option("--lens", help="Read depths through a fitted probe: tuned:FILE or linear:FILE.")] = None,
     report: Annotated[bool, typer.Option("--report", help="Write a self-contained HTML report next to the (first) input.")] = False,
     report_path: Annotated[Optional[Path], typer.Option("--report-path", help="Write the HTML report here.")] = None,
-    plotlyjs: PlotlyJs = "embed",
+    plotlyjs: PlotlyJs = PLOTLYJS_DEFAULT,
     verify: Verify = True,
     factory: Factory = None,
     trust_factory: TrustFactory = False,

@@ -43,6 +43,8 @@ Factory = Annotated[Optional[str], typer.Option("--model", help="The package.mod
                                                 "when it names one (it must match; lpa imports no code a file names).")]
 TrustFactory = Annotated[bool, typer.Option("--trust-factory", envvar="LPA_TRUST_FACTORY",
                                             help="Import and call the model factory a checkpoint names (only for files you trust).")]
-PlotlyJs = Annotated[str, typer.Option("--plotlyjs", help="embed: plotly.js inside the report (one file); directory: one shared "
-                                       "plotly.min.js beside the reports (smaller reports; both open offline).")]
+PLOTLYJS_DEFAULT = "none"  # analyzers.report.page.PLOTLYJS[0] (not imported here: it loads plotly); tests/test_reports checks
+PlotlyJs = Annotated[str, typer.Option("--plotlyjs", help="none: figures drawn as SVG, no script (tens of KB); embed: interactive "
+                                       "plotly, plotly.js inside the report (+4.8 MB); directory: interactive, one shared plotly.min.js "
+                                       "beside the reports. All open offline.")]
 Verify = Annotated[bool, typer.Option("--verify/--no-verify", help="Check each checkpoint's content hash (sha256 of its tensors) on load.")]

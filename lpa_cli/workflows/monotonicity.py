@@ -25,9 +25,9 @@ def analyze(path: str | Path, *, lens: str | None = None, verify: bool = True, f
 
 
 def write_report(results: list[MonotonicityResult], target: str | Path, inputs: list[Path], force: bool = False,
-                 plotlyjs: str = "embed") -> Path:
+                 plotlyjs: str | None = None) -> Path:
     """The HTML report of ``results`` at ``target`` (never over one of the inputs; over another file
-    only with ``force``)."""
+    only with ``force``); ``plotlyjs``: see `analyzers.report.page.Page.render` (None: its default)."""
     from analyzers.report.monotonicity import monotonicity_page
 
     target = Path(target)

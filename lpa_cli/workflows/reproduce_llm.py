@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import io
 import os
 import shutil
@@ -92,27 +93,30 @@ def train_tokenizer(text: str, path: Path, vocab: int = VOCAB) -> None:
 
 
 def prepare(out: Path, quick: bool, progress, vocab: int = VOCAB, folder: str = "llm", extra: str = "",
-            steps: int | None = None) -> dict[str, Path]:
+            steps: int | None = None, held_extra: str = "", tokenizer_extra: str = "") -> dict[str, Path]:
     """The data files and the pretrained Hugging Face directory under ``<out>/<folder>/`` (made once,
     then reused), with a BPE of ``vocab`` tokens; ``extra`` text joins the pretraining share (and the
-    tokenizer's), ``steps`` replaces the pretraining budget."""
+    tokenizer's), ``held_extra`` the held-out text, ``tokenizer_extra`` only the tokenizer's training
+    text; ``steps`` replaces the pretraining budget. The tokenizer's and the base model's file names
+    carry a hash of the text they were made from, so changed text is never served a stale one."""
     root = out / folder / "data"
     texts = licence_texts()
-    paths = {"pretrain": root / "pretrain.txt", "held_out": root / "held-out.txt", "passages": root / "passages.csv",
-             "tokenizer": root / "tokenizer.json"}
     cuts = {name: t.rfind("\n", 0, int(len(t) * PRETRAIN_SHARE)) + 1 for name, t in texts.items()}
     pretrain = "".join(t[: cuts[name]] for name, t in texts.items()) + extra
+    tag = hashlib.sha256(f"{vocab}\0{pretrain}\0{tokenizer_extra}".encode()).hexdigest()[:10]
+    paths = {"pretrain": root / "pretrain.txt", "held_out": root / "held-out.txt", "passages": root / "passages.csv",
+             "tokenizer": root / f"tokenizer-{tag}.json"}
     _write(paths["pretrain"], pretrain)
-    _write(paths["held_out"], "".join(t[cuts[name] :] for name, t in texts.items()))
+    _write(paths["held_out"], "".join(t[cuts[name] :] for name, t in texts.items()) + held_extra)
     _write(paths["passages"], passages(texts))
     if not paths["tokenizer"].exists():
         progress("training the BPE tokenizer")
-        train_tokenizer(pretrain, paths["tokenizer"], vocab)
+        train_tokenizer(pretrain + tokenizer_extra, paths["tokenizer"], vocab)
     steps = steps or (300 if quick else 1500)
     cfg = RunConfig(ModelConfig(arch="decoder", depth=BASE["depth"], width=BASE["width"], options=BASE["options"] | {"vocab": vocab}),
                     TaskConfig(name=f"text:{paths['pretrain']}", options={"context": CONTEXT, "tokenizer": str(paths["tokenizer"])}),
                     ObjectiveConfig(name="e2e"), TrainConfig(steps=steps, batch_size=16, lr=3e-3, warmup=steps // 10, seed=0, threads=1))
-    ckpt = out / folder / f"base-{steps}.safetensors"
+    ckpt = out / folder / f"base-{steps}-{tag}.safetensors"
     try:
         reuse = read_info(ckpt).config == cfg
     except Exception:  # noqa: BLE001 - no or an unreadable leftover: train it
@@ -120,7 +124,7 @@ def prepare(out: Path, quick: bool, progress, vocab: int = VOCAB, folder: str = 
     if not reuse:
         progress(f"pretraining the base model ({steps} steps, E2E)")
         train(cfg, ckpt, force=True, callbacks=Callbacks())
-    base = out / folder / f"base-{steps}-hf"
+    base = out / folder / f"base-{steps}-{tag}-hf"
     if not (base / "config.json").exists():
         export_prefix(ckpt, BASE["depth"], base, force=True, format="hf")
     paths["base"] = base

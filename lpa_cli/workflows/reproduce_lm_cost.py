@@ -2,11 +2,13 @@
 
 The `llm` experiment's set-up with a vocabulary large enough that the head dominates. The licences
 alone hold too few distinct merges for one (a BPE trained on them stops near 3,900 tokens), so the
-pretraining text is their first 60% plus the Python language reference that every Python installs
-(`pydoc_data.topics`, 465 kB of English): a byte-level BPE of `VOCAB` tokens is trained on it, and a
+text adds the Python language reference that every Python installs (`pydoc_data.topics`, 465 kB of
+English): its first `REFERENCE_PRETRAIN` joins the licences' first 60% in pretraining, the rest joins
+their last 40% as held-out text (about 9x the licences' alone, so the equal-wall-clock runs do not
+exhaust it; the tokenizer is trained on the whole reference). A byte-level BPE of `VOCAB` tokens and a
 Llama-layout decoder (8 blocks, width 128; its head's 2.1 MFLOP per token are 42% of the model's, so
-exact LPA over 9 depths needs about 4.3x E2E's head-and-block FLOPs) is pretrained E2E on it and exported as a Hugging Face directory, then fine-tuned from that
-directory on the licences' held-out 40% with
+exact LPA over 9 depths needs about 4.3x E2E's head-and-block FLOPs) are pretrained E2E and exported as a
+Hugging Face directory, then fine-tuned from that directory on the held-out text with
 
 - E2E, exact LPA (every depth through the full head), sampled LPA (`--head-loss sampled:K`: depths < N
   read the batch's targets and K sampled vocabulary rows; depth N exact), and sampled LPA with
@@ -32,6 +34,7 @@ from lpa_cli.workflows.reproduce_llm import FINETUNE_CONTEXT, finetune, prepare
 from lpa_cli.workflows.study import Study, Target, all_lpa_monotone, run_path
 
 VOCAB = 8192
+REFERENCE_PRETRAIN = 0.2  # the Python reference's share in pretraining; the rest is held out, about 9x the licences' held-out text
 K = 1024  # sampled rows: an eighth of the vocabulary, besides the batch's targets
 EXACT, SAMPLED, ROTATED = "LPA exact", f"LPA sampled:{K}", f"LPA sampled:{K} + rotation:4"
 FORMS = {
@@ -84,7 +87,10 @@ def seconds(cfg: RunConfig, label: str, out: Path) -> float | None:
 
 def lm_cost_studies(seeds: int, quick: bool, out: Path, progress) -> Iterator[Study]:
     """Equal steps first; its measured times then decide the equal-wall-clock runs' steps."""
-    paths = prepare(out, quick, progress, vocab=VOCAB, folder="lm-cost", extra=reference_text(), steps=150 if quick else 600)
+    ref = reference_text()
+    cut = ref.rfind("\n", 0, int(len(ref) * REFERENCE_PRETRAIN)) + 1
+    paths = prepare(out, quick, progress, vocab=VOCAB, folder="lm-cost", extra=ref[:cut], steps=150 if quick else 600,
+                    held_extra=ref[cut:], tokenizer_extra=ref[cut:])
     task = TaskConfig(name=f"text:{paths['held_out']}", options={"context": FINETUNE_CONTEXT})
     steps = 40 if quick else 100  # as `llm`: more steps overfit the held-out text
     runs = {label: [finetune(paths["base"], task, objective, i, steps, **settings) for i in range(seeds)]
