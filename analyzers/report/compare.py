@@ -178,9 +178,9 @@ def training_figure(r: CompareResult, points: dict[str, list[tuple[int, float]]]
     return fig
 
 
-def depth_colour(k: int, n: int) -> str:
-    """Depth k of n on a light-to-dark blue ramp: shallow depths pale, the final depth darkest."""
-    f = k / max(1, n - 1)
+def depth_colour(j: int, n: int) -> str:
+    """The j-th of n depths on a light-to-dark blue ramp: shallow depths pale, the final depth darkest."""
+    f = min(1.0, max(0.0, j / max(1, n - 1)))
     lo, hi = (158, 202, 225), (8, 48, 107)
     return "#" + "".join(f"{round(a + f * (b - a)):02x}" for a, b in zip(lo, hi))
 
@@ -202,11 +202,11 @@ def depth_training_figure(runs: dict[str, tuple[str, list[dict]]]) -> go.Figure:
     depths = sorted({int(k) for _, recs in runs.values() for rec in recs for k in rec["train_loss_per_depth"]})
     fig = make_subplots(rows=1, cols=len(runs), subplot_titles=[_name(g) for g in runs], horizontal_spacing=0.06)
     for col, (g, (_, records)) in enumerate(runs.items(), start=1):
-        for k in depths:
+        for j, k in enumerate(depths):
             pts = [(rec["step"], rec["train_loss_per_depth"].get(str(k))) for rec in records]
             pts = [(step, v) for step, v in pts if v is not None and v > 0]
             fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines", name=f"depth {k}", legendgroup=f"depth {k}",
-                                     showlegend=col == 1, line={"color": depth_colour(k, len(depths)), "width": 1.5}), row=1, col=col)
+                                     showlegend=col == 1, line={"color": depth_colour(j, len(depths)), "width": 1.5}), row=1, col=col)
     fig.update_yaxes(type="log")
     fig.update_xaxes(title="step")
     fig.update_layout(title="training loss at every depth (log axis; each group's first run)", yaxis_title="training loss", height=400)

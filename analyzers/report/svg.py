@@ -21,8 +21,8 @@ PLOTLY = ["#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A", "#19d3f3", "#FF
 DASHES = {"dash": "8 5", "dot": "2 4", "dashdot": "8 4 2 4", "longdash": "12 6"}
 
 
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
+def _e(text: Any) -> str:  # as the page's own escaping: U+2028/2029 too
+    return html.escape(str(text), quote=True).replace("\u2028", "&#x2028;").replace("\u2029", "&#x2029;")
 
 def _plain(text: Any) -> str:
     """Plotly titles may hold HTML the figure code escaped for plotly; SVG text wants the plain string."""

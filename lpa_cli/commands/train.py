@@ -179,7 +179,8 @@ def train_command(**values: Any) -> None:
     flags = settings_from(values)
     cfg = resolve(config, flags, set_ or [])
     check_factory(cfg.model.factory, config or "--set model.factory", model or "", trust_factory)  # only --model names code
-    defaults = finetune_defaults(cfg.model.init, steps_given=cfg.train.steps != TrainConfig().steps or bool(cfg.train.epochs))
+    defaults = finetune_defaults(cfg.model.init, steps_given=cfg.train.steps != TrainConfig().steps or bool(cfg.train.epochs),
+                                 objective=cfg.objective.name)
     if defaults:  # a pretrained model: fine-tuning defaults under whatever the user set
         cfg = resolve(config, flags, set_ or [], base=defaults)
     output = output or default_output(cfg)

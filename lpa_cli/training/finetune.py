@@ -19,6 +19,7 @@ from torch import nn
 from lpa_core.errors import UsageError
 from lpa_cli.config import RunConfig
 from lpa_cli.formats.checkpoint import read_info
+from lpa_cli.models.hf.families import translate
 from lpa_cli.models.open import source_kind
 from lpa_cli.models.protocol import ResidualModel
 
@@ -32,34 +33,47 @@ FINETUNE_DEFAULTS = {"optimizer": "adamw", "lr": 5e-5, "batch_size": 8, "schedul
                      "epochs": 3.0}
 
 
+# On top of those, LPA fine-tuning of a pretrained encoder (a BERT classifier) reads each depth's mean
+# token state instead of [CLS], at lr 2e-4 with the head at 10x that: `lpa reproduce minilm` measured
+# that only with these do the shallow depths leave chance (docs/hf.md, docs/results.md "minilm").
+LPA_ENCODER_DEFAULTS = {"train": {"lr": 2e-4, "head_lr_scale": 10.0}, "model": {"options": {"pool": "mean"}}}
+
 TRANSFORMERS = ("gpt", "decoder", "encoder", "vit")
 
 
-def finetune_defaults(init: str | Path | None, steps_given: bool = False) -> dict[str, dict[str, object]]:
+def finetune_defaults(init: str | Path | None, steps_given: bool = False, objective: str = "lpa") -> dict[str, dict[str, object]]:
     """The training defaults for starting from ``init``: `FINETUNE_DEFAULTS` for a pretrained
-    transformer (a Hugging Face directory, or an lpa checkpoint of a transformer), else none; the
-    user's own step count (``steps_given``) replaces the epochs."""
+    transformer (a Hugging Face directory, or an lpa checkpoint of a transformer), else none, and
+    `LPA_ENCODER_DEFAULTS` over them when an LPA objective fine-tunes an encoder; the user's own step
+    count (``steps_given``) replaces the epochs."""
     if not init:
         return {}
     path = Path(init)
-    if source_kind(path) == "checkpoint" and read_info(path).config.model.arch not in TRANSFORMERS:
+    arch = read_info(path).config.model.arch if source_kind(path) == "checkpoint" else translate(path)[2].arch
+    if arch not in TRANSFORMERS:
         return {}
-    return {"train": {k: v for k, v in FINETUNE_DEFAULTS.items() if not (steps_given and k == "epochs")}}
+    out: dict[str, dict[str, object]] = {"train": {k: v for k, v in FINETUNE_DEFAULTS.items() if not (steps_given and k == "epochs")}}
+    if arch == "encoder" and objective != "e2e":
+        out["train"] |= LPA_ENCODER_DEFAULTS["train"]
+        out["model"] = dict(LPA_ENCODER_DEFAULTS["model"])
+    return out
 
 
 def describe_defaults(cfg: RunConfig, defaults: dict[str, dict[str, object]]) -> str:
     """One line naming the fine-tuning defaults ``cfg`` kept (the user overrode the others)."""
     t = cfg.train
     kept = {k: v for k, v in defaults.get("train", {}).items() if getattr(t, k) == v}
-    if not kept:
+    pool = (defaults.get("model") or {}).get("options", {}).get("pool")
+    if not kept and not (pool and cfg.model.options.get("pool") == pool):
         return ""
     names = {"optimizer": "optimizer {}", "lr": "lr {:g}", "batch_size": "batch {}", "schedule": "{} decay", "warmup": "warmup {}",
-             "weight_decay": "weight decay {:g}", "epochs": "{:g} epochs"}
-    flags = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--steps"}
+             "weight_decay": "weight decay {:g}", "epochs": "{:g} epochs", "head_lr_scale": "head lr x{:g}"}
+    flags = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--steps", "head_lr_scale": "--head-lr-scale"}
+    said = [names[k].format(v) for k, v in kept.items()]
+    if pool and cfg.model.options.get("pool") == pool:
+        said.append(f"{pool} pooling (--set model.options.pool=cls for BERT's own)")
     override = ", ".join(flags[k] for k in kept if k in flags) + ", --set train.KEY=VALUE"
-    return f"fine-tuning defaults for a pretrained model: {', '.join(names[k].format(v) for k, v in kept.items())} (override with {override})"
-
-
+    return f"fine-tuning defaults for a pretrained model: {', '.join(said)} (override with {override})"
 def prepare_training(model: ResidualModel, cfg: RunConfig) -> tuple[list[nn.Parameter], Callable[[ResidualModel], None]]:
     """(the parameters to optimise, what to do to the model before it is saved)."""
     t = cfg.train

@@ -161,7 +161,13 @@ MINILM_LEVERS: dict[str, tuple[str, dict[str, Any]]] = {
     "LPA pooler re-initialised": ("lpa", {"reinit": "head.pooler"}),
     "LPA mean pooling": ("lpa", {"pool": "mean"}),
 }
-MINILM_TUNED = {"pool": "mean", "lr": 2e-4, "head_lr_scale": 10.0}  # the levers that moved the shallow depths, together
+def _tuned() -> dict[str, Any]:
+    from lpa_cli.training.finetune import LPA_ENCODER_DEFAULTS as d
+
+    return dict(d["train"]) | dict(d["model"]["options"])
+
+
+MINILM_TUNED = _tuned()  # the levers that moved the shallow depths, together: `lpa train --init`'s LPA default for encoders
 
 
 def minilm_studies(seeds: int, quick: bool, out: Path, progress) -> list[Study]:

@@ -63,7 +63,8 @@ def export_hf(ckpt, small, output: Path, force: bool = False, generation: dict[s
             raise UsageError(f"{output}: is a file; --format hf writes a directory")
     if kind == "classification" and family.name == "bert" and not (ckpt.config.model.options.get("pool", "cls") == "cls"
                                                                   and ckpt.config.model.options.get("pooler", True)):
-        raise UsageError(f"{ckpt.path}: mean pooling has no Hugging Face classification class; train with "
+        raise UsageError(f"{ckpt.path}: mean pooling (LPA's default on encoders) has no Hugging Face classification class "
+                         "(BERT's reads [CLS] through its pooler); export without --format hf, or train with "
                          "--set model.options.pool=cls to export it")
     if kind == "lm" and not family.lm_class:
         raise UsageError(f"{ckpt.path}: {family.name} has no language-model class")
