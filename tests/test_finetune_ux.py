@@ -174,7 +174,7 @@ def test_reports_can_share_one_plotly_bundle(tmp_path):
     runs = ["--run", f"LPA={SAMPLES / 'resnet-digits-lpa.safetensors'}", "--run", f"E2E={SAMPLES / 'resnet-digits-e2e.safetensors'}"]
     (tmp_path / "a").mkdir()
     run_json("compare", *runs, "--no-measure", "--plotlyjs", "directory", "-o", tmp_path / "a" / "r.html")
-    run_json("compare", *runs, "--no-measure", "-o", tmp_path / "embedded.html")
+    run_json("compare", *runs, "--no-measure", "--plotlyjs", "embed", "-o", tmp_path / "embedded.html")
     shared, embedded = (tmp_path / "a" / "r.html").read_text(), (tmp_path / "embedded.html").read_text()
     import plotly
 

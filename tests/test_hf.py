@@ -349,7 +349,7 @@ def test_pretrained_minilm_finetunes_traces_and_exports(tmp_path):
     data = _classification_csv(tmp_path / "d.csv", 40)
     ckpt = tmp_path / "minilm.safetensors"
     result = run_json("train", "--init", path, "--data", data, "--steps", "3", "--batch-size", "8", "--threads", "2",
-                      "--set", "task.options.context=16", "-o", ckpt)
+                      "--set", "task.options.context=16", "--set", "model.options.pool=cls", "-o", ckpt)  # BERT's own head: exports to HF
     acc = result["metrics"]["acc"]
     assert len(acc) == 7 and all(np.isfinite(acc))
     run_json("trace", ckpt, "--states", "--limit", "4", "-o", tmp_path / "t.h5")
