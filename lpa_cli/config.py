@@ -7,6 +7,7 @@ section.key=value`` overrides all produce the same `RunConfig`. Precedence: defa
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -326,8 +327,9 @@ def parse_set(item: str) -> tuple[str, str, Any]:
 
 
 def merge(base: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Overlay per-section overrides (dotted keys reach into ``options`` tables)."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    """Overlay per-section overrides (dotted keys reach into ``options`` tables). Nothing of ``base`` is
+    changed: its nested tables are copied (a shared default's ``options`` once took a user's --set)."""
+    out = copy.deepcopy(base)
     for section, values in overrides.items():
         table = out.setdefault(section, {})
         if not isinstance(table, dict):
@@ -352,7 +354,7 @@ def resolve(toml_path: str | Path | None, flags: dict[str, dict[str, Any]], sets
     merged = {k: v for k, v in toml.items()}
     for section, values in (base or {}).items():  # under the file's settings; a malformed section is the file's error
         if isinstance(merged.get(section, {}), dict):
-            merged[section] = dict(values) | merged.get(section, {})
+            merged[section] = copy.deepcopy(dict(values)) | merged.get(section, {})
     merged = merge(merged, flags)
     set_overrides: dict[str, dict[str, Any]] = {}
     for item in sets:

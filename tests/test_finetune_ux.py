@@ -377,3 +377,16 @@ def test_reproduce_minilm_quick_runs_both_studies(tmp_path):
     text, outcomes = reproduce("minilm", seeds=1, quick=True, output=tmp_path)
     assert [o["study"] for o in outcomes] == ["minilm-levers", "minilm-tuned"]
     assert "LPA tuned" in text and (tmp_path / "minilm" / "minilm-tuned" / "report.html").stat().st_size < 1_500_000
+
+
+def test_resolving_a_run_never_changes_the_defaults_it_started_from():
+    """A --set into model.options once wrote through into the shared LPA_ENCODER_DEFAULTS table."""
+    import copy
+
+    from lpa_cli.config import resolve
+    from lpa_cli.training.finetune import LPA_ENCODER_DEFAULTS
+
+    before = copy.deepcopy(LPA_ENCODER_DEFAULTS)
+    base = {"train": dict(LPA_ENCODER_DEFAULTS["train"]), "model": dict(LPA_ENCODER_DEFAULTS["model"])}
+    cfg = resolve(None, {"model": {"options.pool": None}}, ["model.options.pool=cls", "model.options.dropout=0.1"], base=base)
+    assert cfg.model.options == {"pool": "cls", "dropout": 0.1} and LPA_ENCODER_DEFAULTS == before

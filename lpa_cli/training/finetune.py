@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -55,7 +56,7 @@ def finetune_defaults(init: str | Path | None, steps_given: bool = False, object
     out: dict[str, dict[str, object]] = {"train": {k: v for k, v in FINETUNE_DEFAULTS.items() if not (steps_given and k == "epochs")}}
     if arch == "encoder" and objective != "e2e":
         out["train"] |= LPA_ENCODER_DEFAULTS["train"]
-        out["model"] = dict(LPA_ENCODER_DEFAULTS["model"])
+        out["model"] = copy.deepcopy(LPA_ENCODER_DEFAULTS["model"])
     return out
 
 
