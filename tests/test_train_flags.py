@@ -13,7 +13,8 @@ from tests.cli_helpers import run
 
 # A valid value other than the default for each flag's type (choices where the field has them).
 VALUES = {"arch": "gpt", "name": None, "weights": "sqrt", "align": "kl", "head_loss": "chunked", "precision": "bf16", "parallel": "fsdp",
-          "train_only": "blocks", "device": "auto", "depths": "1:3", "depth_schedule": "rotation:2", "init": "", "log": ["tensorboard"]}
+          "train_only": "blocks", "device": "auto", "depths": "1:3", "depth_schedule": "rotation:2", "init": "", "log": ["tensorboard"],
+          "reinit": "head.pooler"}
 
 
 def _value(section: str, f):
