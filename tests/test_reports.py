@@ -5,6 +5,7 @@ does not apply, and falling steps shown as falling."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def test_compare_and_monotonicity_reports_are_small_and_offline(tmp_path):
     assert report.stat().st_size <= MAX_REPORT and "<script src" not in html and "Plotly" not in html
     assert_self_contained(html)
     assert html.count("<svg") >= 5 and "data:image/png;base64," in html  # curves, gap, cost, heatmaps (PNG), training
+    embedded = json.loads(re.search(r'<script type="application/json" id="lpa-compare">(.*?)</script>', html, re.S).group(1))
+    assert all(isinstance(v, str) for v in embedded["training"].values()) and "groups" not in embedded["heatmaps"]  # in --json only
     mono = tmp_path / "m.html"
     run_json("monotonicity", SAMPLES / "mlp-stripe-lpa.safetensors", "--report-path", mono)
     assert mono.stat().st_size <= MAX_REPORT and mono.read_text().count("<svg") == 2

@@ -391,8 +391,9 @@ def compare_page(r: CompareResult, title: str = "lpa compare", sections: list[Ca
     page = Page(title)
     for section in sections or SECTIONS:
         section(page, r)
-    data = r.to_dict()
-    if data.get("heatmaps"):  # the prediction grids are most of the page's weight; `lpa compare --json` has them
+    data = r.to_dict()  # the heaviest parts stay where they are (`lpa compare --json` has them): the grids, the logs
+    if data.get("heatmaps"):
         data["heatmaps"] = {k: v for k, v in data["heatmaps"].items() if k not in ("groups", "target")} | {"grids": "lpa compare --json"}
+    data["training"] = {path: f"{len(records)} log records: the run's .jsonl log" for path, records in data.get("training", {}).items()}
     page.raw_json("lpa-compare", data)
     return page
