@@ -58,9 +58,10 @@ class LPAModel(nn.Module):
     classification) and returns ``{"loss", "logits"}`` (logits of the final depth, outside training).
     """
 
-    def __init__(self, model: ResidualModel, cfg: RunConfig, kind: str, tokenizer: Any, metadata: dict[str, str]) -> None:
+    def __init__(self, model: ResidualModel, cfg: RunConfig, kind: str, tokenizer: Any, metadata: dict[str, str], info: dict[str, Any]) -> None:
         super().__init__()
         self.model, self.cfg, self.kind, self.tokenizer, self.metadata = model, cfg, kind, tokenizer, metadata
+        self.info = info  # the task description a checkpoint records (no lpa Task exists here)
         self.objective = build_objective(cfg.objective, model.num_blocks, kind)
         self.generator = torch.Generator().manual_seed(cfg.train.seed + 7919)  # `lpa train`'s depth sampler
         self.step = 0  # set by LPATrainer before each forward (depth schedules follow it)
@@ -140,9 +141,7 @@ def lpa_model(source: str | Path | Any, *, kind: str | None = None, objective: O
     info = {"name": cfg.task.name, "kind": kind, "input_kind": "tokens", "in_shape": [window], "out_dim": out_dim, "n_train": 0, "n_test": 0,
             "description": f"trained with lpa's LPATrainer (transformers {transformers.__version__})", "meta": meta}
     tokenizer = hf_load.directory_tokenizer(directory, config, int(t.options["vocab"]))
-    lpa = LPAModel(model, cfg, kind, tokenizer, init_metadata(cfg))
-    lpa.info = info
-    return lpa
+    return LPAModel(model, cfg, kind, tokenizer, init_metadata(cfg), info)
 
 
 def _kind(config: dict, arch: str) -> str:
