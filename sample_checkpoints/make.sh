@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates every checkpoint in sample_checkpoints/ with the exact commands below.
-# Run from the repository root: bash sample_checkpoints/make.sh  (about 3 minutes on 2 CPU cores).
+# Run from the repository root: bash sample_checkpoints/make.sh  (about 45 minutes on 2 CPU cores,
+# 40 of them the two GPTs).
 # Threads are fixed so the files come out byte-identical on the same kind of machine
 # (tests/test_samples.py regenerates one of them and compares bytes).
 set -euo pipefail
@@ -18,6 +19,8 @@ $LPA train --arch resnet --task digits --objective e2e --depth 6 --width 32 --st
 $LPA train --arch vit --task digits --objective lpa --depth 6 --width 64 --steps 300 --batch-size 128 $COMMON -o $S/vit-digits-lpa.safetensors
 $LPA train --arch vit --task digits --objective e2e --depth 6 --width 64 --steps 300 --batch-size 128 $COMMON -o $S/vit-digits-e2e.safetensors
 
-# Byte-level GPT on the built-in corpus: 4 blocks, width 64, context 64.
-$LPA train --arch gpt --task text --objective lpa --depth 4 --width 64 --steps 300 --batch-size 32 $COMMON -o $S/gpt-text-lpa.safetensors
-$LPA train --arch gpt --task text --objective e2e --depth 4 --width 64 --steps 300 --batch-size 32 $COMMON -o $S/gpt-text-e2e.safetensors
+# Byte-level GPT on the built-in corpus: 8 blocks, width 96, context 128, a window at every byte
+# (stride 1, so no text is tied to one position), 4,000 steps, long enough
+# that the final depth writes the licences' words (the README's generate example runs on it).
+$LPA train --arch gpt --task text --set task.options.context=128 --set task.options.stride=1 --objective lpa --depth 8 --width 96 --steps 4000 --batch-size 32 $COMMON -o $S/gpt-text-lpa.safetensors
+$LPA train --arch gpt --task text --set task.options.context=128 --set task.options.stride=1 --objective e2e --depth 8 --width 96 --steps 4000 --batch-size 32 $COMMON -o $S/gpt-text-e2e.safetensors

@@ -127,9 +127,9 @@ def test_generate_and_predict_commands(tmp_path):
 def test_bad_generation_inputs(tmp_path):
     gpt = SAMPLES / "gpt-text-lpa.safetensors"
     assert_clean_error(run("generate", SAMPLES / "mlp-stripe-lpa.safetensors", "--prompt", "x"), "not a language model")
-    assert_clean_error(run("generate", gpt, "--prompt", "x", "--strategy", "self-speculative", "--draft-depth", "4"), "between 1 and 3")
+    assert_clean_error(run("generate", gpt, "--prompt", "x", "--strategy", "self-speculative", "--draft-depth", "8"), "between 1 and 7")
     assert_clean_error(run("generate", gpt, "--prompt", ""), "empty")
-    assert_clean_error(run("generate", gpt, "--prompt", "x" * 80), "at most 64 positions")
+    assert_clean_error(run("generate", gpt, "--prompt", "x" * 140), "at most 128 positions")
     assert_clean_error(run("predict", gpt, "--exit", "depth:2"), "lpa generate")
     assert_clean_error(run("predict", SAMPLES / "mlp-stripe-lpa.safetensors", "--exit", "confidence:0.5"), "regression has no confidence")
     assert_clean_error(run("predict", SAMPLES / "resnet-digits-lpa.safetensors", "--exit", "speed:1"), "expected confidence")

@@ -137,6 +137,7 @@ def test_readme_examples_run_in_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLUMNS", "160")
     monkeypatch.syspath_prepend(str(tmp_path))  # what `lpa` run from this directory finds for --model mymodels:...
+    (tmp_path / "sample_checkpoints").symlink_to(README.parent / "sample_checkpoints")  # as in a clone: the generate example reads them
     assert run("train", "--force", "--steps", str(STEPS), "--quiet").exit_code == 0  # `make demo`
     assert (tmp_path / "runs" / "mlp-surface-stripe-lpa-s0.safetensors").exists()
     found = blocks(README.read_text())

@@ -352,7 +352,7 @@ def test_tracker_folders_that_cannot_be_made(tmp_path):
     (["--top-k", "-1"], "--top-k"),
     (["--strategy", "exit", "--exit-depth", "99"], "--exit-depth"),
     (["--strategy", "exit", "--threshold", "1.5"], "--threshold"),
-    (["--strategy", "self-speculative", "--draft-depth", "4"], "--draft-depth"),
+    (["--strategy", "self-speculative", "--draft-depth", "8"], "--draft-depth"),
     (["--strategy", "self-speculative", "--speculate", "0"], "--speculate"),
     (["--strategy", "sideways"], "--strategy"),
 ])

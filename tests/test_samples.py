@@ -78,3 +78,22 @@ def test_a_sample_regenerates_bit_for_bit(tmp_path):
     result = run(*args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / name).read_bytes() == (SAMPLES / name).read_bytes()
+
+
+def test_the_sample_gpt_writes_readable_text_and_speculation_keeps_it():
+    """Greedy text at the final depth is the corpus's words, not one word on a loop; self-speculative
+    decoding at the README's settings writes exactly the same bytes; the README shows that text."""
+    import re
+
+    from lpa_cli.data.text import builtin_corpus
+
+    common = ("generate", sample("gpt-text-lpa"), "--prompt", "This License", "--max-new-tokens", "96", "--repeats", "1")
+    full = run_json(*common)
+    spec = run_json(*common, "--strategy", "self-speculative", "--draft-depth", "3", "--speculate", "4")
+    assert spec["tokens"] == full["tokens"] and 0.5 < spec["acceptance_rate"] < 1
+    words = full["text"].split()
+    vocabulary = set(builtin_corpus().decode().split())
+    assert len(words) >= 12 and all(w in vocabulary for w in words[:-1]), full["text"]  # the last may be cut off
+    assert len(set(words)) >= 0.6 * len(words), full["text"]  # no loop
+    shown = re.search(r"^```text\n(.*?)^```$", (ROOT / "README.md").read_text(), re.M | re.S).group(1)
+    assert [line.rstrip() for line in ("This License" + full["text"]).rstrip().splitlines()] == shown.rstrip().splitlines()
