@@ -78,18 +78,16 @@ def decoding(path: Path, quick: bool, label: str) -> None:
                   f"{'identical' if same else 'DIFFERENT'} output")
             if same and rate > best[0]:
                 best = (rate, (k, n), acc)
-    k, n = best[1]
+    best_rate, (k, n), accepted = best
     prefix_rate = timed(ckpt.model.truncated(k))[0]
     cost = full_rate / prefix_rate  # one draft token's time, in full tokens' time
-    rate = best[2]
-    implied = (1 + sum(rate ** i for i in range(1, n + 1))) / (n * cost + 1)  # a round: n drafts and one verify pass
+    implied = (1 + sum(accepted ** i for i in range(1, n + 1))) / (n * cost + 1)  # a round: n drafts and one verify pass
     print(f"  ceiling: the {k}-block prefix alone decodes {prefix_rate:,.0f} tokens/s (a draft token costs {cost:.2f} of a full one), so "
           f"draft {k} speculate {n} could reach at most {(n + 1) / (n * cost + 1):.2f}x if every draft were accepted, and "
-          f"{implied:.2f}x at {rate:.1%} accepted (each draft token independently; the verify pass at one full token's cost)")
-    lpa = path.stem.endswith("lpa")
-    summary(f"inference.{label}.self_speculative", best[0] / full_rate,
-            f"tokens/s over full decoding at identical output, target >= 1.5 (LPA); best draft depth {best[1][0]}, speculate {best[1][1]}, "
-            f"acceptance {best[2]:.1%}", (best[0] / full_rate >= 1.5) if lpa else None)
+          f"{implied:.2f}x at {accepted:.1%} accepted (each draft token independently; the verify pass at one full token's cost)")
+    summary(f"inference.{label}.self_speculative", best_rate / full_rate,
+            f"tokens/s over full decoding at identical output, target >= 1.5 (LPA); best draft depth {k}, speculate {n}, "
+            f"acceptance {accepted:.1%}", (best_rate / full_rate >= 1.5) if path.stem.endswith("lpa") else None)
     for t in (0.5, 0.8, 0.95):
         rate, out, _ = timed(strategy="exit", threshold=t)
         agree = sum(a == b for x, y in zip(out, full_out) for a, b in zip(x, y)) / sum(len(x) for x in full_out)
