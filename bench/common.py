@@ -101,6 +101,48 @@ def count_ops(fn: Callable[[], None]):
     return sum(c.ops.values()), sum(v for k, v in c.ops.items() if k in reads), c.ops
 
 
+def _matmul_flops(name: str, args) -> float:
+    """FLOPs of one matrix product op (2 x multiply-adds); 0 for any other op. Attention kernels count
+    their two products, forward 4 x B x H x T x S x d, backward twice that."""
+    import math
+
+    if name in ("aten::mm", "aten::addmm"):
+        a, b = args[-2], args[-1]
+        return 2.0 * a.shape[0] * a.shape[1] * b.shape[1]
+    if name in ("aten::bmm", "aten::baddbmm"):
+        a, b = args[-2], args[-1]
+        return 2.0 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
+    if name.startswith("aten::_scaled_dot_product") or name.startswith("aten::_flash_attention") or name.startswith("aten::_efficient_attention"):
+        q, k = args[0], args[1]  # (B, H, T, d), (B, H, S, d)
+        fwd = 4.0 * math.prod(q.shape) * k.shape[-2]
+        return 2 * fwd if name.endswith("backward") else fwd
+    return 0.0
+
+
+def matmul_flops_by_dtype(fn: Callable[[], None]) -> dict[str, float]:
+    """{input dtype: matmul FLOPs} of one call of ``fn``, as dispatched (after autocast has cast the
+    inputs): on a GPU, what runs on bf16/fp16 tensor cores and what runs at fp32's fraction of their rate."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Flops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.flops: Counter = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            n = _matmul_flops(func._schema.name, args)
+            if n:  # an attention kernel's query, a product's second operand: the dtype it computes in
+                operand = args[0] if "attention" in func._schema.name else args[-1]
+                self.flops[str(operand.dtype).removeprefix("torch.")] += n
+            return func(*args, **(kwargs or {}))
+
+    with Flops() as f:
+        fn()
+    return dict(f.flops)
+
+
 def run_child(script: str, spec: dict, threads: int = 2) -> dict:
     """Run ``script --child SPEC_JSON`` in a fresh process (nothing inherited from earlier runs) and
     return the last JSON line it printed; exit with the child's last error line if it failed."""

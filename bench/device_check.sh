@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every CUDA row in one call on a lent GPU (issues 25, 31): bench/gpu_step.py first (lpa's step beside
-# transformers' and the hand-written all-depth loss; lpa's E2E compiled too on the first shape), the
-# tests marked `cuda`, then lm_memory, finetune and inference; each one's summary lines go to one file,
+# Every CUDA row in one call on a lent GPU (issues 25, 31, 39): bench/gpu_step.py first (lpa's step beside
+# transformers' and the hand-written all-depth loss, in bf16 autocast at issue 31's shapes; lpa's E2E
+# compiled too on the first shape), the tests marked `cuda` (among them the precision matrix's CUDA
+# slice: bf16, and fp16 with the loss scaled), then lm_memory, finetune and inference; each one's summary lines go to one file,
 # $OUT/device_check.txt (or bench/device-results/ without $OUT), its whole output beside it.
 # Budget: 9 minutes in all. Each step has its own timeout, from the times measured on the first run
 # (2026-12-04, H200: finetune alone 60-120 s, inference > 130 s at full size, so it runs --quick here),

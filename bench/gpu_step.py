@@ -25,13 +25,16 @@ at least one kernel launch): a 12 x 64 model at 2,048 and 8,192 tokens, lpa with
 4096``, against transformers' E2E and the hand-written loss. The vocabulary is 32,000 / 8 with the
 budget / 8 and K / 8: the head loss's plan (stacked or chunked, and the chunks) depends only on
 bytes = rows x vocabulary x 4 against the budget, so it is the plan of vocabulary 32,000 at 4,096 MiB,
-and the op counts are that plan's, at an eighth of the memory.
+and the op counts are that plan's, at an eighth of the memory. Then, under bf16 autocast, each step's
+matmul FLOPs by the dtype they run in (on a GPU, fp32 matmuls run at a fraction of the tensor cores'
+bf16 rate).
 
 Targets: lpa E2E <= 1.05x transformers' step; exact LPA at most the hand-written loss's time at at most
 a quarter of its memory, and within 1.1x of its floor; sampled:2048 at most 1.3x E2E at 151,936 and
 no slower than exact LPA at 32,000. Op counts: exact LPA <= 1.0x the hand-written loss's, lpa E2E
 <= 1.05x transformers', sampled:2048 <= 1.1x the hand-written loss's, no host reads beyond the
-optimiser's own.
+optimiser's own; under bf16 autocast no larger share of matmul FLOPs outside bf16 than the hand-written
+loss's.
 
     python bench/gpu_step.py [--quick | --count] [--compile] [--shape llama|qwen]
 """
@@ -41,7 +44,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common import count_ops, interleaved, setup, summary
+from common import count_ops, interleaved, matmul_flops_by_dtype, setup, summary
 
 SHAPES = {
     "llama": {"layers": 12, "width": 512, "heads": 8, "kv_heads": 8, "hidden": 1376, "vocab": 32000, "tied": False, "bias": False,
@@ -101,8 +104,10 @@ def adamw(params):
     return torch.optim.AdamW(params, lr=1e-5, **fused_options(params))
 
 
-def steps_for(shape: dict, device, budget_mb: int = 0, ks: tuple[int, ...] = KS, only: set[str] | None = None) -> dict:
-    """name -> one training step (forward, backward, optimiser) of every variant, on two models."""
+def steps_for(shape: dict, device, budget_mb: int = 0, ks: tuple[int, ...] = KS, only: set[str] | None = None,
+              precision: str | None = None) -> dict:
+    """name -> one training step (forward, backward, optimiser) of every variant, on two models;
+    ``precision``: default bf16 autocast on a GPU, fp32 on a CPU."""
     import torch
 
     from lpa_cli.config import ObjectiveConfig
@@ -110,7 +115,7 @@ def steps_for(shape: dict, device, budget_mb: int = 0, ks: tuple[int, ...] = KS,
     from lpa_cli.training.evaluate import autocast
     from lpa_cli.training.objectives import build_objective
 
-    precision = "bf16" if device.type == "cuda" else "fp32"
+    precision = precision or ("bf16" if device.type == "cuda" else "fp32")
     x = zipf_batch(shape, device)
     data = Batch(x[:, :-1].contiguous(), x[:, 1:].contiguous())
     mine, theirs = lpa_model(shape, device), hf_model(shape, device)
@@ -283,6 +288,31 @@ def counted(quick: bool) -> None:
                     f"{optimiser}: {extra}", r <= target and extra <= (3 if "sampled" in name else 0))
 
 
+def dtype_profile(quick: bool) -> None:
+    """Under bf16 autocast on the CPU (the dispatch CUDA autocast does): each step's matmul FLOPs by the
+    dtype they run in. Target: lpa's steps run no larger share outside bf16 than the hand-written loss."""
+    import torch
+
+    shape = COUNT | {"batch": (2048 if quick else 8192) // COUNT["context"]}
+    ks = tuple(k // COUNT_SCALE for k in KS[:1])
+    steps = steps_for(shape, torch.device("cpu"), budget_mb=4096 // COUNT_SCALE, ks=ks, precision="bf16",
+                      only={"lpa e2e", "lpa exact", f"lpa sampled:{ks[0]}", "transformers e2e", "hand-written"})
+    steps.pop("_models")
+    shares = {}
+    for name, fn in steps.items():
+        fn()
+        flops = matmul_flops_by_dtype(fn)
+        total = sum(flops.values())
+        shares[name] = 1 - flops.get("bfloat16", 0.0) / total
+        parts = ", ".join(f"{d} {v / total:.1%}" for d, v in sorted(flops.items()))
+        print(f"dtypes bf16 autocast, {name}: {total / 1e9:.2f} GFLOP of matmuls: {parts}", flush=True)
+    hand = shares["hand-written"]
+    for name in ("lpa exact", f"lpa sampled:{ks[0]}", "lpa e2e"):
+        short = name.replace("lpa ", "").replace(f"sampled:{ks[0]}", f"sampled_{KS[0]}")
+        summary(f"gpu_step.dtypes.{short}", shares[name], f"{name}: share of matmul FLOPs outside bf16 under bf16 autocast, "
+                f"target <= the hand-written loss's {hand:.1%}", shares[name] <= hand + 1e-9)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test that the script runs)")
@@ -294,6 +324,7 @@ def main() -> None:
     device = setup()
     if args.count:
         counted(args.quick)
+        dtype_profile(args.quick)
         return
     modes = [None, "reduce-overhead"] if args.compile and device.type == "cuda" else ([None] if args.compile else [])
     if args.quick:

@@ -148,7 +148,7 @@ class ObjectiveConfig:
                              f"got {self.head_loss!r}")
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "constant")
 PARALLEL = ("ddp", "fsdp")
 TRAIN_ONLY = ("all", "blocks", "head")
@@ -170,7 +170,8 @@ class TrainConfig:
     seed: int = flag(0, "--seed", help="Random seed (everything that samples is seeded).", envvar="LPA_SEED")
     threads: int = flag(0, "--threads", help="CPU threads (fix it for byte-identical runs).", envvar="LPA_THREADS")  # 0: torch's default
     device: str = flag("cpu", "--device", help="auto, cpu or cuda[:i].", envvar="LPA_DEVICE")
-    precision: str = flag("fp32", "--precision", help=f"{', '.join(PRECISIONS)} (autocast; fp16 with a gradient scaler).")
+    precision: str = flag("auto", "--precision", help=f"{', '.join(PRECISIONS)} (autocast; fp16 with a gradient scaler; "
+                          "auto: bf16 on a GPU that has it, else fp32).")
     compile: bool = flag(False, "--compile/--no-compile", help="torch.compile the model and loss.")  # falls back, with a warning
     grad_accum: int = flag(1, "--grad-accum", help="Split each batch into this many micro-batches.")
     activation_checkpointing: bool = flag(False, "--activation-checkpointing/--no-activation-checkpointing",

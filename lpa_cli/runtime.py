@@ -50,6 +50,15 @@ def restored_process_state() -> Iterator[None]:
         random.setstate(py_rng)
 
 
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto``: bf16 autocast on a CUDA device that supports it (what torchtune and litgpt train in:
+    tensor cores run bf16 matmuls at many times fp32's rate, and bf16 needs no loss scaler), fp32
+    elsewhere (a CPU, or a GPU without bf16, where fp16 would need a scaler: ask for it)."""
+    if name != "auto":
+        return name
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present, else CPU; an explicit device must exist."""
     name = (name or "cpu").strip().lower()

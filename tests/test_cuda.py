@@ -84,3 +84,14 @@ def test_fused_adam_on_the_gpu():
     from lpa_cli.training.setup import fused_options
 
     assert fused_options([torch.nn.Parameter(torch.zeros(2, device="cuda"))]) == {"fused": True}
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("form", ["e2e", "lpa", "kl", "loss power"])
+@pytest.mark.parametrize("model_name", ["gpt", "decoder", "hf-llama"])
+def test_the_precision_matrix_on_the_gpu(model_name, form, precision, monkeypatch):
+    """Issue 39's CUDA slice: the chunked head loss (one row a chunk) under CUDA autocast, fp16 with the
+    loss scaled as GradScaler scales it, against the same model's fp32 stacked step on the GPU."""
+    from tests.test_precision import check_case
+
+    check_case(model_name, form, "chunked", precision, monkeypatch, device="cuda")

@@ -66,3 +66,25 @@ def test_adam_is_fused_only_where_every_parameter_is_a_plain_cuda_tensor():
     assert fused_options([]) == {}
     if torch.cuda.is_available():
         assert fused_options([torch.nn.Parameter(torch.zeros(2, device="cuda"))]) == {"fused": True}
+
+
+def test_under_bf16_autocast_the_chunked_head_runs_every_matmul_in_bf16():
+    """Issue 39: a fused chunk's three matmuls (logits, the features' gradient, the weight's) run in the
+    autocast dtype, as the hand-written loss's do: no FLOP of the step outside bf16, and the same FLOPs."""
+    from common import matmul_flops_by_dtype
+
+    from lpa_cli.training.chunked_head import _Layout
+
+    torch.manual_seed(0)
+    steps = steps_for(SHAPE, torch.device("cpu"), budget_mb=1, ks=(64,), precision="bf16", only={"lpa exact", "hand-written"})
+    steps.pop("_models")
+    chunks = []
+    real = _Layout.chunks
+    _Layout.chunks = lambda self: (chunks.append(c) or c for c in real(self))
+    try:
+        flops = {name: matmul_flops_by_dtype(step) for name, step in steps.items()}
+    finally:
+        _Layout.chunks = real
+    assert len(chunks) >= 3, len(chunks)
+    assert set(flops["lpa exact"]) == set(flops["hand-written"]) == {"bfloat16"}, flops
+    assert flops["lpa exact"]["bfloat16"] == pytest.approx(flops["hand-written"]["bfloat16"], rel=1e-3)  # the same head work

@@ -53,12 +53,14 @@ def step_rows(cfg: RunConfig, lm: bool) -> list[dict[str, torch.Tensor]]:
     return rows
 
 
-def trainer_run(source, cfg: RunConfig, rows, out: Path, num_labels: int | None = None, **objective) -> tuple[list[dict[int, float]], LPATrainer]:
+def trainer_run(source, cfg: RunConfig, rows, out: Path, num_labels: int | None = None, training: dict | None = None,
+                **objective) -> tuple[list[dict[int, float]], LPATrainer]:
+    """``training``: further TrainingArguments (``bf16=True``)."""
     t = cfg.train
     args = transformers.TrainingArguments(str(out), max_steps=t.steps, per_device_train_batch_size=t.batch_size, learning_rate=t.lr,
                                           lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0, optim="adamw_torch",
                                           train_sampling_strategy="sequential", logging_steps=1, report_to=[], seed=t.seed, use_cpu=True,
-                                          save_strategy="no", disable_tqdm=True)
+                                          save_strategy="no", disable_tqdm=True, **(training or {}))
     model = lpa_model(source, objective=dict(name=cfg.objective.name, **objective), num_labels=num_labels, context=cfg.task.options["context"],
                       options=cfg.model.options, seed=t.seed)
     trainer = LPATrainer(model=model, args=args, train_dataset=rows)

@@ -31,6 +31,7 @@ def _option(cls: type, name: str) -> Any:
 # Settings other commands share with `lpa train`: declared once, beside their config fields.
 Seed = _option(TrainConfig, "seed")
 Device = _option(TrainConfig, "device")
+Precision = _option(TrainConfig, "precision")
 Depths = _option(ObjectiveConfig, "depths")
 
 Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the result.", dir_okay=False)]

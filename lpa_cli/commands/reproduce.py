@@ -9,7 +9,7 @@ import typer
 from rich.markdown import Markdown
 from rich.markup import escape
 
-from lpa_cli.commands.options import Json, Quiet
+from lpa_cli.commands.options import Device, Json, Precision, Quiet
 from lpa_cli.commands.render import consoles, print_json
 
 
@@ -18,6 +18,8 @@ def reproduce_command(
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds per group.")] = 3,
     quick: Annotated[bool, typer.Option("--quick", help="Small budgets (all experiments in minutes, targets not expected).")] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints, reports and summaries.")] = Path("results"),
+    device: Device = None,
+    precision: Precision = None,
     json_: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -28,7 +30,8 @@ def reproduce_command(
     from lpa_cli.workflows.reproduce import reproduce
 
     out, err = consoles(quiet or json_)
-    text, outcomes = reproduce(experiment, seeds, quick, output, progress=lambda msg: err.print(f"[dim]{escape(msg)}[/dim]"))
+    hardware = {k: v for k, v in (("device", device), ("precision", precision)) if v is not None}  # else the config's defaults
+    text, outcomes = reproduce(experiment, seeds, quick, output, progress=lambda msg: err.print(f"[dim]{escape(msg)}[/dim]"), **hardware)
     if json_:
         print_json([{"experiment": o["experiment"], "study": o["study"], "report": o["report"], "metrics": o["metrics"],
                      "targets": [{"target": t, "met": ok, "value": v} for t, ok, v in o["targets"]]} for o in outcomes])

@@ -2,7 +2,15 @@
 budget's worth of head output (`lpa_cli.training.head_loss` says what the budget is), one head call a
 chunk even when it holds several depths. A custom autograd function computes each chunk's loss and, at
 once, its gradients, so only one chunk of logits ever exists; for heads that are features plus one
-linear map the chunk is a fused linear cross-entropy (`_Layout._fused_chunk`)."""
+linear map the chunk is a fused linear cross-entropy (`_Layout._fused_chunk`).
+
+**Precision.** Under autocast (or with a head in bf16/fp16) every head matmul runs in the low-precision
+dtype, as a hand-written loss under autocast does: the logits, the features' gradient and the weight's
+gradient. Softmax and cross-entropy run in fp32, and gradients are summed over chunks in fp32, then
+returned in each input's dtype. The gradients are computed inside the forward pass, before a loss
+scaler's factor reaches them, so in fp16 the per-row weights (about 1 / tokens) would underflow: there
+the rows' weights are first multiplied by a power of two that brings the largest to 1 and the result
+divided by it again in fp32 (exact), which keeps fp16 the range a loss scaler gives the stacked path."""
 
 from __future__ import annotations
 
@@ -28,12 +36,15 @@ class _Chunked(torch.autograd.Function):
     def forward(ctx, job: _Layout, *tensors: Tensor):
         total, sums, grads = job.run(tensors)
         ctx.save_for_backward(*grads)
+        ctx.dtypes = [t.dtype for t in tensors]
         ctx.mark_non_differentiable(sums)
         return total, sums
 
     @staticmethod
     def backward(ctx, grad_total: Tensor, _grad_sums: Tensor):
-        return (None, *[None if g is None else g * grad_total for g in ctx.saved_tensors])
+        # stored gradients may be fp32 for a low-precision input: scaled first (a loss scaler's factor
+        # arrives here), then cast, so nothing small underflows on the way
+        return (None, *[None if g is None else (g * grad_total).to(dt) for g, dt in zip(ctx.saved_tensors, ctx.dtypes)])
 
 
 @dataclass
@@ -86,26 +97,31 @@ class _Layout:
         values, grads_rows, grads_params = [], [], [None] * len(params)
         plain = self.terms.kind != "regression" and self.final_at is None and self.mask is None and self.y.dim() == 1
         fused = linear_map(self.head) if plain else None  # rows of one token or sample each, cross-entropy, no alignment
+        lowp = compute_dtype(rows_t, fused[0] if fused is not None else None)
+        guard = fp16_guard(row_scale) if lowp == torch.float16 else None  # (s, 1/s) on the device, no host read
+        seed = row_scale if guard is None else row_scale * guard[0]  # the weights the gradients are taken with
         scratch: dict[str, Tensor] = {}  # the fused path's logits buffer, one for every chunk of this call
         if fused is not None:  # what every row needs, made once per call rather than once per chunk
             valid = self.y != IGNORE_INDEX
-            weight_col = (row_scale * valid).unsqueeze(1)  # d total / d row, 0 on padding
+            weight_col = (seed * valid).unsqueeze(1)  # d total / d row, 0 on padding
             scratch |= {"valid": valid, "target": self.y.clamp_min(0).unsqueeze(1), "w": weight_col, "-w": -weight_col}
+            if lowp is not None:  # the weight in the matmul dtype, cast once per call (autocast casts it once per forward too)
+                scratch["weight"] = fused[0].detach().to(lowp)
         with torch.enable_grad():
             for rows in self.chunks():
                 h = rows_t[rows].detach().requires_grad_(need_rows)
                 if fused is not None:
-                    per_row, grads = self._fused_chunk(h, rows, fused, params, need_rows, grads_params, scratch)
+                    per_row, grads = self._fused_chunk(h, rows, fused, params, need_rows, grads_params, scratch, lowp)
                 else:
                     pred = _read(self.head, h, None if self.mask is None else self.mask[rows])
                     per_row = self.row_terms(pred, rows, self.final(rows_t, rows))
                     wanted = ([h] if need_rows else []) + params
-                    grads = list(torch.autograd.grad((per_row * row_scale[rows]).sum(), wanted, allow_unused=True)) if wanted else []
+                    grads = list(torch.autograd.grad((per_row * seed[rows]).sum(), wanted, allow_unused=True)) if wanted else []
                 if need_rows:
                     grads_rows.append(grads.pop(0))
                 for i, g in enumerate(grads):
-                    if g is not None:
-                        grads_params[i] = g if grads_params[i] is None else grads_params[i].add_(g)
+                    if g is not None:  # summed over chunks in fp32 (a no-op cast for fp32 parameters)
+                        grads_params[i] = g.float() if grads_params[i] is None else grads_params[i].add_(g)
                 values.append(per_row.detach().float())
         per_row = values[0] if len(values) == 1 else torch.cat(values)
         if fused is not None:
@@ -113,29 +129,35 @@ class _Layout:
         sums = segment_sums(per_row, self.limits)
         total = (per_row * row_scale).sum()
         grad_rows = (grads_rows[0] if len(grads_rows) == 1 else torch.cat(grads_rows)) if need_rows else None
-        return total, sums, [grad_rows, None, *grads_params]
+        grads = [grad_rows, None, *grads_params]
+        if guard is not None:  # back to the true scale, in fp32 (the backward casts after the loss scaler's factor)
+            grads = [None if g is None else g.float() * guard[1] for g in grads]
+        return total, sums, grads
 
     def _fused_chunk(self, h: Tensor, rows: slice, fused: tuple, params: list[Tensor], need_rows: bool,
-                     grads_params: list[Tensor | None], scratch: dict[str, Tensor]):
+                     grads_params: list[Tensor | None], scratch: dict[str, Tensor], lowp: torch.dtype | None):
         """(per-row cross-entropy, gradients for [h] + params) of one chunk of a head that is features
         followed by one linear map, with the gradient of the logits written by hand, in place: softmax
         minus the target's one-hot, times the row's weight (fused linear cross-entropy). The logits live
         in one buffer reused by every chunk (no fresh allocation per chunk: on a CPU freed blocks of
         varying sizes fragment the heap), the weight's gradient is accumulated into its sum with one
-        matmul, and autograd only differentiates the features: about 16 kernels a chunk besides them."""
+        matmul, and autograd only differentiates the features: about 16 kernels a chunk besides them.
+        With ``lowp`` (autocast or a low-precision head) the three matmuls run in that dtype, the softmax
+        and every sum over chunks in fp32 (see the module)."""
         weight, bias, shift = fused
         feats = self.head.features(h)  # (n, C), with its graph back to h and the features' parameters
         f = feats.detach()
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(f.device.type, enabled=False):  # dtypes chosen here, not by autocast
             if "z" not in scratch:
                 scratch["z"] = torch.empty(self.rows_per_chunk, weight.shape[0], dtype=torch.float32, device=f.device)
             z = scratch["z"][: h.shape[0]]  # (n, V)
-            if f.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled(f.device.type):
+            if lowp is None:
                 torch.mm(f, weight.t(), out=z)
-                if bias is not None:
-                    z.add_(bias)
-            else:  # autocast or low precision: the matmul in its dtype, the softmax in fp32
-                z.copy_(F.linear(f, weight, bias))
+            else:  # logits rounded to the matmul dtype, as a low-precision linear layer's are; the softmax in fp32
+                f = f.to(lowp)
+                z.copy_(torch.mm(f, scratch["weight"].t()))
+            if bias is not None:
+                z.add_(bias)
             if shift is not None:
                 z.add_(shift)
             target, w = scratch["target"][rows], scratch["w"][rows]
@@ -145,13 +167,20 @@ class _Layout:
             per_row = (top + total.log() - picked).squeeze(1)  # cross-entropy (padding rows: masked by the caller)
             z.mul_(w / total)  # softmax x weight ...
             z.scatter_add_(1, target, scratch["-w"][rows])  # ... minus the one-hot: the logits' gradient
-            grad_f = (z.to(weight.dtype) @ weight).to(feats.dtype)
+            if lowp is None:
+                grad_f = (z @ weight).to(feats.dtype)
+            else:
+                zl = z.to(lowp)
+                grad_f = torch.mm(zl, scratch["weight"]).to(feats.dtype)
             for i, p in enumerate(params):
-                if p is weight and p.requires_grad:  # accumulated in place: no (V, C) temporary per chunk
-                    g = z.t().to(p.dtype)
-                    grads_params[i] = g @ f.to(p.dtype) if grads_params[i] is None else grads_params[i].addmm_(g, f.to(p.dtype))
+                if p is weight and p.requires_grad:  # summed over chunks in fp32
+                    if lowp is None:  # accumulated in place: no (V, C) temporary per chunk
+                        grads_params[i] = z.t() @ f if grads_params[i] is None else grads_params[i].addmm_(z.t(), f)
+                    else:
+                        g = torch.mm(zl.t(), f)
+                        grads_params[i] = g.float() if grads_params[i] is None else grads_params[i].add_(g)
                 elif p is bias and p.requires_grad:
-                    grads_params[i] = z.sum(0).to(p.dtype) if grads_params[i] is None else grads_params[i].add_(z.sum(0))
+                    grads_params[i] = z.sum(0) if grads_params[i] is None else grads_params[i].add_(z.sum(0))
         own = [p for p in params if p is not weight and p is not bias]
         inner = list(torch.autograd.grad(feats, ([h] if need_rows else []) + own, grad_f, allow_unused=True)) if (need_rows or own) else []
         grad_h = inner.pop(0) if need_rows else None
@@ -166,6 +195,25 @@ class _Layout:
             pred = _read(self.head, rows_t[rows], None if self.mask is None else self.mask[rows])
             values.append(self.row_terms(pred, rows, self.final(rows_t, rows)).float())
         return segment_sums(values[0] if len(values) == 1 else torch.cat(values), self.limits)
+
+
+def compute_dtype(rows: Tensor, weight: Tensor | None) -> torch.dtype | None:
+    """The dtype the head's matmuls run in: autocast's when it is on, a low-precision head weight's (or
+    states') otherwise, None for fp32."""
+    device = rows.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    for t in (weight, rows):
+        if t is not None and t.dtype in (torch.float16, torch.bfloat16):
+            return t.dtype
+    return None
+
+
+def fp16_guard(row_scale: Tensor) -> tuple[Tensor, Tensor]:
+    """(s, 1/s): the power of two that brings the largest row weight to 1, and its inverse, as device
+    scalars (fp16's smallest number is 6e-8; a mean over 10^5 tokens weighs each row 1e-5)."""
+    s = torch.exp2(-torch.floor(torch.log2(row_scale.abs().amax().float().clamp_min(1e-30))))
+    return s, 1.0 / s
 
 
 def linear_map(head: nn.Module) -> tuple[Tensor, Tensor | None, Tensor | None] | None:

@@ -12,6 +12,7 @@ from torch import Tensor
 from analyzers.metrics import summarize
 from lpa_cli.training.task_losses import ERROR_NAMES, per_sample_errors
 from lpa_cli.models.protocol import ResidualModel
+from lpa_cli.runtime import resolve_precision
 from lpa_cli.data.splits import Split, TensorSplit
 
 EVAL_BATCH = {"regression": 4096, "classification": 512, "lm": 32}
@@ -19,6 +20,7 @@ EVAL_BATCH = {"regression": 4096, "classification": 512, "lm": 32}
 
 def autocast(device: torch.device, precision: str):
     """The autocast context of a precision setting (a no-op for fp32)."""
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

@@ -25,6 +25,9 @@ distance to the final depth's detached prediction (KL for distributions, squared
 regression). Weights and the loss power combine the terms through the objective's ``combine``; the
 chunked path asks it for the coefficients dTotal/dL_k (for a nonlinear combination, after a first
 forward-only pass that measures every L_k).
+
+Under autocast every path runs the head's matmuls in the autocast dtype and its softmax in fp32 (the
+chunked path's precision rules: `lpa_cli.training.chunked_head`; the table: docs/scale.md).
 """
 
 from __future__ import annotations

