@@ -12,19 +12,21 @@ Rules (each optional):
 
 Settings: ``metric``, ``alpha`` (0.05), ``tolerance`` (0.01), ``within`` (0.05), ``bootstrap``
 (1000), ``seed`` (0), ``reference``. ``[tool.lpa.audit.overrides."GLOB"]`` tables change rules and
-settings for inputs whose path matches GLOB. Unknown names are an error, never ignored.
+settings for inputs whose file name matches GLOB (``"mlp-*-lpa.safetensors"``; a GLOB with ``/`` matches
+the path's last components, as `pathlib.PurePath.match` does: ``*`` never crosses a ``/``, and a pattern
+never matches a mere substring of a path). Unknown names are an error, never ignored.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from lpa_core.files import readable
 from lpa_core.errors import ConfigError, UsageError
+from lpa_core.text import inert
 from lpa_core.tomlfile import TOMLDecodeError, toml_loads
 from analyzers.metrics import error_ratio, format_p
 from analyzers.monotonicity import MonotonicityResult, check_settings
@@ -55,7 +57,7 @@ class AuditConfig:
     def for_input(self, path: str) -> dict[str, Any]:
         merged = dict(self.base)
         for pattern, table in self.overrides.items():
-            if fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(Path(path).name, pattern):
+            if PurePath(path).match(pattern):
                 merged.update(table)
         return merged
 
@@ -180,21 +182,29 @@ def check(path: str, rules: dict[str, Any], result: MonotonicityResult, accuracy
     return cases
 
 
-def junit_xml(cases: list[Case]) -> str:
-    """JUnit XML: one testsuite, one testcase per rule x input."""
+def junit_xml(cases: list[Case], error: str | None = None) -> str:
+    """JUnit XML: one testsuite, one testcase per rule x input; ``error`` (a config that could not be
+    read, an input that could not be evaluated): one errored testcase, so a CI upload step still finds
+    the file and shows why. Every string is made inert (control characters are not XML 1.0)."""
     import xml.etree.ElementTree as ET
 
     failures = sum(not c.passed for c in cases)
-    suites = ET.Element("testsuites", name="lpa audit", tests=str(len(cases)), failures=str(failures))
-    suite = ET.SubElement(suites, "testsuite", name="lpa audit", tests=str(len(cases)), failures=str(failures), errors="0", skipped="0")
+    errors = int(error is not None)
+    suites = ET.Element("testsuites", name="lpa audit", tests=str(len(cases) + errors), failures=str(failures), errors=str(errors))
+    suite = ET.SubElement(suites, "testsuite", name="lpa audit", tests=str(len(cases) + errors), failures=str(failures),
+                          errors=str(errors), skipped="0")
     for c in cases:
-        case = ET.SubElement(suite, "testcase", classname=c.input, name=c.rule, time="0")
+        case = ET.SubElement(suite, "testcase", classname=inert(c.input), name=inert(c.rule), time="0")
         if not c.passed:
-            failure = ET.SubElement(case, "failure", message=c.message, type="AuditFailure")
-            failure.text = c.message
+            failure = ET.SubElement(case, "failure", message=inert(c.message), type="AuditFailure")
+            failure.text = inert(c.message)
         else:
             out = ET.SubElement(case, "system-out")
-            out.text = c.message
+            out.text = inert(c.message)
+    if error is not None:
+        case = ET.SubElement(suite, "testcase", classname="lpa audit", name="configuration and inputs", time="0")
+        failure = ET.SubElement(case, "error", message=inert(error), type="AuditError")
+        failure.text = inert(error)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
 

@@ -57,6 +57,9 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+MAX_SAMPLES = 100_000_000  # task.n_train / n_test: beyond any generated set; a bigger data set is a token file or folder
+
+
 def _count(value: int, flag: str, low: int = 0, high: int | None = None) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
         raise UsageError(f"{flag} must be an integer >= {low}{f' and <= {high}' if high is not None else ''}, got {value!r}")
@@ -93,8 +96,8 @@ class TaskConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _count(self.n_train, "task.n_train")
-        _count(self.n_test, "task.n_test")
+        _count(self.n_train, "task.n_train", 0, MAX_SAMPLES)
+        _count(self.n_test, "task.n_test", 0, MAX_SAMPLES)
         _finite(self.noise, "task.noise", 0)
         _count(self.data_seed, "task.data_seed", 0, MAX_SEED)
 
@@ -209,6 +212,8 @@ class TrainConfig:
         _count(self.grad_accum, "--grad-accum", 1, 1 << 16)
         _finite(self.head_lr_scale, "--head-lr-scale", 0, 1e6, low_open=True)
         _count(self.head_warmup, "--head-warmup")
+        if self.head_warmup and not self.epochs and self.head_warmup >= self.steps:
+            raise UsageError(f"--head-warmup {self.head_warmup} must be below --steps {self.steps} (the body would never train)")
         _count(self.workers, "--workers", 0, 256)
         _count(self.eval_samples, "--eval-samples")
         _count(self.lora_rank, "--lora-rank", 0, 1 << 16)

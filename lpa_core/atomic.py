@@ -10,25 +10,56 @@ import contextlib
 import errno
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from lpa_core.errors import OutputError, OutputExistsError
+from lpa_core.errors import OutputError, OutputExistsError, UsageError
 from lpa_core.files import open_new
 
 TMP_MARK = ".tmp-"
 
 
-def check_writable(target: str | Path, force: bool = False) -> Path:
+SYSTEM_DIRS = ("/dev", "/proc")  # devices and descriptors: an output named through them is never a file lpa owns
+
+
+def _link_chain(path: Path) -> list[Path]:
+    """``path`` and every place its symbolic links lead through (absolute), up to 40 hops."""
+    chain = [Path(os.path.abspath(path))]
+    for _ in range(40):
+        here = chain[-1]
+        if not here.is_symlink():
+            break
+        chain.append(Path(os.path.abspath(here.parent / os.readlink(here))))
+    return chain
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two existing paths are one file (device and inode, links followed)."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def check_writable(target: str | Path, force: bool = False, inputs: Iterable[str | Path] = ()) -> Path:
     """Fail early (before any work) when `target` exists without `force`, is not a regular file (a
-    directory, a device, a pipe: never replaced, even with `force`) or its folder is unusable."""
+    directory, a device, a pipe: never replaced, even with `force`), is named through /dev or /proc
+    (``-o /dev/stdout`` would replace the system's link with a file), is one of the command's own
+    ``inputs`` (the same file by device and inode, however it is named), or its folder is unusable."""
     target = Path(target)
+    for hop in _link_chain(target):
+        if any(hop == Path(d) or Path(d) in hop.parents for d in SYSTEM_DIRS):
+            raise OutputError(f"{target}: leads into {hop} (a device or descriptor); lpa writes only regular files it creates")
     if target.is_dir():
         raise OutputError(f"{target}: is a directory")
     if target.exists() and not target.is_file():
         raise OutputError(f"{target}: is not a regular file (a device, pipe or socket); lpa writes only regular files")
     if target.exists() and not force:
         raise OutputExistsError(f"{target}: already exists (use --force to overwrite)")
+    for source in inputs:  # with --force too: an output is never one of the command's inputs
+        if source is not None and target.exists() and same_file(target, source):
+            raise UsageError(f"{target}: is the input {source}; choose another -o (lpa never writes over its own input)")
     parent = target.parent if str(target.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"{target}: {parent} is not a directory")

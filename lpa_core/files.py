@@ -49,8 +49,11 @@ def readable(path: str | Path, kind: str = "", *, inside: Path | None = None, er
         raise error(f"{path}: {_size(st.st_size)} is more than lpa reads for a {kind} file ({_size(limit)})")
     if inside is not None:
         real, root = path.resolve(), inside.resolve()
-        # the one way out: a Hugging Face cache's snapshot files link to its blob store (models--*/blobs/)
-        cache_blob = real.parent.name == "blobs" and real.parent.parent.name.startswith("models--")
+        # the one way out: a Hugging Face cache's snapshot files link to the blob store of the same
+        # repository (models--ORG--NAME/snapshots/REV/file -> models--ORG--NAME/blobs/HASH), no other
+        repo = root.parent.parent
+        cache_blob = (root.parent.name == "snapshots" and repo.name.startswith("models--") and real.parent.name == "blobs"
+                      and real.parent.parent == repo)
         if real != root and root not in real.parents and not cache_blob:
             raise error(f"{path}: a link out of {inside} (to {real}); lpa reads a model directory's files only from inside it "
                         "(or from a Hugging Face cache's blobs); copy the file into the directory")

@@ -321,7 +321,7 @@ def test_checkpoint_outputs_are_safetensors_files_that_are_no_input(tmp_path):
     assert log.read_text() == '{"step": 1}\n'
     init = tmp_path / "init.safetensors"
     init.write_bytes(GOOD.read_bytes())
-    assert_clean_error(run("train", "--init", init, "--steps", "1", "-o", init, "--force"), "one of the run's inputs")
+    assert_clean_error(run("train", "--init", init, "--steps", "1", "-o", init, "--force"), "is the input")
     assert init.read_bytes() == GOOD.read_bytes()
 
 

@@ -7,7 +7,8 @@ from safetensors.torch import save_file
 
 from lpa_core.errors import CheckpointError, OutputExistsError
 from lpa_cli.formats import checkpoint as ckpt_mod
-from lpa_cli.formats.checkpoint import read_info, save_checkpoint, tensor_hash
+from lpa_cli.formats.checkpoint import read_info, save_checkpoint
+from lpa_cli.formats.hashes import tensor_hash
 from lpa_cli.models.open import load_checkpoint
 from lpa_cli.training.trainer import train
 from tests.conftest import tiny_run
@@ -36,7 +37,7 @@ def test_metadata_round_trips(saved):
     assert info.task == json.loads(json.dumps(result.task))
     assert info.metrics == result.metrics
     assert info.sha256 == result.sha256 == tensor_hash(result.model.state_dict())
-    assert info.metadata["format"] == "lpa-checkpoint" and info.metadata["format_version"] == "1"
+    assert info.metadata["format"] == "lpa-checkpoint" and info.metadata["format_version"] == "2"
 
 
 def test_refuses_to_overwrite_without_force(saved, tmp_path):

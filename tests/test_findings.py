@@ -39,13 +39,13 @@ def test_report_and_junit_writers_refuse_to_overwrite(tmp_path):
     assert_clean_error(run("monotonicity", trace, "--report-path", report), "already exists")
     assert report.read_text() == "keep"
     assert run("monotonicity", trace, "--report-path", report, "--force", "--exit-zero", "--quiet").exit_code == 0
-    assert_clean_error(run("monotonicity", trace, "--report-path", trace, "--force"), "overwrite one of the inputs")
+    assert_clean_error(run("monotonicity", trace, "--report-path", trace, "--force"), "is the input")
     assert trace.read_bytes()[:4] == b"\x89HDF"
     junit = tmp_path / "j.xml"
     junit.write_text("keep")
     assert_clean_error(run("audit", trace, "--junit", junit), "already exists")
     assert junit.read_text() == "keep"
-    assert_clean_error(run("audit", trace, "--junit", trace, "--force"), "overwrite an input")
+    assert_clean_error(run("audit", trace, "--junit", trace, "--force"), "is the input")
 
 
 def test_reproduce_refuses_settings_it_does_not_know():

@@ -245,14 +245,21 @@ def test_head_lr_scale_and_head_warmup(tmp_path):
     from lpa_cli.training.trainer import train
     from tests.conftest import tiny_run
 
-    cfg = tiny_run(steps=4, head_lr_scale=10.0, head_warmup=4, lr=1e-2)
+    from lpa_core.errors import UsageError
+    from lpa_cli.training.setup import make_optimizer, set_rates
+
+    warm = tiny_run(steps=5, head_lr_scale=10.0, head_warmup=4, lr=1e-2)
+    with pytest.raises(UsageError, match="--head-warmup 5 must be below --steps 5"):  # the body would never train
+        dataclasses.replace(warm.train, head_warmup=5)
+    cfg = dataclasses.replace(warm, train=dataclasses.replace(warm.train, steps=4, head_warmup=3))
     torch.manual_seed(0)
     model = build_model(dataclasses.replace(cfg.model, zero_init=False), (2,), 1)
     start = copy.deepcopy(model)
+    probe = make_optimizer(cfg, list(start.parameters()), {id(p) for p in start.head.parameters()})
+    assert [set_rates(cfg, probe, s) is not None and probe.param_groups[0]["lr"] for s in range(4)][:3] == [0.0, 0.0, 0.0]
+    assert probe.param_groups[0]["lr"] > 0  # step 3: the body trains
     train(cfg, tmp_path / "b.safetensors", model=model)
-    for (name, a), b in zip(start.named_parameters(), model.parameters()):  # the warm-up (the whole run) moved the head only
-        assert torch.equal(a, b) != name.startswith("head."), name
-    from lpa_cli.training.setup import make_optimizer, set_rates
+    assert all(not torch.equal(a, b) for a, b in zip(start.parameters(), model.parameters()))  # head and (at step 3) body moved
 
     opt = make_optimizer(cfg, list(model.parameters()), {id(p) for p in model.head.parameters()})
     assert [g["lr_scale"] for g in opt.param_groups] == [1.0, 10.0]

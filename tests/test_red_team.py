@@ -197,13 +197,14 @@ def test_hf_symlinks_out_of_the_directory(llama, tmp_path):
     (d / "model.safetensors").rename(outside)
     (d / "model.safetensors").symlink_to(outside)
     assert_clean_error(run("trace", d, "--context", "8", "-o", tmp_path / "t.h5"), "a link out of", "blobs")
-    # the layout huggingface_hub's cache writes: a snapshot's files link into the repository's blobs
-    blobs = tmp_path / "hub" / "models--org--m" / "blobs"
-    blobs.mkdir(parents=True)
-    outside.rename(blobs / "0123abcd")
-    (d / "model.safetensors").unlink()
-    (d / "model.safetensors").symlink_to(blobs / "0123abcd")
-    assert run("trace", d, "--context", "8", "--limit", "2", "-o", tmp_path / "t.h5").exit_code == 0
+    # the layout huggingface_hub's cache writes: a snapshot's files link into the same repository's blobs
+    repo = tmp_path / "hub" / "models--org--m"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "snapshots").mkdir()
+    snap = _copy(llama, repo / "snapshots" / "0a1b2c")
+    (snap / "model.safetensors").rename(repo / "blobs" / "0123abcd")
+    (snap / "model.safetensors").symlink_to(repo / "blobs" / "0123abcd")
+    assert run("trace", snap, "--context", "8", "--limit", "2", "-o", tmp_path / "t.h5").exit_code == 0
 
 
 def test_generation_of_an_imported_rope_model_is_bounded_by_its_context(llama, tmp_path):

@@ -36,7 +36,8 @@ def build(width=8, depth=2):
 
 def _with_config(src, dst, **model):
     """A copy of checkpoint ``src`` whose config's model section is changed: what anyone can do to a
-    downloaded file without touching the tensors its content hash covers."""
+    downloaded file without touching its tensors (recomputing the metadata hash, which is no signature)."""
+    from lpa_cli.formats.hashes import metadata_hash
     from safetensors.torch import load_file
 
     header, _ = read_header(src)
@@ -44,6 +45,7 @@ def _with_config(src, dst, **model):
     config = json.loads(meta["config"])
     config["model"] |= model
     meta["config"] = json.dumps(config)
+    meta["meta_sha256"] = metadata_hash(meta)
     save_file(load_file(str(src)), dst, metadata=meta)
     return dst
 

@@ -231,15 +231,12 @@ def open_trace(path: str | Path, allow_incomplete: bool = False) -> Trace:
     return Trace(path, allow_incomplete)
 
 
+TRACE_SUFFIXES = (".h5", ".hdf5")
+
+
 def is_trace(path: str | Path) -> bool:
-    """True for files named like traces or starting with the HDF5 signature."""
+    """True for files named like traces. Inputs are recognised by their names, never by their bytes: a
+    trace renamed ``model.safetensors`` is read as the checkpoint it claims to be, and refused as one
+    (a gate must not pass a file for what its bytes say rather than what it is called)."""
     p = Path(path)
-    if p.suffix in (".h5", ".hdf5") or p.name.endswith(".partial"):
-        return True
-    try:
-        if not p.is_file():  # a FIFO or a device: not a trace, and sniffing it would hang (the opener then says why)
-            return False
-        with p.open("rb") as f:
-            return f.read(8) == HDF5_SIGNATURE
-    except OSError:
-        return False
+    return p.suffix.lower() in TRACE_SUFFIXES or p.name.endswith(".partial")

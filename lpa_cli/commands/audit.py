@@ -45,15 +45,17 @@ def audit_command(
     reference, deploy depth). Exit 0 all pass, 1 a rule fails, 2 bad config or input."""
     from lpa_core.atomic import check_writable, write_text
     from analyzers.audit import junit_xml, to_dict
-    from lpa_core.errors import UsageError
+    from lpa_core.errors import LpaError
     from lpa_cli.workflows.audit import audit
 
     if junit is not None:
-        protected = [p for p in [*inputs, config or Path("pyproject.toml")] if p.exists()]
-        if any(junit.exists() and junit.resolve() == p.resolve() for p in protected):
-            raise UsageError(f"{junit}: --junit would overwrite an input or the audit config; choose another path")
-        check_writable(junit, force)
-    cases = audit(inputs, config, verify, factory=factory or "", trust_factory=trust_factory)
+        check_writable(junit, force, inputs=[*inputs, config or Path("pyproject.toml")])
+    try:
+        cases = audit(inputs, config, verify, factory=factory or "", trust_factory=trust_factory)
+    except LpaError as err:  # exit 2 as ever, and the CI's upload step still finds a report saying why
+        if junit:
+            write_text(junit, junit_xml([], error=str(err)), force=force)
+        raise
     if junit:
         write_text(junit, junit_xml(cases), force=force)
     if os.environ.get("GITHUB_ACTIONS") == "true":

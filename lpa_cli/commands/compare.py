@@ -40,9 +40,8 @@ def compare_command(
 
     if plotlyjs not in PLOTLYJS:  # before the work, not after it
         raise UsageError(f"--plotlyjs must be {' or '.join(PLOTLYJS)}, got {plotlyjs!r}")
-    target = check_writable(output or Path("compare.html"), force)
-    if any(target.exists() and target.resolve() == p.resolve() for paths in parse_runs(run).values() for p in paths):
-        raise UsageError(f"{target}: the report would overwrite one of the runs; choose another -o")
+    runs = [p for paths in parse_runs(run).values() for p in paths]
+    target = check_writable(output or Path("compare.html"), force, inputs=runs + [p.with_suffix(".jsonl") for p in runs])
     result = compare_runs(run, metric=metric, force=force, seed=seed or 0, bootstrap=bootstrap, measure=measure,
                           factory=factory or "", trust_factory=trust_factory)
     compare_page(result).save(target, force=force, plotlyjs=plotlyjs)

@@ -50,7 +50,8 @@ def _settings_table(d: dict) -> Table:
         p = d["parent"]
         rows.append(("exported from", f"{p.get('path')} (depth {p.get('depth')} of {p.get('depths_of_parent')}, sha256 {str(p.get('sha256'))[:16]}…)"))
     if d["verified"]:
-        rows.append(("verified", "content hash matches"))
+        rows.append(("verified", "tensors and metadata match their hashes" if d.get("metadata_verified")
+                     else "tensors match their hash; the metadata is not covered (checkpoint format 1)"))
     for key, value in rows:
         table.add_row(key, esc(value))
     return table

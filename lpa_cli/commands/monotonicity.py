@@ -83,7 +83,7 @@ def monotonicity_command(
 
     target = (report_path or inputs[0].with_suffix(".monotonicity.html")) if (report or report_path) else None
     if target is not None:
-        check_writable(target, force)  # before the work, not after it
+        check_writable(target, force, inputs=inputs)  # before the work, not after it
         from lpa_core.errors import UsageError
         from analyzers.report.page import PLOTLYJS
 

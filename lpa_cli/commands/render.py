@@ -10,6 +10,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+
+from lpa_core.text import inert
 from rich.table import Table
 
 from analyzers.metrics import HIGHER_IS_BETTER
@@ -44,8 +46,9 @@ def _dumps(value: Any, level: int) -> str:
 
 
 def esc(text: Any) -> str:
-    """A user string (a path, a run name) made safe for rich markup."""
-    return escape(str(text))
+    """A user string (a path, a run name, a metadata field) made safe for rich markup and for the
+    terminal: control and bidi characters are shown as escapes (`lpa_core.text.inert`)."""
+    return escape(inert(text))
 
 
 def bars(values: list[float]) -> list[str]:

@@ -102,6 +102,8 @@ def _load_csv(path: Path, opts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]
             first = next((r for r in csv.reader(f) if r and any(c.strip() for c in r)), None)
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text") from None
+    except csv.Error as err:  # e.g. a field over csv's 131,072-character limit
+        raise DataError(f"{path}: not a CSV lpa reads ({err})") from None
     if first is None:
         raise DataError(f"{path}: no rows")
     header = None

@@ -56,7 +56,7 @@ def _csv_has_text(path: Path) -> bool:
     try:
         with path.open(newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError, csv.Error):  # a field over csv's limit: the reader proper says so
         return False
     return "text" in [h.strip() for h in header]
 
@@ -79,6 +79,13 @@ def data_spec(text: str) -> str:
     if text.partition(":")[0] in SPEC_KINDS:
         return text
     return f"file:{text}"
+
+
+def spec_files(spec: str) -> list[Path]:
+    """The files or folders a task spec names (``text:a.txt`` -> ``a.txt``), for the output checks: an
+    output is never one of its command's inputs. Built-in sets name none."""
+    kind, _, rest = spec.partition(":")
+    return [Path(rest)] if rest and kind in SPEC_KINDS and kind != "surface" else []
 
 
 def load_task(cfg: TaskConfig) -> Task:

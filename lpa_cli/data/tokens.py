@@ -26,6 +26,7 @@ import numpy as np
 
 from lpa_core.atomic import atomic_path, check_writable
 from lpa_core.errors import DataError, UsageError
+from lpa_core.files import readable
 from lpa_cli.config import TaskConfig
 from lpa_cli.data.base import Task, check_options, first_id_at_or_above, float_option, int_option, regular_file
 from lpa_cli.data.splits import MappedArray, Windows
@@ -72,14 +73,16 @@ def tokenize_files(texts: list[str | Path], tokenizer: str | Path, output: str |
         raise UsageError("give at least one text file or directory")
     tok = load_tokenizer(str(tokenizer))
     output = Path(output)
-    for t in texts:
-        if Path(t).exists() and Path(t).resolve() in (output.resolve(), sidecar(output).resolve()):
-            raise UsageError(f"{output}: is the input {t}; choose another -o (lpa never writes over its own input)")
-    check_writable(output, force)
-    check_writable(sidecar(output), force)
+    check_writable(output, force, inputs=texts)
+    check_writable(sidecar(output), force, inputs=texts)
     dtype = _dtype(tok.vocab_size)
     count = documents = 0
-    with atomic_path(output, force=force) as tmp:
+    # data before the file that describes it: both are complete under temporary names before either is
+    # renamed, then the tokens take their name first and the sidecar last. A sidecar that cannot be
+    # written leaves no token file; a kill between the renames leaves the new tokens beside the old
+    # sidecar, which `read_sidecar` refuses (its byte count no longer matches), never old tokens
+    # described by a new sidecar
+    with atomic_path(sidecar(output), force=True) as side, atomic_path(output, force=force) as tmp:
         with open(tmp, "wb") as f:
             files = [f for t in texts for f in (sorted(Path(t).rglob("*.txt")) if Path(t).is_dir() else [Path(t)])]
             for _, text in _documents(Path(t) for t in texts):
@@ -106,10 +109,7 @@ def tokenize_files(texts: list[str | Path], tokenizer: str | Path, output: str |
             raise DataError("the text files hold no text")
         meta = {"format": FORMAT, "version": VERSION, "dtype": dtype.name, "count": int(count), "documents": documents,
                 "vocab_size": tok.vocab_size, "tokenizer": tok.to_dict()}
-        # the sidecar is written while the tokens are still under their temporary name: a full disk stops
-        # both, and no token file is ever left without the sidecar that describes it
-        with atomic_path(sidecar(output), force=True) as side:
-            side.write_text(json.dumps(meta, indent=1))
+        side.write_text(json.dumps(meta, indent=1))
     return {"output": str(output), "sidecar": str(sidecar(output)), "tokens": int(count), "documents": documents,
             "dtype": dtype.name, "vocab_size": tok.vocab_size, "tokenizer": tok.name, "bytes": output.stat().st_size}
 
@@ -117,7 +117,7 @@ def tokenize_files(texts: list[str | Path], tokenizer: str | Path, output: str |
 def read_sidecar(path: Path) -> dict[str, Any]:
     side = sidecar(path)
     try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
+        meta = json.loads(readable(side, "json", error=DataError).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{path}: no sidecar {side.name} (make token files with lpa data tokenize)") from None
     except (ValueError, OSError, UnicodeDecodeError) as err:

@@ -6,6 +6,8 @@ to rebuild and interpret the model (see docs/checkpoint-format.md):
 ``format`` = ``lpa-checkpoint``, ``format_version``, ``lpa_version``, ``config`` (the `RunConfig` as
 JSON), ``task`` (task info as JSON: kind, shapes, description), ``metrics`` (per-depth test metrics as
 JSON), ``training`` (steps, final loss ... as JSON), ``sha256`` (content hash of the tensors),
+``meta_sha256`` (format 2: hash of every other metadata field, so the task and data a checkpoint is
+evaluated on are covered as its tensors are),
 optionally ``aliases`` (tied tensors), ``parent`` (what an exported model was cut from),
 ``tokenizer`` (token models: the tokenizer, so text can be encoded without its source) and ``hf``
 (models started from a Hugging Face directory: family and config, for ``export --format hf``).
@@ -19,11 +21,11 @@ allocates nothing) before anything real is built; and the content hash is checke
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import struct
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ import torch
 
 from lpa_core.files import readable
 from lpa_core.atomic import atomic_path
+from lpa_cli.formats.hashes import metadata_hash, tensor_hash
 from lpa_core.errors import CheckpointError, LpaError
 from lpa_cli import __version__
 from lpa_cli.config import RunConfig
@@ -39,7 +42,7 @@ from lpa_cli.registry import ARCHITECTURES
 
 FORMAT = "lpa-checkpoint"
 CUSTOM = "custom"  # config.model.arch of a model built in Python and trained through train(model=...)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ``meta_sha256`` covers the metadata (1: the tensors only; still read)
 # lpa headers are a few KB (a stored tokenizer adds a few MB); a larger header is refused before it is
 # read (safetensors itself allows 100 MB).
 MAX_HEADER_BYTES = 16 * 1024 * 1024
@@ -75,16 +78,6 @@ class Checkpoint:
         if "tokenizer" in self.metadata and "tokenizer" in cfg.options:
             return dataclasses.replace(cfg, options=dict(cfg.options) | {"tokenizer": str(self.path)})
         return cfg
-
-
-def tensor_hash(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over (name, dtype, shape, bytes) of every tensor in name order; independent of file layout."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 _TORCH_DTYPES = {
@@ -150,11 +143,14 @@ def save_checkpoint(
     state: dict[str, torch.Tensor] | None = None,
     tokenizer: Any = None,
     extra: dict[str, str] | None = None,
+    before_rename: Callable[[str], None] | None = None,
 ) -> str:
     """Write ``model`` and its description atomically; returns the content hash.
 
     ``state`` replaces ``model.state_dict()`` (a state gathered from sharded ranks); ``tokenizer``
     (an `lpa_cli.formats.tokenizer.Tokenizer`) and ``extra`` metadata are stored beside the config.
+    ``before_rename(content hash)`` runs once the file is complete, before it takes the target's name
+    (the training log seals itself to the checkpoint there).
     """
     model = getattr(model, "module", model)  # save the raw module, never a DDP wrapper
     tensors, aliases = _dedupe(state if state is not None else model.state_dict())
@@ -177,8 +173,11 @@ def save_checkpoint(
     if tokenizer is not None:
         metadata["tokenizer"] = json.dumps(tokenizer.to_dict(), sort_keys=True)
     metadata |= extra or {}
+    metadata["meta_sha256"] = metadata_hash(metadata)
     with atomic_path(path, force=force) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+        if before_rename is not None:
+            before_rename(digest)
     return digest
 
 
@@ -224,6 +223,8 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
             # A zip (a torch .pt) or a pickle read as a header length is absurd; a real length may
             # still start with these bytes (0x80 is just a length's low byte), so only then say so.
             implausible = n > MAX_HEADER_BYTES or 8 + n > size
+            if prefix == b"\x89HDF\r\n\x1a\n":  # a trace under a checkpoint's name: refused, not read as what its bytes say
+                raise checkpoint_error(path, "is an HDF5 file (a trace?), not a safetensors checkpoint; traces are named .h5")
             if implausible and (prefix[:2] == b"PK" or (prefix[:1] == b"\x80" and prefix[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))):
                 raise checkpoint_error(path, "looks like a zip/pickle (e.g. a torch .pt file), not safetensors; refusing to load it")
             if n > MAX_HEADER_BYTES:
@@ -361,11 +362,3 @@ def read_info(path: str | Path) -> CheckpointInfo:
             raise checkpoint_error(path, f"metadata 'metrics' {name!r} must be a list of numbers (one per depth)")
     sha = meta.get("sha256", "")
     return CheckpointInfo(config, task, metrics, training, sha, aliases, parent, meta)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -33,7 +33,9 @@ try:
 except ImportError as err:  # the module is the integration: without transformers it has nothing to offer
     raise ImportError("lpa_cli.integrations.transformers needs transformers: pip install 'lpa[hf]'") from err
 
-from lpa_core.errors import UsageError
+from lpa_core.atomic import write_bytes
+from lpa_core.errors import DataError, UsageError
+from lpa_core.files import readable
 from lpa_cli import __version__
 from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
 from lpa_cli.data.batch import IGNORE_INDEX, Batch
@@ -111,9 +113,11 @@ def lpa_model(source: str | Path | Any, *, kind: str | None = None, objective: O
         with tempfile.TemporaryDirectory(prefix="lpa-hf-") as tmp:
             source.save_pretrained(tmp, safe_serialization=True)
             if getattr(source, "name_or_path", "") and Path(source.name_or_path).is_dir():
-                for name in EXPORT_FILES:  # the tokenizer, so checkpoints can read and write text
-                    if (Path(source.name_or_path) / name).is_file():
-                        (Path(tmp) / name).write_bytes((Path(source.name_or_path) / name).read_bytes())
+                origin = Path(source.name_or_path)
+                for name in EXPORT_FILES:  # the tokenizer, so checkpoints can read and write text: the reading rule's files only
+                    src = readable(origin / name, "tokenizer", inside=origin, error=DataError)
+                    if src.is_file():
+                        write_bytes(Path(tmp) / name, src.read_bytes(), force=True)  # over save_pretrained's own
             return lpa_model(tmp, kind=kind, objective=objective, num_labels=num_labels, context=context, options=options,
                              reinit=reinit, seed=seed, data=data)
     directory = Path(source)

@@ -16,7 +16,8 @@ from safetensors.torch import load_file as st_load_file
 from lpa_core.files import readable
 from lpa_core.errors import CheckpointError, LpaError, UsageError
 from lpa_cli.config import RunConfig
-from lpa_cli.formats.checkpoint import CUSTOM, Checkpoint, CheckpointInfo, checkpoint_error, read_header, read_info, tensor_hash
+from lpa_cli.formats.checkpoint import CUSTOM, Checkpoint, CheckpointInfo, checkpoint_error, read_header, read_info
+from lpa_cli.formats.hashes import check_metadata_hash, tensor_hash
 from lpa_cli.models.factory import build_from_config, check_factory
 from lpa_cli.models.hf import load as hf_load
 from lpa_cli.models.hf.directory import hf_block, is_hf_dir
@@ -128,6 +129,7 @@ def load_checkpoint(path: str | Path, verify: bool = True, device: str | torch.d
         actual = tensor_hash(tensors)
         if actual != info.sha256:
             raise checkpoint_error(path, "content hash mismatch: tensor data is corrupt or was modified (use --no-verify to load anyway)")
+        check_metadata_hash(path, info.metadata)
     model = model if model is not None else _build(path, info, None, factory, trust_factory)
     for alias, target in info.aliases.items():
         tensors[alias] = tensors[target]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from lpa_core.atomic import same_file
 from lpa_core.errors import UsageError
 from lpa_cli.formats.checkpoint import save_checkpoint
 from lpa_cli.models.open import load_checkpoint
@@ -26,8 +27,8 @@ def export_prefix(checkpoint: str | Path, depth: int, output: str | Path, force:
     """
     if format not in FORMATS:
         raise UsageError(f"unknown --format {format!r}; expected {' or '.join(FORMATS)}")
-    if Path(output).exists() and Path(output).resolve() == Path(checkpoint).resolve():
-        raise UsageError(f"{output}: the output is the checkpoint being exported; choose another -o")
+    if Path(output).exists() and same_file(output, checkpoint):
+        raise UsageError(f"{output}: is the input {checkpoint}; choose another -o (lpa never writes over its own input)")
     ckpt = load_checkpoint(checkpoint, verify=verify, factory=factory, trust_factory=trust_factory)
     n = ckpt.model.num_blocks
     if not 1 <= depth <= n:

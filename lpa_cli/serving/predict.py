@@ -17,7 +17,7 @@ from lpa_cli.models.protocol import ResidualModel
 from lpa_core.atomic import check_writable, write_text
 from lpa_cli.models.open import load_checkpoint
 from lpa_cli.runtime import resolve_device
-from lpa_cli.data.tasks import data_spec, load_task
+from lpa_cli.data.tasks import data_spec, load_task, spec_files
 from lpa_cli.serving.trace import data_task_config
 
 
@@ -157,7 +157,7 @@ def predict_checkpoint(checkpoint, rule: str, *, data: str | None = None, split:
     if batch_size < 1 or limit < 0:
         raise UsageError(f"--batch-size must be >= 1 (got {batch_size})" if batch_size < 1 else f"--limit must be >= 0 (0: all), got {limit}")
     if output is not None:
-        check_writable(output, force)
+        check_writable(output, force, inputs=[checkpoint, *(spec_files(data_spec(data)) if data else [])])
     ckpt = load_checkpoint(checkpoint, verify=verify, device=resolve_device(device), factory=factory, trust_factory=trust_factory)
     kind = ckpt.kind
     exit_rule = ExitRule.parse(rule, ckpt.model.num_blocks, kind)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lpa_core.atomic import output_lock
+from lpa_core.atomic import check_writable, output_lock
 from lpa_core.depths import parse_depths
 from lpa_core.errors import UsageError
 from analyzers.metrics import summarize
@@ -35,7 +35,7 @@ from lpa_cli.serving import trace_threads
 from analyzers.trace import open_trace
 from lpa_cli.models.open import load_checkpoint
 from lpa_cli.runtime import resolve_device
-from lpa_cli.data.tasks import data_spec, load_task
+from lpa_cli.data.tasks import data_spec, load_task, spec_files
 
 MAX_PREDICTION_BYTES = 4 << 30
 DEFAULT_BATCH = {"regression": 4096, "classification": 512, "lm": 64}
@@ -298,8 +298,7 @@ def trace_checkpoint(
     if task.kind != ckpt.kind or tuple(task.in_shape) != tuple(ckpt.task["in_shape"]):
         raise UsageError(f"data {task.name} ({task.kind}, inputs {task.in_shape}) does not fit the checkpoint ({ckpt.kind}, inputs {tuple(ckpt.task['in_shape'])})")
     output = Path(output) if output else Path(checkpoint).with_suffix(f".{split}.h5")
-    if Path(output).resolve() == Path(checkpoint).resolve():
-        raise UsageError(f"{output}: the output is the checkpoint being traced; choose another -o")
+    check_writable(output, True, inputs=[checkpoint, *spec_files(task_cfg.name)])  # inputs only: the writer checks the rest
     attrs = {
         "source": "lpa-checkpoint",
         "checkpoint_path": str(checkpoint),

@@ -56,16 +56,19 @@ def finish_run(run: Run, loop: Loop) -> TrainResult:
     info = run.task.info()
     sha = ""
     if world.main:
+        def final(digest: str = "") -> None:  # the last record: with a checkpoint, once it is complete, before its rename
+            for tr in run.trackers:
+                tr.record(t.steps, learning_rate(cfg, max(0, t.steps - 1)), loop.last_loss, {}, metrics, loop.elapsed, checkpoint_sha256=digest)
+
         if run.output is not None:
             sha = save_checkpoint(run.output, model, cfg, info, finite(metrics), training, force=True, state=state,
-                                  tokenizer=run.task.tokenizer, extra=_hf_metadata(cfg))
+                                  tokenizer=run.task.tokenizer, extra=_hf_metadata(cfg), before_rename=final)
             if run.snap.exists():
                 run.snap.unlink()
             for tr in run.trackers:
                 tr.saved(run.output)
-        # logged only once the checkpoint exists: a failed save leaves no new file behind
-        for tr in run.trackers:
-            tr.record(t.steps, learning_rate(cfg, max(0, t.steps - 1)), loop.last_loss, {}, metrics, loop.elapsed)
+        else:
+            final()
     world.barrier()
     return TrainResult(run.output, cfg, info, metrics, training | {"seconds": round(loop.elapsed, 3)}, sha, model)
 

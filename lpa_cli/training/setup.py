@@ -17,10 +17,11 @@ from torch import nn
 
 from lpa_core.atomic import check_writable
 from lpa_core.errors import UsageError
+from lpa_core.files import refuse_link
 from lpa_cli.config import RunConfig
 from lpa_cli.data.batch import Batch
 from lpa_cli.data.splits import Split, batch_indices
-from lpa_cli.data.tasks import Task, load_task
+from lpa_cli.data.tasks import Task, load_task, spec_files
 from lpa_cli.models import ResidualModel
 from lpa_cli.models.open import build_initial_model, complete
 from lpa_cli.runtime import resolve_device, resolve_precision, seed_everything, set_threads
@@ -127,14 +128,13 @@ def check_outputs(output: Path, cfg: RunConfig, force: bool, resume: bool) -> No
     replaced only with --force (or continued with --resume)."""
     if output.suffix != ".safetensors":
         raise UsageError(f"{output}: checkpoints are .safetensors files (its log, snapshot and lock sit beside it under other suffixes)")
-    inputs = [cfg.model.init, cfg.task.name.partition(":")[2]]
-    for p in inputs:
-        if p and Path(p).exists() and Path(p).resolve() == output.resolve():
-            raise UsageError(f"{output}: the output is one of the run's inputs; choose another -o")
-    check_writable(output, force=force or resume)
+    inputs = [Path(p) for p in [cfg.model.init] if p] + spec_files(cfg.task.name)
+    check_writable(output, force=force or resume, inputs=inputs)
     jsonl = output.with_suffix(".jsonl")
-    if jsonl.exists() and not (force or resume) and "jsonl" in cfg.train.log:
-        raise UsageError(f"{jsonl}: a log of an earlier run is in the way (use --force to replace it)")
+    if "jsonl" in cfg.train.log:  # every output checked before the work: a link, folder or device here fails now, not after saving
+        check_writable(refuse_link(jsonl), force=True, inputs=inputs)
+        if jsonl.exists() and not (force or resume):
+            raise UsageError(f"{jsonl}: a log of an earlier run is in the way (use --force to replace it)")
     snap = snapshot_path(output)
     if snap.exists() and not resume and not force:
         raise UsageError(f"{snap}: an interrupted run left this snapshot; use --resume to continue it or --force to start over")

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from lpa_core.atomic import atomic_path
 from lpa_core.errors import CheckpointError, UsageError
+from lpa_core.files import readable
 from lpa_cli.formats.checkpoint import save_file
 from lpa_cli.config import RunConfig
 
@@ -63,6 +64,7 @@ def _key(text: str) -> int | str:
 
 def load_snapshot(path: Path, cfg: RunConfig) -> tuple[int, dict[str, Tensor], dict, dict[str, Tensor], dict]:
     """(step, model state, optimiser state, RNG tensors, scaler state) of a snapshot made by ``cfg``."""
+    readable(path, error=CheckpointError)  # a FIFO planted at the snapshot's name would block the reader
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-from lpa_core.files import open_new, refuse_link
-from lpa_core.errors import OutputError, UsageError
+from lpa_core.files import open_new, readable, refuse_link
+from lpa_core.errors import LpaError, OutputError, UsageError
 from analyzers.metrics import finite
 from lpa_core.atomic import atomic_path
+from lpa_cli.formats.checkpoint import read_metadata
+
+log = logging.getLogger(__name__)
 
 
 class Callbacks:
@@ -49,7 +53,9 @@ class Tracker(Callbacks):
     def start(self, config: dict[str, Any], resumed_at: int) -> None: ...
 
     def record(self, step: int, lr: float, loss: float | None, per_depth: dict[int, float], metrics: dict[str, list[float]],
-               elapsed: float) -> None: ...
+               elapsed: float, checkpoint_sha256: str = "") -> None:
+        """One record; the run's last carries the content hash of its checkpoint, written once the file is
+        complete and before it takes its name."""
 
     def saved(self, path: Path) -> None: ...
 
@@ -64,7 +70,10 @@ class JsonlTracker(Tracker):
 
     A fresh run over an earlier run's log (``--force``) writes beside it, under ``<log>.new``, and
     renames it into place when the checkpoint is saved: a run that fails (diverges, fills the disk, is
-    killed) leaves the earlier checkpoint and its log as they were."""
+    killed) leaves the earlier checkpoint and its log as they were. Before the checkpoint takes its name
+    the log gets its last record, with the checkpoint's content hash (the seal); a kill between the two renames leaves the
+    new checkpoint beside a sealed ``<log>.new``, which the next run over it renames into place instead
+    of deleting: the pair is always the old one or the new one."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -77,8 +86,25 @@ class JsonlTracker(Tracker):
             truncate_log(self.path, resumed_at)
         elif self.path.exists() or self.path.is_symlink():
             self.writing = refuse_link(self.path.with_name(self.path.name + ".new"))
-            if self.writing.exists():
-                self.writing.unlink()  # a killed run's: it never replaced the log
+            if self.writing.exists() and not self._complete_pair():
+                self.writing.unlink()  # a killed run's: its checkpoint never took its name
+
+    def _complete_pair(self) -> bool:
+        """A sealed ``<log>.new`` whose checkpoint took its name (a kill between the two renames): rename
+        it into place now. False when the log belongs to no checkpoint there."""
+        try:
+            lines = readable(self.writing, "text", error=OutputError).read_text(encoding="utf-8", errors="replace").split("\n")
+            seal = json.loads(next(line for line in reversed(lines) if line.strip()) or "{}")
+            ckpt = self.path.with_suffix(".safetensors")
+            matches = isinstance(seal, dict) and ckpt.is_file() and seal.get("checkpoint_sha256") == read_metadata(ckpt).get("sha256")
+        except (StopIteration, ValueError, LpaError):
+            return False
+        if matches:
+            refuse_link(self.path)
+            os.replace(self.writing, self.path)
+            log.warning("%s: the last run stopped between saving its checkpoint and its log; its log is now in place", self.path)
+            self.writing = self.path.with_name(self.path.name + ".new")
+        return matches
 
     def saved(self, path: Path) -> None:
         if self.writing != self.path:
@@ -93,14 +119,20 @@ class JsonlTracker(Tracker):
         if self.fresh and self.writing.exists():
             self.writing.unlink()  # a resumed run keeps its log: the snapshot it resumes from still stands
 
-    def record(self, step, lr, loss, per_depth, metrics, elapsed) -> None:
+    def record(self, step, lr, loss, per_depth, metrics, elapsed, checkpoint_sha256: str = "") -> None:
         entry = {"step": step, "lr": lr, "train_loss": loss, "train_loss_per_depth": {str(k): v for k, v in per_depth.items()},
                  "test": metrics, "elapsed_s": round(elapsed, 3)}
+        self._append(entry | ({"checkpoint_sha256": checkpoint_sha256} if checkpoint_sha256 else {}), sync=bool(checkpoint_sha256))
+
+    def _append(self, entry: dict[str, Any], sync: bool = False) -> None:
         self.writing.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(finite(entry), allow_nan=False) + "\n"
         try:
             with os.fdopen(open_new(self.writing, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a") as f:  # never through a link
                 f.write(line)
+                if sync:
+                    f.flush()
+                    os.fsync(f.fileno())
         except OSError as err:
             raise OutputError(f"{self.writing}: {'no space left on device' if err.errno == errno.ENOSPC else err.strerror or err}; "
                               "the run stopped, and an earlier checkpoint is unchanged") from None
@@ -111,7 +143,7 @@ def truncate_log(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in readable(path, "text", error=OutputError).read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             if json.loads(line).get("step", 0) <= step:
                 keep.append(line)
@@ -167,7 +199,7 @@ class TensorBoardTracker(Tracker):
         self.config = _flat(config)
         self.writer.add_text("config", json.dumps(config, indent=1), 0)
 
-    def record(self, step, lr, loss, per_depth, metrics, elapsed) -> None:
+    def record(self, step, lr, loss, per_depth, metrics, elapsed, checkpoint_sha256: str = "") -> None:
         for tag, value in _scalars(loss, per_depth, metrics).items():
             self.writer.add_scalar(tag, value, step)
         self.writer.add_scalar("train/lr", lr, step)
@@ -216,7 +248,7 @@ class MlflowTracker(Tracker):
         params = _flat(config)
         self._call("logging parameters", self.mlflow.log_params, {k: str(v)[:500] for k, v in params.items()})
 
-    def record(self, step, lr, loss, per_depth, metrics, elapsed) -> None:
+    def record(self, step, lr, loss, per_depth, metrics, elapsed, checkpoint_sha256: str = "") -> None:
         scalars = {k.replace("/", "."): v for k, v in _scalars(loss, per_depth, metrics).items()}
         scalars["train.lr"] = lr
         self._call("logging metrics", self.mlflow.log_metrics, scalars, step=step)

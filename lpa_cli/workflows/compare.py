@@ -11,6 +11,7 @@ from typing import Any
 from analyzers.compare import compare
 from analyzers.compare_types import CompareResult, Run
 from lpa_core.errors import DataError, LpaError, UsageError
+from lpa_core.files import readable
 from analyzers.monotonicity import METRIC_BASE, check_metric, from_trace
 from analyzers.trace import is_trace, open_trace
 from lpa_cli.workflows.inputs import as_trace
@@ -95,16 +96,50 @@ def _costs(ckpt: Path | None, cache: dict[str, Any], trust: dict[str, Any]) -> d
     return cache[key]
 
 
-def _log(ckpt: Path | None) -> list[dict[str, Any]]:
-    if ckpt is None or not ckpt.with_suffix(".jsonl").exists():
+def _log(ckpt: Path | None, notes: list[str]) -> list[dict[str, Any]]:
+    """The training log beside a checkpoint: its records that have the shape `lpa train` writes (a step,
+    numbers where numbers belong); anything else is passed over, with a note saying how much."""
+    log = None if ckpt is None else ckpt.with_suffix(".jsonl")
+    if log is None or not log.exists():
         return []
-    records = []
-    for line in ckpt.with_suffix(".jsonl").read_text().splitlines():
+    if not log.is_file():
+        notes.append(f"{log.name}: not a regular file; no training curve shown")
+        return []
+    records, skipped = [], 0
+    for line in readable(log, "text", error=DataError).read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            record = None
+        if _well_formed(record):
+            records.append(record)
+        else:
+            skipped += line.strip() != ""
+    if skipped:
+        notes.append(f"{log.name}: {skipped} line(s) are not lpa training records and were passed over")
     return records
+
+
+def _number(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _well_formed(record: Any) -> bool:
+    """A record as `lpa_cli.training.trackers` writes it: an integer step; numbers (null for a
+    non-finite one) in the scalar fields; tables by depth or metric of numbers or lists of numbers."""
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int) or isinstance(record["step"], bool):
+        return False
+    per_depth = record.get("train_loss_per_depth", {})
+    if not isinstance(per_depth, dict) or not all(isinstance(k, str) and k.isdigit() for k in per_depth):
+        return False  # its keys are depths
+    for key, value in record.items():
+        if isinstance(value, dict):
+            for v in value.values():
+                if not (_number(v) or (isinstance(v, list) and all(map(_number, v)))):
+                    return False
+        elif not (_number(value) or isinstance(value, str)):
+            return False
+    return True
 
 
 def load_run(group: str, path: Path, metric: str | None, cost_cache: dict, notes: list[str], seed: int, bootstrap: int,
@@ -133,7 +168,7 @@ def load_run(group: str, path: Path, metric: str | None, cost_cache: dict, notes
         grid = task.get("meta", {}).get("grid") if isinstance(task.get("meta"), dict) else None
         run = Run(group=group, path=str(path), config=t.config, depths=t.depths, errors=errs, monotonicity=mono,
                   correct=correct, max_prob=max_prob, entropy=entropy, argmax=argmax, predictions=preds, targets=targets,
-                  flops=costs["flops"] if costs else None, latency_ms=costs["latency_ms"] if costs else None, log=_log(ckpt),
+                  flops=costs["flops"] if costs else None, latency_ms=costs["latency_ms"] if costs else None, log=_log(ckpt, notes),
                   checkpoint=str(ckpt) if ckpt is not None else None)
         identity = t.fingerprint() | {"task": task.get("traced_on", task.get("name")), "kind": t.kind}
     return run, identity, m, grid

@@ -27,7 +27,8 @@ def describe(path: str | Path, verify: bool = False) -> dict[str, Any]:
     """A checkpoint's description from its metadata; ``verify`` also re-hashes the tensor data."""
     from safetensors.torch import load_file
 
-    from lpa_cli.formats.checkpoint import file_sha256, read_header, read_info, tensor_hash
+    from lpa_cli.formats.checkpoint import read_header, read_info
+    from lpa_cli.formats.hashes import check_metadata_hash, file_sha256, tensor_hash
     from lpa_cli.models.open import check_consistency
 
     path = Path(path)
@@ -63,6 +64,7 @@ def describe(path: str | Path, verify: bool = False) -> dict[str, Any]:
         if tensor_hash(tensors) != info.sha256:
             raise CheckpointError(f"{path}: content hash mismatch: tensor data is corrupt or was modified")
         out["verified"] = True
+        out["metadata_verified"] = check_metadata_hash(path, info.metadata)  # False: format 1, not covered
     return out
 
 

@@ -71,7 +71,9 @@ class _Heartbeat(Callbacks):
 
 
 def _checkpoint(cfg: RunConfig, path: Path, store: CheckpointStore, progress: Callable[[str], None]) -> Path:
-    """Train ``cfg`` into ``path`` unless a checkpoint with the same configuration exists."""
+    """Train ``cfg`` into ``path`` unless a checkpoint with the same configuration exists (compared as
+    it runs: ``auto`` precision resolved, as the checkpoint records it)."""
+    cfg = on_hardware(cfg)
     if path.exists():
         try:
             if read_info(path).config == cfg:

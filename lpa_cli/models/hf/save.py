@@ -17,6 +17,31 @@ from lpa_cli.formats.checkpoint import save_file
 from lpa_cli.formats.tokenizer import read_tokenizer
 
 
+# Keys through which transformers imports code or changes how weights are read: `auto_map` names a
+# repository's Python module (trust_remote_code), a quantization config picks a loader. A checkpoint's
+# metadata is data, so an export never carries them, wherever in a JSON file they stand.
+CODE_KEYS = frozenset({"auto_map", "quantization_config", "custom_pipelines", "trust_remote_code"})
+
+
+def inert(value: Any) -> Any:
+    """``value`` (parsed JSON) without `CODE_KEYS` at any depth."""
+    if isinstance(value, dict):
+        return {k: inert(v) for k, v in value.items() if k not in CODE_KEYS}
+    if isinstance(value, list):
+        return [inert(v) for v in value]
+    return value
+
+
+def _inert_file(ckpt, name: str, text: str) -> str:
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise CheckpointError(f"{ckpt.path}: its stored {name} is not JSON") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{ckpt.path}: its stored {name} is not a JSON object")
+    return json.dumps(inert(data), indent=2, sort_keys=True)
+
+
 def _family_for(ckpt) -> tuple[Family, dict[str, Any], dict[str, str]]:
     """The family and base config of a checkpoint: those it started from, or (a decoder trained in lpa)
     the family whose layout its options have."""
@@ -95,6 +120,12 @@ def export_hf(ckpt, small, output: Path, force: bool = False, generation: dict[s
         config["architectures"] = [family.lm_class]
     config["torch_dtype"] = "float32"
     config.pop("transformers_version", None)
+    config = inert(config)
+    vocab = small.input_vocab
+    for where in (config, config.get("text_config")):
+        if isinstance(where, dict) and "vocab_size" in where and vocab is not None and where["vocab_size"] != vocab:
+            raise CheckpointError(f"{ckpt.path}: its config says vocab_size {where['vocab_size']!r} but the weights have "
+                                  f"{vocab} rows; the file was edited")
     # Every file through the atomic writer: a file in the folder that is a symlink is replaced, never written through.
     with atomic_path(output / "model.safetensors", force=True) as tmp:
         save_file(hf, tmp, metadata={"format": "pt"})
@@ -115,7 +146,7 @@ def export_hf(ckpt, small, output: Path, force: bool = False, generation: dict[s
         for name, text in files.items():
             if name not in EXPORT_FILES:  # config.json and the weights are lpa's own, written above
                 raise CheckpointError(f"{ckpt.path}: stored file name {name!r} is not one lpa exports")
-            write_text(output / name, text, force=True)
+            write_text(output / name, _inert_file(ckpt, name, text) if name.endswith(".json") else text, force=True)
             written.append(name)
     return {"files": written, "family": family.name, "class": config["architectures"][0]}
 
