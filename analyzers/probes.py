@@ -27,6 +27,7 @@ from scipy import optimize
 
 from lpa_core.atomic import atomic_path
 from lpa_core.depths import select_recorded
+from lpa_core.files import readable
 from lpa_core.errors import LpaError, UsageError
 from analyzers.heads import Head, read_head
 from analyzers.metrics import summarize
@@ -202,7 +203,7 @@ def load_lens(spec: str) -> Lens:
     from safetensors import safe_open
 
     kind, _, path = spec.partition(":") if ":" in spec else ("", "", spec)
-    path = Path(path)
+    path = readable(Path(path), error=UsageError)  # a FIFO or device: refused, never opened
     if not path.is_file():
         raise UsageError(f"{path}: probe file not found")
     try:

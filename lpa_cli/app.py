@@ -15,6 +15,7 @@ import typer
 
 from lpa_cli import __version__
 from lpa_cli.commands.boundary import guarded
+from lpa_core.text import inert
 
 app = typer.Typer(
     name="lpa",
@@ -48,7 +49,11 @@ def _root(
 
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is now, so commands run in-process (tests, notebooks) one after
-    another never log into a stream an earlier one closed."""
+    another never log into a stream an earlier one closed; every line inert (a path in a message may
+    carry terminal escapes)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(inert(line) for line in super().format(record).split("\n"))
 
     @property
     def stream(self):

@@ -42,7 +42,9 @@ def test_a_runs_time_is_its_logs_last_record_and_only_for_the_same_config(tmp_pa
         def __init__(self, config):
             self.config = config
 
-    monkeypatch.setattr(lc, "read_info", lambda p: Info(cfg))
+    from lpa_cli.training.setup import on_hardware
+
+    monkeypatch.setattr(lc, "read_info", lambda p: Info(on_hardware(cfg)))  # what train records: the precision that ran
     assert lc.seconds(cfg, lc.SAMPLED, tmp_path) == 30.0
     monkeypatch.setattr(lc, "read_info", lambda p: Info(RunConfig()))  # another configuration under that name
     assert lc.seconds(cfg, lc.SAMPLED, tmp_path) is None

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from lpa_core.errors import TraceError, UsageError
+from lpa_core.files import readable
 from analyzers.trace.spec import FORMAT, FORMAT_VERSION, KINDS, partial_path
 
 H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError)
@@ -58,7 +59,7 @@ class Trace:
     """A validated, complete trace opened for reading. Use as a context manager."""
 
     def __init__(self, path: str | Path, allow_incomplete: bool = False) -> None:
-        self.path = Path(path)
+        self.path = readable(path, error=TraceError)  # a FIFO or device named as a trace: refused, never opened
         if not self.path.exists():
             hint = " (an interrupted trace is at .partial; run lpa trace --resume)" if partial_path(self.path).exists() else ""
             raise TraceError(f"{self.path}: no such file{hint}")

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from lpa_cli.commands.options import ExitZero, Factory, Force, Json, Quiet, TrustFactory, Verify
+from lpa_cli.commands.options import EvalData, ExitZero, Factory, Force, Json, Quiet, TrustFactory, Verify
 from lpa_cli.commands.render import consoles, esc, fmt, print_json
 
 
@@ -34,6 +34,7 @@ def audit_command(
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with a \\[tool.lpa.audit] table (default: ./pyproject.toml).")] = None,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write JUnit XML here (one test case per rule x input).")] = None,
     verify: Verify = True,
+    data: EvalData = None,
     factory: Factory = None,
     trust_factory: TrustFactory = False,
     force: Force = False,
@@ -51,7 +52,7 @@ def audit_command(
     if junit is not None:
         check_writable(junit, force, inputs=[*inputs, config or Path("pyproject.toml")])
     try:
-        cases = audit(inputs, config, verify, factory=factory or "", trust_factory=trust_factory)
+        cases = audit(inputs, config, verify, factory=factory or "", trust_factory=trust_factory, data=data)
     except LpaError as err:  # exit 2 as ever, and the CI's upload step still finds a report saying why
         if junit:
             write_text(junit, junit_xml([], error=str(err)), force=force)

@@ -11,12 +11,14 @@ import typer
 from typer.exceptions import TyperException
 
 from lpa_core.errors import LpaError
+from lpa_core.text import inert
 
 INTERNAL_ERROR = 3
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    """One line, with what a file name or metadata may carry (ESC sequences, bidi overrides) inert."""
+    return inert(" ".join(text.split()))
 
 
 def guarded(fn: Callable) -> Callable:

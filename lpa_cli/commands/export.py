@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lpa_cli.commands.options import Factory, Force, Json, Quiet, TrustFactory, Verify
+from lpa_cli.commands.options import EvalData, Factory, Force, Json, Quiet, TrustFactory, Verify
 from lpa_cli.commands.render import consoles, depth_table, esc, print_json
 
 
@@ -21,6 +21,7 @@ def export_command(
                                                  "measure the best draft depth for self-speculative decoding and write it as "
                                                  "assistant_early_exit into generation_config.json.")] = True,
     verify: Verify = True,
+    data: EvalData = None,
     factory: Factory = None,
     trust_factory: TrustFactory = False,
     force: Force = False,
@@ -30,7 +31,7 @@ def export_command(
     """Export the prefix of depth k: its predictions equal the original's depth-k predictions."""
     from lpa_cli.serving.export import export_prefix
 
-    result = export_prefix(checkpoint, at, output, force=force, verify=verify, format=format_, factory=factory or "", trust_factory=trust_factory,
+    result = export_prefix(checkpoint, at, output, force=force, verify=verify, format=format_, factory=factory or "", trust_factory=trust_factory, data=data,
                            assistant_exit=assistant_exit)
     if json_:
         print_json(result)

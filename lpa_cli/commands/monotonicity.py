@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from analyzers.metrics import format_p
-from lpa_cli.commands.options import PLOTLYJS_DEFAULT, Depths, ExitZero, Factory, Force, Json, PlotlyJs, Quiet, Seed, TrustFactory, Verify
+from lpa_cli.commands.options import Depths, EvalData, ExitZero, Factory, Force, Json, PLOTLYJS_DEFAULT, PlotlyJs, Quiet, Seed, TrustFactory, Verify
 from lpa_cli.commands.render import bars, consoles, distinct_names, esc, fmt, print_json
 
 
@@ -67,6 +67,7 @@ def monotonicity_command(
     report_path: Annotated[Optional[Path], typer.Option("--report-path", help="Write the HTML report here.")] = None,
     plotlyjs: PlotlyJs = PLOTLYJS_DEFAULT,
     verify: Verify = True,
+    data: EvalData = None,
     factory: Factory = None,
     trust_factory: TrustFactory = False,
     force: Force = False,
@@ -90,7 +91,7 @@ def monotonicity_command(
         if plotlyjs not in PLOTLYJS:
             raise UsageError(f"--plotlyjs must be {' or '.join(PLOTLYJS)}, got {plotlyjs!r}")
     results = [
-        analyze(p, lens=lens, verify=verify, factory=factory or "", trust_factory=trust_factory, metric=metric, depths=depths, tolerance=tolerance, alpha=alpha,
+        analyze(p, lens=lens, verify=verify, factory=factory or "", trust_factory=trust_factory, data=data, metric=metric, depths=depths, tolerance=tolerance, alpha=alpha,
                 within=within, bootstrap=bootstrap, seed=seed or 0)
         for p in inputs
     ]

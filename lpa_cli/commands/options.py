@@ -34,6 +34,9 @@ Device = _option(TrainConfig, "device")
 Precision = _option(TrainConfig, "precision")
 Depths = _option(ObjectiveConfig, "depths")
 
+# Data for commands that evaluate a checkpoint: its own task's data unless given (needed where it records none)
+EvalData = Annotated[Optional[str], typer.Option("--data", help="Evaluate on this data instead of the checkpoint's own (needed when it "
+                                                 "records none, as LPATrainer's and save_model's may): a task spec or a data file.")]
 Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the result.", dir_okay=False)]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout instead of tables.")]

@@ -27,7 +27,7 @@ class ProgressCallbacks:
     a terminal, or a plain line every tenth of the run and at least every 30 s in a log (step, loss
     per depth, samples/s, ETA); per-depth tables at each evaluation."""
 
-    ESTIMATE_AFTER = (5, 10.0)  # steps, seconds: whichever comes first
+    ESTIMATE_AFTER = (5, 10.0)  # steps, seconds after the first step: whichever comes first
 
     def __init__(self, progress: Progress, console, defaults: str = "") -> None:
         self.progress = progress
@@ -38,6 +38,7 @@ class ProgressCallbacks:
         self.plan: dict = {}
         self.estimated = False
         self.began = 0.0
+        self.warm: tuple[int, float] | None = None  # (step, time) once the first step is done: its start-up cost is no rate
 
     def on_plan(self, plan: dict) -> None:
         self.plan = plan
@@ -70,12 +71,14 @@ class ProgressCallbacks:
             self.progress.update(self.task_id, completed=step, loss=f"{loss:.3e}")
 
     def on_progress(self, step: int, loss: float, per_depth: dict) -> None:
-        done = step - self.plan.get("start", 0)
-        elapsed = time.monotonic() - self.began
+        now = time.monotonic()
+        if self.warm is None:  # the first step builds kernels, caches and the data pipeline: time from its end
+            self.warm = (step, now)
+        done, elapsed = step - self.warm[0], now - self.warm[1]
         if not self.estimated and (done >= self.ESTIMATE_AFTER[0] or elapsed >= self.ESTIMATE_AFTER[1]) and done > 0:
             self.estimated = True
             left = (self.plan.get("steps", step) - step) * elapsed / done
-            self.console.print(esc(f"estimate: {elapsed / done:.3g} s/step over the first {done} steps; about {duration(left)} to go"),
+            self.console.print(esc(f"estimate: {elapsed / done:.3g} s/step over {done} steps after the first; about {duration(left)} to go"),
                                soft_wrap=True, highlight=False)
         if self.log is not None and self.log.due(step):  # the per-depth losses are read (a device sync) only for a line
             depths = " ".join(f"{k}:{float(v):.3g}" for k, v in sorted(per_depth.items()))

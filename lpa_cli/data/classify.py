@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from lpa_core.errors import DataError
+from lpa_core.files import readable
 from lpa_cli.config import TaskConfig
 from lpa_cli.data.base import Task, check_options, float_option, int_option
 from lpa_cli.data.images import seeded_split
@@ -35,7 +36,7 @@ def read_rows(path: Path, text_column: str, label_column: str) -> tuple[list[str
         raise DataError(f"{path}: file not found")
     texts, labels = [], []
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with readable(path, "text", error=DataError).open(newline="", encoding="utf-8") as f:
             if path.suffix.lower() == ".jsonl":
                 rows = (json.loads(line) for line in f if line.strip())
                 for i, row in enumerate(rows, start=1):

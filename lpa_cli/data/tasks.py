@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lpa_core.errors import DataError
+from lpa_core.files import readable
 from lpa_cli.config import TaskConfig
 from lpa_cli.registry import TASK_HELP
 from lpa_cli.data.base import Task, regular_file
@@ -54,9 +55,9 @@ SPEC_KINDS = {"surface": None, "digits": False, "shapes": False, "text": None, "
 
 def _csv_has_text(path: Path) -> bool:
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with readable(path, error=DataError).open(newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError, csv.Error):  # a field over csv's limit: the reader proper says so
+    except (OSError, UnicodeDecodeError, csv.Error, DataError):  # a field over csv's limit: the reader proper says so
         return False
     return "text" in [h.strip() for h in header]
 

@@ -34,7 +34,7 @@ import torch
 from lpa_core.files import readable
 from lpa_core.atomic import atomic_path
 from lpa_cli.formats.hashes import metadata_hash, tensor_hash
-from lpa_core.errors import CheckpointError, LpaError
+from lpa_core.errors import CheckpointError, DataError, LpaError
 from lpa_cli import __version__
 from lpa_cli.config import RunConfig
 from lpa_cli.config import ModelConfig, ObjectiveConfig, TaskConfig, TrainConfig
@@ -75,6 +75,9 @@ class Checkpoint:
         """The task it was trained on, reading text with the tokenizer stored in the file (so the
         directory the tokenizer came from is not needed)."""
         cfg = self.config.task
+        if cfg.name in ("", "custom"):
+            raise DataError(f"{self.path}: it records no data set (saved by LPATrainer or save_model without data=); "
+                            "give --data FILE (a task spec or a data file)")
         if "tokenizer" in self.metadata and "tokenizer" in cfg.options:
             return dataclasses.replace(cfg, options=dict(cfg.options) | {"tokenizer": str(self.path)})
         return cfg

@@ -11,7 +11,8 @@ from torch import Tensor
 from analyzers.compare_types import TradeOff
 from lpa_cli.serving.generate import check_decodable, generate, measure
 from lpa_cli.serving.predict import ExitRule, predict
-from lpa_cli.data.tasks import load_task
+from lpa_cli.data.tasks import data_spec, load_task
+from lpa_cli.serving.trace import data_task_config
 from lpa_cli.formats.tokenizer import BYTES, read_tokenizer
 
 
@@ -66,10 +67,11 @@ def lm_tradeoffs(ckpt, prompts: list[str], max_new_tokens: int = 48, thresholds=
     return out
 
 
-def lm_prompts(ckpt, count: int = 2, tokens: int = 16) -> list[str]:
-    """Prompts from the start of a language model's first test windows (decoded with its tokenizer)."""
+def lm_prompts(ckpt, count: int = 2, tokens: int = 16, data: str | None = None) -> list[str]:
+    """Prompts from the start of a language model's first test windows (of ``data`` when given),
+    decoded with its tokenizer."""
     tok = read_tokenizer(ckpt.info) or BYTES
-    test = load_task(ckpt.task_config()).test
+    test = load_task(data_task_config(ckpt, data_spec(data)) if data else ckpt.task_config()).test
     return [p for p in (tok.decode(test.rows(i, i + 1).x[0, :tokens].tolist()) for i in range(min(count, len(test)))) if p]
 
 

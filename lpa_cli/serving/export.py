@@ -16,7 +16,8 @@ FORMATS = ("lpa", "hf")
 
 
 def export_prefix(checkpoint: str | Path, depth: int, output: str | Path, force: bool = False, verify: bool = True,
-                  format: str = "lpa", *, factory: str = "", trust_factory: bool = False, assistant_exit: bool = True) -> dict:
+                  format: str = "lpa", *, factory: str = "", trust_factory: bool = False, assistant_exit: bool = True,
+                  data: str | None = None) -> dict:
     """Write the embedding, the first ``depth`` blocks and the shared head: an lpa checkpoint
     (``format="lpa"``) or a Hugging Face model directory (``format="hf"``, for models started from
     one). Its predictions are exactly the original's depth-``depth`` predictions; an lpa checkpoint's
@@ -45,7 +46,7 @@ def export_prefix(checkpoint: str | Path, depth: int, output: str | Path, force:
 
         generation = {}
         if assistant_exit and depth == n > 1 and ckpt.kind == "lm" and decodable(ckpt.model):
-            result["assistant_early_exit"] = recommend_early_exit(ckpt, lm_prompts(ckpt))
+            result["assistant_early_exit"] = recommend_early_exit(ckpt, lm_prompts(ckpt, data=data))
             if result["assistant_early_exit"]["assistant_early_exit"] is not None:
                 generation["assistant_early_exit"] = result["assistant_early_exit"]["assistant_early_exit"]
         return result | export_hf(ckpt, small, Path(output), force=force, generation=generation)

@@ -37,7 +37,7 @@ class TrainResult:
 def finish_run(run: Run, loop: Loop) -> TrainResult:
     cfg, t, world, model = run.cfg, run.cfg.train, run.world, run.model
     metrics = evaluate_run(run)
-    warnings = loop.watch.judge(metrics, run.task) if world.main else []
+    warnings = loop.watch.judge(metrics, run.task, lr=t.lr, pretrained=bool(cfg.model.init)) if world.main else []
     for w in warnings:
         log.warning("%s", w)
     run.finish(model)

@@ -60,13 +60,16 @@ class LossWatch:
             self.first.append(loss)
         self.last.append(loss)
 
-    def judge(self, metrics: dict[str, list[float]], task) -> list[str]:
+    def judge(self, metrics: dict[str, list[float]], task, lr: float = 0.0, pretrained: bool = False) -> list[str]:
         out = []
         if len(self.first) >= 10 and len(self.last) == 10:
             a, b = sum(self.first) / 10, sum(self.last) / 10
             if b >= 0.99 * a:
+                hint = ""  # a rate hint only where the rate is off the usual range for what is trained
+                if pretrained and not 1e-5 <= lr <= 3e-4:
+                    hint = f"; fine-tuning a pretrained model usually runs at 1e-5 to 3e-4 (this run: {lr:g})"
                 out.append(f"the training loss did not fall ({a:.4g} over the first ten steps, {b:.4g} over the last ten): "
-                           "check --lr (a pretrained model wants about 5e-5) and the data")
+                           f"check the data and --lr{hint}")
         r2, ce = metrics.get("r2"), metrics.get("ce")
         if task.kind == "regression" and r2 and r2[-1] is not None and r2[-1] <= 0.01:
             out.append(f"the final depth's R^2 is {r2[-1]:.3g}: no better than predicting the mean")

@@ -24,14 +24,14 @@ class Evaluated:
     covered: bool | None  # a checkpoint's metadata under its hash (None: a trace, False: format 1)
 
 
-def _evaluate(path: Path, rules: dict, verify: bool, trust: dict) -> Evaluated:
+def _evaluate(path: Path, rules: dict, verify: bool, trust: dict, data: str | None = None) -> Evaluated:
     covered = None
     if not is_trace(path) and verify and path.is_file():
         from lpa_cli.formats.checkpoint import read_metadata
         from lpa_cli.formats.hashes import check_metadata_hash
 
         covered = check_metadata_hash(path, read_metadata(path))
-    with as_trace(path, verify=verify, **trust) as trace_path, open_trace(trace_path) as t:
+    with as_trace(path, verify=verify, data=data, **trust) as trace_path, open_trace(trace_path) as t:
         result = from_trace(t, metric=rules.get("metric"), tolerance=rules.get("tolerance", 0.01), alpha=rules.get("alpha", 0.05),
                             within=rules.get("within", 0.05), bootstrap=rules.get("bootstrap", 1000), seed=rules.get("seed", 0))
         accuracy = t.errors("correct").mean(axis=0, dtype=np.float64).tolist() if t.kind != "regression" else None
@@ -41,18 +41,18 @@ def _evaluate(path: Path, rules: dict, verify: bool, trust: dict) -> Evaluated:
 
 
 def audit(inputs: list[Path], config: Path | None = None, verify: bool = True, *, factory: str = "",
-          trust_factory: bool = False) -> list[Case]:
+          trust_factory: bool = False, data: str | None = None) -> list[Case]:
     """Every rule on every input (the Python API behind the command); ``factory``/``trust_factory``:
     as `lpa_cli.models.open.load_checkpoint`. An input no rule applies to is a failing case (a gate
     that checks nothing must not pass); a reference evaluated on another kind of task or another data
-    set is a `ConfigError`."""
+    set is a `ConfigError`. ``data``: evaluate the inputs (not a reference) on it instead of their own."""
     cfg = load_config(config)
     trust = {"factory": factory, "trust_factory": trust_factory}
     references: dict[str, Evaluated] = {}
     cases: list[Case] = []
     for path in inputs:
         rules = cfg.for_input(str(path))
-        ev = _evaluate(Path(path), rules, verify, trust)
+        ev = _evaluate(Path(path), rules, verify, trust, data)
         reference = None
         if "max_final_error_ratio" in rules and rules.get("reference"):
             ref = rules["reference"]

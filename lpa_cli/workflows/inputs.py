@@ -16,15 +16,17 @@ from analyzers.trace import is_trace
 
 @contextlib.contextmanager
 def as_trace(path: str | Path, verify: bool = True, states: bool = False, predictions: bool | str = False, *, factory: str = "",
-             trust_factory: bool = False) -> Iterator[Path]:
-    """Yield a trace path for ``path``: itself, or a temporary trace of a checkpoint's test split
-    (``factory``/``trust_factory``: as `lpa_cli.models.open.load_checkpoint`).
+             trust_factory: bool = False, data: str | None = None) -> Iterator[Path]:
+    """Yield a trace path for ``path``: itself, or a temporary trace of a checkpoint's test split, or of
+    ``data`` (``factory``/``trust_factory``: as `lpa_cli.models.open.load_checkpoint`).
 
     ``predictions="auto"`` keeps per-depth predictions except for language models (whose logits are
     large and whose analyses need only errors and confidences).
     """
     path = Path(path)
     if is_trace(path):
+        if data:
+            raise UsageError(f"{path}: a trace was made on its data already; --data goes with a checkpoint")
         yield path
         return
     if not path.exists():
@@ -41,5 +43,6 @@ def as_trace(path: str | Path, verify: bool = True, states: bool = False, predic
             from lpa_cli.formats.checkpoint import read_info
 
             predictions = read_info(path).task["kind"] != "lm"
-        trace_checkpoint(path, out, verify=verify, predictions=bool(predictions), states=states, factory=factory, trust_factory=trust_factory)
+        trace_checkpoint(path, out, data=data, verify=verify, predictions=bool(predictions), states=states, factory=factory,
+                         trust_factory=trust_factory)
         yield out

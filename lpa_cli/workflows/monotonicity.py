@@ -11,14 +11,14 @@ from lpa_cli.workflows.inputs import as_trace
 
 
 def analyze(path: str | Path, *, lens: str | None = None, verify: bool = True, factory: str = "", trust_factory: bool = False,
-            **kwargs) -> MonotonicityResult:
+            data: str | None = None, **kwargs) -> MonotonicityResult:
     """Test whether error falls with depth on a trace, or on a checkpoint's own test split (traced into
     a temporary file first; ``factory``/``trust_factory`` as `load_checkpoint`). ``kwargs`` go to
     `analyzers.monotonicity.from_trace`."""
     from analyzers.probes import load_lens
 
     lens_obj = load_lens(lens) if lens else None
-    with as_trace(path, verify=verify, states=lens_obj is not None, factory=factory, trust_factory=trust_factory) as trace_path, open_trace(trace_path) as trace:
+    with as_trace(path, verify=verify, states=lens_obj is not None, factory=factory, trust_factory=trust_factory, data=data) as trace_path, open_trace(trace_path) as trace:
         result = from_trace(trace, lens=lens_obj, **kwargs)
     result.source = str(path)
     return result

@@ -42,6 +42,7 @@ from lpa_cli.training.setup import on_hardware
 from lpa_cli.training.trainer import Callbacks, train
 from lpa_cli.models.hf.load import resolve_init
 from lpa_core.errors import OutputError, UsageError
+from lpa_core.files import readable
 from lpa_cli.training.finetune import FINETUNE_DEFAULTS
 
 LICENCES = {  # first line of each licence in the built-in corpus (1-based), in order
@@ -61,7 +62,7 @@ def licence_texts() -> dict[str, str]:
 
 
 def _write(path: Path, text: str) -> None:
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
+    if not path.exists() or readable(path, "text", error=OutputError).read_text(encoding="utf-8") != text:
         write_text(path, text, force=True)
 
 

@@ -27,9 +27,11 @@ import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
-from lpa_core.errors import UsageError
+from lpa_core.errors import DataError, UsageError
+from lpa_core.files import readable
 from lpa_cli.config import RunConfig, TaskConfig
 from lpa_cli.formats.checkpoint import read_info
+from lpa_cli.training.setup import on_hardware
 from lpa_cli.workflows.reproduce_llm import FINETUNE_CONTEXT, finetune, prepare
 from lpa_cli.workflows.study import Study, Target, all_lpa_monotone, run_path
 
@@ -76,9 +78,9 @@ def seconds(cfg: RunConfig, label: str, out: Path) -> float | None:
     that the same seeded run writes the same bytes)."""
     path = run_path(out, "lm-cost", "equal-steps", label, cfg.train.seed)
     log = path.with_suffix(".jsonl")
-    if not path.exists() or not log.exists() or read_info(path).config != cfg:
+    if not path.exists() or not log.is_file() or read_info(path).config != on_hardware(cfg):
         return None
-    lines = log.read_text(encoding="utf-8").strip().splitlines()
+    lines = readable(log, "text", error=DataError).read_text(encoding="utf-8", errors="replace").strip().splitlines()
     try:
         return float(json.loads(lines[-1])["elapsed_s"]) if lines else None
     except (ValueError, KeyError, TypeError):

@@ -127,7 +127,7 @@ def weights_sha256(directory: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(directory.glob("*.safetensors")):
         h.update(f.name.encode() + b"\0")
-        with f.open("rb") as fh:
+        with _inside(directory, f).open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
