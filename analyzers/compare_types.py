@@ -149,8 +149,23 @@ class TradeOff:
     quality: float  # accuracy; for language models the share of tokens equal to full greedy decoding's
     full_quality: float
     mean_depth: float | None
-    measured_speedup: float
+    measured_speedup: float  # median over `repeats` rounds, each timing the full model and this setting back to back
     simulated_speedup: float | None
+    speedup_low: float | None = None  # the range of the rounds' speed-ups: the figure's noise on this machine
+    speedup_high: float | None = None
+    repeats: int = 1
+
+    @property
+    def beyond_flops(self) -> bool:
+        """A measured speed-up above what the FLOPs it skips allow (by more than 25%): timing noise or a
+        difference in overheads, not a speed-up to expect; the report flags it."""
+        return self.simulated_speedup is not None and self.measured_speedup > 1.25 * self.simulated_speedup
+
+    def speedup_text(self) -> str:
+        """``2.10x (1.9-2.3, 5 runs)``, with a flag where the FLOPs contradict it."""
+        spread = f" ({self.speedup_low:.2f}-{self.speedup_high:.2f}, {self.repeats} runs)" if self.speedup_low is not None else ""
+        flag = " [above its FLOPs bound: noise]" if self.beyond_flops else ""
+        return f"{self.measured_speedup:.2f}x{spread}{flag}"
 
 
 @dataclass

@@ -21,8 +21,11 @@ def _escape(match: re.Match) -> str:
     return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
 
 
-def inert(text: object) -> str:
-    """``str(text)`` with every control, bidi and unencodable character written as an escape."""
+def inert(text: object, lines: bool = False) -> str:
+    """``str(text)`` with every control, bidi and unencodable character written as an escape; with
+    ``lines``, newlines and tabs stay (text meant to span lines, such as a model's output)."""
+    if lines:
+        return "\n".join("\t".join(_UNSAFE.sub(_escape, cell) for cell in line.split("\t")) for line in str(text).split("\n"))
     return _UNSAFE.sub(_escape, str(text))
 
 

@@ -24,7 +24,32 @@ def test_pretrained_text_walk_runs_in_order(tmp_path, monkeypatch):
     log = walk(found, tmp_path)
     assert sum(entry.startswith("ran") for entry in log) >= 7, "\n".join(log)
     for path in ("models/all-MiniLM-L6-v2/config.json", "licences.csv", "runs/licences.safetensors", "runs/licences-depth3.safetensors",
-                 "licence-predictions.csv", "models/licences-depth4/config.json"):
+                 "licence-predictions.csv", "models/licences-hf/config.json"):
         assert (tmp_path / path).exists(), path
-    config = json.loads((tmp_path / "models/licences-depth4/config.json").read_text())
-    assert config["num_hidden_layers"] == 4 and len(config["id2label"]) == 5
+    config = json.loads((tmp_path / "models/licences-hf/config.json").read_text())
+    assert config["num_hidden_layers"] == 6 and len(config["id2label"]) == 5
+
+
+@pytest.mark.slow
+def test_step_six_at_its_own_budget_ends_on_a_classifier_that_works(tmp_path, monkeypatch):
+    """What step 6 says, at its real budget (the walk cuts it to 3 steps): with cls pooling the shallow
+    depths stay at the majority class and the last ones learn, the export of the whole model loads in
+    transformers and names the GFDL's own sentence GFDL-1.3, and exporting a depth at chance warns."""
+    import transformers
+
+    from tests.cli_helpers import run, run_json
+
+    monkeypatch.chdir(tmp_path)
+    found = blocks(PAGE.read_text())
+    walk(found[:2], tmp_path)  # the model and the data
+    ckpt = tmp_path / "runs/licences-cls.safetensors"
+    metrics = run_json("train", "--init", "models/all-MiniLM-L6-v2", "--data", "licences.csv", "--set", "task.options.context=64",
+                       "--set", "task.options.truncate=true", "--set", "model.options.pool=cls", "--steps", "120", "-o", ckpt)["metrics"]
+    assert max(metrics["acc"][:4]) < 0.35 and metrics["acc"][6] > 0.75, metrics["acc"]
+    warned = run("export", ckpt, "--at", "2", "--format", "hf", "-o", tmp_path / "shallow")
+    assert warned.exit_code == 0 and "never left chance" in warned.stderr
+    run_json("export", ckpt, "--at", "6", "--format", "hf", "-o", tmp_path / "models/licences-hf")
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "models/licences-hf")
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "models/licences-hf")
+    ids = tok(["Permission is granted to copy, distribute and/or modify this document"], return_tensors="pt")
+    assert model.config.id2label[int(model(**ids).logits.argmax())] == "GFDL-1.3"

@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 
 from analyzers.compare_types import CompareResult
 from analyzers.report.monotonicity import fmt
-from analyzers.report.page import Page, depth_axis
+from analyzers.report.page import Page, depth_axis, log_axis
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"]
 
@@ -34,11 +34,6 @@ def _rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def _log_axis(values: list[float]) -> bool:
-    values = [v for v in values if v is not None and v > 0]
-    return bool(values) and max(values) / min(values) > 30
-
-
 def curves_figure(r: CompareResult) -> go.Figure:
     fig = go.Figure()
     for i, (g, c) in enumerate(r.curves.items()):
@@ -52,7 +47,7 @@ def curves_figure(r: CompareResult) -> go.Figure:
             ys = [v for curve in c.per_seed for v in curve]
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", marker={"color": _colour(i), "size": 5, "opacity": 0.6},
                                      name=f"{_name(g)}: each seed"))
-    log = _log_axis([v for c in r.curves.values() for v in c.mean + c.low])
+    log = log_axis([v for c in r.curves.values() for v in c.mean + c.low])
     fig.update_layout(title="per-depth error (band: 95% interval, see legend)", xaxis=depth_axis(), yaxis_title=r.metric,
                       yaxis_type="log" if log else "linear", height=440)
     return fig
@@ -85,17 +80,19 @@ def cost_figure(r: CompareResult, key: str, label: str) -> go.Figure:
             fig.add_trace(go.Scatter(x=[values[j] for j in idx], y=[c.error[j] for j in idx], mode="markers",
                                      marker={"symbol": "diamond-open", "size": 12, "color": _colour(i)}, name=f"{_name(g)} Pareto front"))
     fig.update_layout(title=f"train once, use N models: error against {label} for every depth", xaxis_title=label, yaxis_title=r.metric,
-                      yaxis_type="log" if _log_axis([v for c in r.cost.values() for v in c.error]) else "linear", height=400)
+                      yaxis_type="log" if log_axis([v for c in r.cost.values() for v in c.error]) else "linear", height=400)
     return fig
 
 
 def exit_figure(r: CompareResult) -> go.Figure:
     fig = go.Figure()
-    dashes = {"max_prob": "solid", "entropy": "dash", "patience": "dot"}
+    # one colour a group, and a dash and a marker a rule: the legend tells the three rules apart
+    styles = {"max_prob": ("solid", "circle"), "entropy": ("dash", "diamond"), "patience": ("dot", "x")}
     for i, (g, rules) in enumerate(r.early_exit.items()):
         for rule, sweep in rules.items():
+            dash, symbol = styles.get(rule, ("solid", "circle"))
             fig.add_trace(go.Scatter(x=sweep.depth, y=sweep.accuracy, mode="lines+markers", name=f"{_name(g)}: {rule}",
-                                     line={"color": _colour(i), "dash": dashes.get(rule, "solid")}))
+                                     line={"color": _colour(i), "dash": dash}, marker={"symbol": symbol, "size": 8}))
     fig.update_layout(title="early exit, simulated from the trace: accuracy against average exit depth (threshold sweeps)",
                       xaxis_title="average exit depth", yaxis_title="accuracy", height=420)
     return fig
@@ -172,7 +169,7 @@ def training_figure(r: CompareResult, points: dict[str, list[tuple[int, float]]]
     fig = go.Figure()
     for i, (path, pts) in enumerate(points.items()):
         fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=_name(path), line={"color": _colour(i)}))
-    log = _log_axis([p[1] for pts in points.values() for p in pts])
+    log = log_axis([p[1] for pts in points.values() for p in pts])
     fig.update_layout(title=f"training: {key} at the final depth", xaxis_title="step", yaxis_title=key, yaxis_type="log" if log else "linear",
                       height=360)
     return fig
@@ -343,14 +340,22 @@ def measured_section(page: Page, r: CompareResult) -> None:
         return
     page.heading("Early exit, measured")
     page.paragraph("Each setting was run for real on the first run of each group (lpa predict --exit, lpa generate --strategy) and "
-                   "timed against the same model through all depths. Beside it, the speed-up a simulation from FLOPs per depth "
+                   "timed against the same model through all depths, in several rounds (5 for classifiers, 3 for language models, "
+                   "after a warm-up), each round timing the full model and then every setting back to back: the table gives the "
+                   "median speed-up and the range of the rounds. Beside it, the speed-up a simulation from FLOPs per depth "
                    "claims: the gap is the cost of reading the head at every depth and of smaller batches. For language models, "
                    "quality is the share of tokens equal to full greedy decoding's (self-speculation: 1 by construction).", "note")
     page.figure(measured_figure(r))
     rows = [[g, p.strategy, p.setting, fmt(p.quality), fmt(p.full_quality), "-" if p.mean_depth is None else f"{p.mean_depth:.2f}",
-             f"{p.measured_speedup:.2f}x", "-" if p.simulated_speedup is None else f"{p.simulated_speedup:.2f}x"]
+             p.speedup_text(), "-" if p.simulated_speedup is None else f"{p.simulated_speedup:.2f}x"]
             for g, points in r.measured.items() for p in points]
-    page.table(["group", "strategy", "setting", "quality", "full model", "mean depth", "measured speed-up", "simulated"], rows, left=3)
+    page.table(["group", "strategy", "setting", "quality", "full model", "mean depth", "measured speed-up (range)", "simulated (FLOPs)"],
+               rows, left=3)
+    if any(p.beyond_flops for points in r.measured.values() for p in points):
+        page.paragraph("A measured speed-up above its FLOPs bound is flagged: skipping depths cannot save more time than the "
+                       "work those depths do, so such a figure is timing noise (or a difference in overheads) on this machine, "
+                       "not a speed-up to expect. The range is the spread over the rounds; rerun on a quiet machine, or trust "
+                       "the simulated column.", "note")
 
 
 def heatmap_section(page: Page, r: CompareResult) -> None:

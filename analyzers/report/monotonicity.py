@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import html
 import math
+from pathlib import PurePath
 
 import plotly.graph_objects as go
 
 from analyzers.metrics import format_p, format_t
 from analyzers.monotonicity import MonotonicityResult
-from analyzers.report.page import Page, depth_axis
+from analyzers.report.page import Page, depth_axis, log_axis
 
 
 def fmt(v: float | None) -> str:
@@ -23,16 +24,22 @@ def fmt(v: float | None) -> str:
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
+def legend_names(sources: list[str]) -> list[str]:
+    """Each input's file name, or its whole path where two inputs share a file name (a legend has room
+    for a name, not for a path)."""
+    names = [PurePath(s).name or s for s in sources]
+    return [n if names.count(n) == 1 else s for n, s in zip(names, sources)]
+
+
 def curve_figure(results: list[MonotonicityResult]) -> go.Figure:
     fig = go.Figure()
-    for i, r in enumerate(results):
-        name, colour = html.escape(r.source), COLOURS[i % len(COLOURS)]  # plotly renders HTML in legend entries; a file name is text
+    for i, (r, label) in enumerate(zip(results, legend_names([r.source for r in results]))):
+        name, colour = html.escape(label), COLOURS[i % len(COLOURS)]  # plotly renders HTML in legend entries; a file name is text
         fig.add_trace(go.Scatter(x=r.depths + r.depths[::-1], y=r.ci_high + r.ci_low[::-1], fill="toself", fillcolor=_rgba(colour, 0.2),
                                  line={"width": 0, "color": colour}, hoverinfo="skip", name=f"{name}: 95% bootstrap band"))
         fig.add_trace(go.Scatter(x=r.depths, y=r.curve, mode="lines+markers", name=name, line={"color": colour}))
-    spans = [max(r.curve) / min(r.curve) for r in results if min(r.curve) > 0]
-    log = bool(spans) and max(spans) > 30
-    fig.update_layout(xaxis=depth_axis(), yaxis_title=results[0].metric, yaxis_type="log" if log else "linear",
+    log = log_axis([v for r in results for v in r.curve + r.ci_low])
+    fig.update_layout(xaxis=depth_axis(), yaxis_title=results[0].metric + (" (log axis)" if log else ""), yaxis_type="log" if log else "linear",
                       title="per-depth error with bootstrap confidence band", height=420)
     return fig
 
@@ -53,7 +60,15 @@ def _symlog_ticks(lo: float, hi: float, unit: float) -> tuple[list[float], list[
     for k in range(math.floor(math.log10(unit)) + 1, math.ceil(math.log10(max(abs(lo), abs(hi), unit))) + 1):
         values += [10.0**k, -(10.0**k)]
     values = [v for v in sorted(values) if lo - unit <= v <= hi + unit]
-    return symlog(values, unit), [fmt(v) if v else "0" for v in values]
+    return symlog(values, unit), [_power(v) for v in values]
+
+
+def _power(v: float) -> str:
+    """A signed power of ten, short (``-1e-5``, ``0.01``, ``0``): long tick labels crowd the axis title."""
+    if v == 0:
+        return "0"
+    k = round(math.log10(abs(v)))
+    return ("-" if v < 0 else "") + (f"{10.0**k:g}" if -2 <= k <= 3 else f"1e{k}")
 
 
 def step_figure(r: MonotonicityResult) -> go.Figure:

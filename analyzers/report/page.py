@@ -31,6 +31,13 @@ th{background:#f5f5f5}td.l,th.l{text-align:left}.bad{color:#b00020;font-weight:6
 """
 
 
+def log_axis(values: list[float]) -> bool:
+    """Whether values are drawn on a log axis: positive ones spanning more than a decade, where a linear
+    axis would flatten the small end (the deep depths' errors) onto zero. Every report uses this rule."""
+    values = [v for v in values if v is not None and v == v and v > 0]
+    return bool(values) and max(values) / min(values) > 10
+
+
 def depth_axis() -> dict[str, Any]:
     """An x axis of depths: integer ticks only."""
     return {"title": "depth", "tickmode": "linear", "dtick": 1, "tick0": 0}

@@ -177,8 +177,10 @@ def _ticks(axis: Axis, spec: dict) -> list[tuple[float, str]]:
 def _draw_axes(c: _Canvas, ax: Axis, ay: Axis, xid: str, yid: str) -> None:
     xs, ys = c.layout.get(_axis_key("x", xid)) or {}, c.layout.get(_axis_key("y", yid)) or {}
     c.out.append(f'<rect x="{ax.p0:.1f}" y="{ay.p1:.1f}" width="{ax.p1 - ax.p0:.1f}" height="{ay.p0 - ay.p1:.1f}" fill="#fafafa" stroke="#ccc"/>')
+    widest = 0  # characters of the longest y tick label: the y title goes left of it
     for axis, spec, horizontal in ((ay, ys, True), (ax, xs, False)):
         for value, label in _ticks(axis, spec):
+            widest = max(widest, len(label)) if horizontal else widest
             p = axis.px(value)
             if p is None:
                 continue
@@ -192,7 +194,8 @@ def _draw_axes(c: _Canvas, ax: Axis, ay: Axis, xid: str, yid: str) -> None:
         c.text((ax.p0 + ax.p1) / 2, ay.p0 + 34, _plain(xs["title"]), "middle", 12)
     if ys.get("title"):
         mid = (ay.p0 + ay.p1) / 2
-        c.text(ax.p0 - 52, mid, _plain(ys["title"]), "middle", 12, f'transform="rotate(-90 {ax.p0 - 52:.1f} {mid:.1f})"')
+        x = max(12.0, ax.p0 - max(52.0, 6 + 6.5 * widest + 12))  # 11 px digits are about 6.5 px wide
+        c.text(x, mid, _plain(ys["title"]), "middle", 12, f'transform="rotate(-90 {x:.1f} {mid:.1f})"')
 
 
 def _point_title(t: dict, x: Any, y: Any, i: int) -> str:
@@ -334,22 +337,43 @@ def _annotations(c: _Canvas, axes: dict[tuple[str, str], tuple[Axis, Axis]]) -> 
         c.text(px, py, text, anchor, 11)
 
 
+LEGEND_CHARS = 34  # characters a legend line holds in the right margin; a longer name wraps onto a second line
+
+
+def _legend_lines(name: str) -> list[str]:
+    """A legend name in at most two lines, cut at a space (a name longer than two lines ends in "…")."""
+    if len(name) <= LEGEND_CHARS:
+        return [name]
+    cut = name.rfind(" ", 0, LEGEND_CHARS + 1)
+    cut = cut if cut > 0 else LEGEND_CHARS
+    rest = name[cut:].strip()
+    return [name[:cut], rest if len(rest) <= LEGEND_CHARS else rest[: LEGEND_CHARS - 1] + "…"]
+
+
 def _legend(c: _Canvas) -> None:
-    y = c.top + 4
-    for index, t in c.legend[: max(1, int((c.height - c.top) // 18))]:
+    y, bottom = c.top + 4, c.height - 4
+    for index, t in c.legend:
         colour, name = _colour(t, index), _plain(t.get("name", ""))
+        lines = _legend_lines(name)
+        if y + 14 * (len(lines) - 1) > bottom:
+            break
         x = c.right + 16
+        mode = t.get("mode") or "lines"
         if t.get("fill") == "toself":
             swatch = f'<rect x="{x:.1f}" y="{y - 9:.1f}" width="22" height="10" fill="{t.get("fillcolor") or colour}" stroke="{colour}"/>'
         elif t.get("type") == "bar":
             swatch = f'<rect x="{x + 5:.1f}" y="{y - 10:.1f}" width="12" height="12" fill="{colour if isinstance(colour, str) else PLOTLY[0]}"/>'
-        elif "lines" in (t.get("mode") or "lines"):
-            swatch = f'<line x1="{x:.1f}" x2="{x + 22:.1f}" y1="{y - 4:.1f}" y2="{y - 4:.1f}" stroke="{colour}" stroke-width="2"/>'
+        elif "lines" in mode:  # the line as drawn: its dash, and its marker where it has one, so rules of one colour differ
+            line = t.get("line") or {}
+            dash = f' stroke-dasharray="{DASHES[line["dash"]]}"' if line.get("dash") in DASHES else ""
+            swatch = f'<line x1="{x:.1f}" x2="{x + 22:.1f}" y1="{y - 4:.1f}" y2="{y - 4:.1f}" stroke="{colour}" stroke-width="2"{dash}/>'
+            if "markers" in mode:
+                swatch += _marker(x + 11, y - 4, colour, t.get("marker") or {}, 1.0, "")
         else:
             swatch = _marker(x + 11, y - 4, colour, t.get("marker") or {}, 1.0, "")
-        short = name if len(name) <= 34 else name[:33] + "…"
-        c.out.append(f"<g>{swatch}<text x=\"{x + 28:.1f}\" y=\"{y:.1f}\" font-size=\"11\">{_e(short)}<title>{_e(name)}</title></text></g>")
-        y += 18
+        text = "".join(f'<tspan x="{x + 28:.1f}" dy="{0 if i == 0 else 13}">{_e(line)}</tspan>' for i, line in enumerate(lines))
+        c.out.append(f"<g>{swatch}<text x=\"{x + 28:.1f}\" y=\"{y:.1f}\" font-size=\"11\">{text}<title>{_e(name)}</title></text></g>")
+        y += 18 + 13 * (len(lines) - 1)
 
 
 def figure_svg(figure: Any) -> str:

@@ -17,6 +17,8 @@ def _short(c) -> str:
     """value vs limit for the table (the full message is in --json and --junit)."""
     if isinstance(c.value, str):
         return esc(c.value)
+    if isinstance(c.value, int) and not isinstance(c.value, bool):  # a depth is a whole number, never "7.0000"
+        return f"{c.value} (limit {c.limit})"
     return f"{fmt(float(c.value))} (limit {c.limit:g})"
 
 

@@ -7,9 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from rich.markup import escape
+
 from lpa_core.files import readable
+from lpa_core.text import inert
 from lpa_cli.commands.options import Device, Factory, Json, Quiet, Seed, TrustFactory, Verify
-from lpa_cli.commands.render import consoles, esc, print_json, progress_lines
+from lpa_cli.commands.render import consoles, print_json, progress_lines
 
 
 def generate_command(
@@ -27,6 +30,8 @@ def generate_command(
     top_k: Annotated[int, typer.Option("--top-k", help="Sample from the k most likely tokens (0: all).")] = 0,
     repeats: Annotated[int, typer.Option("--repeats", help="Time the decoding this many times after one warm-up run and "
                                          "report the median tokens/s and the range (1: a single run, no warm-up).")] = 3,
+    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="exit and self-speculative: also time full decoding "
+                                           "of the same prompt the same way, and print the speed-up.")] = True,
     seed: Seed = None,
     device: Device = None,
     verify: Verify = True,
@@ -58,14 +63,16 @@ def generate_command(
                             max_new_tokens=max_new_tokens, strategy=strategy,
                             threshold=threshold, min_exit_depth=exit_depth, draft_depth=draft_depth or 0, speculate=speculate,
                             temperature=temperature, top_k=top_k, seed=seed or 0, progress=report,
-                            repeats=repeats)
+                            repeats=repeats, baseline=baseline)
     if json_:
         print_json({"text": g.text, "tokens": g.tokens, "prompt_tokens": g.prompt_tokens, "strategy": g.strategy, "seconds": g.seconds,
                     "prefill_seconds": g.prefill_seconds, "tokens_per_s": g.tokens_per_s,
                     "tokens_per_s_range": g.tokens_per_s_range, "repeats": g.repeats, "acceptance_rate": g.acceptance_rate,
-                    "mean_exit_depth": g.mean_exit_depth, "stopped": g.stopped, "exit_depths": g.depths})
+                    "mean_exit_depth": g.mean_exit_depth, "stopped": g.stopped, "exit_depths": g.depths,
+                    "full_tokens_per_s": None if g.full is None else g.full.tokens_per_s, "speedup": g.speedup,
+                    "same_as_full": g.same_as_full})
         return
-    out.print(esc(prompt + g.text), soft_wrap=True)
+    out.print(escape(inert(prompt + g.text, lines=True)), soft_wrap=True)  # a model's text spans lines; its other controls stay inert
     spread = f" (median of {g.repeats} after a warm-up, {g.tokens_per_s_range[0]:,.0f}-{g.tokens_per_s_range[1]:,.0f})" \
         if g.repeats > 1 else ""
     parts = [f"{len(g.tokens)} tokens, {g.tokens_per_s:,.1f} tokens/s{spread} ({g.strategy})"]
@@ -73,6 +80,9 @@ def generate_command(
         parts.append(f"acceptance rate {g.acceptance_rate:.1%} over {g.rounds} rounds")
     if g.mean_exit_depth is not None:
         parts.append(f"average exit depth {g.mean_exit_depth:.2f}")
+    if g.full is not None:
+        parts.append(f"full decoding {g.full.tokens_per_s:,.1f} tokens/s, timed the same way: {g.speedup:.2f}x, "
+                     f"{'the same' if g.same_as_full else 'not the same'} text")
     if g.stopped == "context":
         parts.append(f"stopped at the model's context of {g.prompt_tokens + len(g.tokens)} positions: {len(g.tokens)} of the "
                      f"{max_new_tokens} new tokens asked for")

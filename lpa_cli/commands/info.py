@@ -40,7 +40,7 @@ def _settings_table(d: dict) -> Table:
         ("task", f"{task.get('name')} [{task['kind']}]  {task.get('description', '')}"),
         ("data", f"in_shape={tuple(task['in_shape'])} out_dim={task['out_dim']} train={task.get('n_train')} test={task.get('n_test')}"),
         ("objective", objective),
-        ("training", f"steps={t['steps']} batch={t['batch_size']} lr={t['lr']} {t['optimizer']}/{t['schedule']} seed={t['seed']} threads={t['threads']}"),
+        ("training", _training(t, d["training"])),
         ("final loss", fmt(d["training"].get("final_loss"))),
         ("lpa version", str(d["lpa_version"])),
         ("sha256 (tensors)", d["sha256_content"]),
@@ -73,6 +73,16 @@ def _side_by_side(descs: list[dict]) -> Table:
     for k in range(n):
         table.add_row(str(k), *[fmt(v[k], m) if k < len(v) else "" for m, v in series])
     return table
+
+
+def _training(t: dict, training: dict) -> str:
+    """The run's settings; for a model saved from the user's own loop, only those it recorded."""
+    shown = {"steps": f"steps={t['steps']}", "batch_size": f"batch={t['batch_size']}", "lr": f"lr={t['lr']}",
+             "optimizer": f"{t['optimizer']}/{t['schedule']}", "seed": f"seed={t['seed']}", "threads": f"threads={t['threads']}"}
+    if "recorded" in training:
+        given = [v for k, v in shown.items() if k in training["recorded"]]
+        return f"{training.get('trained_by', 'outside lpa')}: " + (" ".join(given) if given else "settings not recorded")
+    return " ".join(shown.values())
 
 
 def _trace_table(d: dict) -> Table:

@@ -35,6 +35,9 @@ def _detail(r) -> list:
         f"isotonic distance {fmt(r.isotonic_rmse)} ({r.isotonic_rel:.1%} of descent)",
         f"{r.sample_monotone_share:.1%} of samples never rise beyond tolerance; samples reach their final error at depth "
         f"{r.mean_first_within:.2f} on average; shallowest depth within {r.within:.0%} of final: [bold]{r.deploy_depth}[/bold]",
+        "[dim]How to read it: \"p of a rise\" tests each step for a mean rise larger than the tolerance (one-sided, Holm-"
+        f"corrected); below {r.alpha:g} flags a rise, and p = 1 means the error clearly falls there. The verdict is about the "
+        "mean curve; single samples are noisy, so few of them fall at every step even when the mean does.[/dim]",
     ]
     if r.overthinking_share is not None:
         lines.append(f"destructive overthinking {r.overthinking_share:.1%}, wasteful depth {r.wasteful_share:.1%}")

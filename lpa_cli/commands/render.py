@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -20,11 +21,20 @@ from analyzers.metrics import finite
 BAR_WIDTH = 24
 
 
+LOG_WIDTH = 160  # columns when writing to a log or pipe: rich's 80 would wrap every wide table's rows
+
+
+def _console(stderr: bool, quiet: bool, **kwargs: Any) -> Console:
+    console = Console(stderr=stderr, quiet=quiet, **kwargs)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = LOG_WIDTH
+    return console
+
+
 def consoles(quiet: bool = False) -> tuple[Console, Console]:
-    """(stdout console for results, stderr console for progress and messages)."""
-    out = Console(quiet=quiet, soft_wrap=False)
-    err = Console(stderr=True, quiet=quiet)
-    return out, err
+    """(stdout console for results, stderr console for progress and messages); in a log or pipe they
+    are `LOG_WIDTH` wide (``COLUMNS`` overrides), so tables keep one line per row."""
+    return _console(False, quiet, soft_wrap=False), _console(True, quiet)
 
 
 def print_json(data: Any) -> None:

@@ -186,20 +186,24 @@ def save_checkpoint(
 
 def save_model(path: str | Path, model: torch.nn.Module, *, kind: str, in_shape: tuple[int, ...], out_dim: int, data: str = "",
                input_kind: str = "", factory: str = "", options: dict[str, Any] | None = None, objective: str = "lpa",
-               metrics: dict[str, list[float]] | None = None, force: bool = False) -> str:
-    """Save a model trained in your own loop as an lpa checkpoint every command reads.
+               metrics: dict[str, list[float]] | None = None, force: bool = False, train: dict[str, Any] | None = None) -> str:
+    """Save a model trained in your own loop as an lpa checkpoint.
 
-    ``factory`` (``"package.module:function"``, called with ``options``) is how the commands rebuild
-    the model; without it, load it with ``load_checkpoint(path, model=...)``. ``data``: a task spec or
-    data file (``file:train.npz``, ``folder:images/``) that ``lpa trace`` and ``lpa monotonicity`` use
-    when given the checkpoint alone. Returns the content hash.
+    ``factory`` (``"package.module:function"``, called with ``options``) is how the commands that run the
+    model (`trace`, `monotonicity`, `compare`, `export`, `predict`) rebuild it, given ``--model`` with
+    the same name; without it they refuse and Python loads it with ``load_checkpoint(path, model=...)``
+    (`lpa info` reads either). ``data``: a task spec or data file (``file:train.npz``) they evaluate on
+    when given the checkpoint alone. ``train``: the settings your loop used (`TrainConfig` fields:
+    ``steps``, ``batch_size``, ``lr``, ``optimizer`` ...); only those are shown as the run's, the rest
+    as not recorded. Returns the content hash.
     """
     input_kind = input_kind or {1: "vector", 3: "image"}.get(len(in_shape), "vector")
     config = RunConfig(ModelConfig(arch=CUSTOM, depth=model.num_blocks, width=0, zero_init=False, options=dict(options or {}), factory=factory),
-                       TaskConfig(name=data or "custom"), ObjectiveConfig(name=objective), TrainConfig())
+                       TaskConfig(name=data or "custom"), ObjectiveConfig(name=objective), TrainConfig(**(train or {})))
     task = {"name": data or "custom", "kind": kind, "input_kind": input_kind, "in_shape": list(in_shape), "out_dim": out_dim,
             "description": "trained in a user's own loop"}
-    return save_checkpoint(path, model, config, task, metrics or {}, {"trained_by": "a user's own loop"}, force=force)
+    training = {"trained_by": "a user's own loop", "recorded": sorted(train or {})}  # which TrainConfig fields are the loop's
+    return save_checkpoint(path, model, config, task, metrics or {}, training, force=force)
 
 
 def checkpoint_error(path: Path, why: str) -> CheckpointError:

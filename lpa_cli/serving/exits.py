@@ -3,6 +3,7 @@ timed side by side (never simulated), and the recommendation `lpa export` writes
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import torch
@@ -23,34 +24,71 @@ def _flops_speedup(flops: list[float] | None, depths: Tensor) -> float | None:
     return float(f[-1] / f[depths.long()].mean())
 
 
-def classifier_tradeoffs(ckpt, thresholds=(0.5, 0.7, 0.8, 0.9, 0.95, 0.99), flops: list[float] | None = None, repeats: int = 3,
+def _rounds(settings: dict, repeats: int) -> tuple[dict, dict[str, list[float]]]:
+    """Run every setting ``repeats`` times round-robin (the full model first in each round), so machine
+    noise hits all of them alike: (each setting's first result, each setting's times)."""
+    first, times = {}, {name: [] for name in settings}
+    _run(settings)  # warm-up: the first call of each pays for allocations and caches
+    for _ in range(repeats):
+        for name, (result, seconds) in _run(settings).items():
+            first.setdefault(name, result)
+            times[name].append(seconds)
+    return first, times
+
+
+def _run(settings: dict) -> dict:
+    return {name: fn() for name, fn in settings.items()}
+
+
+def _speedups(full: list[float], mine: list[float]) -> tuple[float, float, float]:
+    """(median, lowest, highest) of the rounds' speed-ups (each round's full time over its own time)."""
+    ratios = sorted(f / m for f, m in zip(full, mine))
+    return statistics.median(ratios), ratios[0], ratios[-1]
+
+
+def classifier_tradeoffs(ckpt, thresholds=(0.5, 0.7, 0.8, 0.9, 0.95, 0.99), flops: list[float] | None = None, repeats: int = 5,
                          limit: int = 0) -> list[TradeOff]:
-    """Confidence-exit sweeps of a classifier checkpoint on its own test split, timed for real."""
+    """Confidence-exit sweeps of a classifier checkpoint on its own test split, timed for real: ``repeats``
+    rounds, the median speed-up and its range."""
     test = load_task(ckpt.task_config()).test
     targets = torch.cat([b.y for _, b in test.iter_batches(256, limit)])
     N = ckpt.model.num_blocks
-    full = min((predict(ckpt.model, test, ExitRule("depth", N), "classification", limit=limit) for _ in range(repeats)), key=lambda p: p.seconds)
-    full_acc = float((full.outputs == targets).float().mean())
+
+    def timed(rule):
+        def go():
+            p = predict(ckpt.model, test, rule, "classification", limit=limit)
+            return p, p.seconds
+        return go
+    settings = {"full": timed(ExitRule("depth", N))} | {t: timed(ExitRule("confidence", t)) for t in thresholds}
+    first, times = _rounds(settings, repeats)
+    full_acc = float((first["full"].outputs == targets).float().mean())
     out = []
     for t in thresholds:
-        p = min((predict(ckpt.model, test, ExitRule("confidence", t), "classification", limit=limit) for _ in range(repeats)), key=lambda p: p.seconds)
+        p = first[t]
+        mid, low, high = _speedups(times["full"], times[t])
         out.append(TradeOff("confidence", f"{t:g}", float((p.outputs == targets).float().mean()), full_acc, float(p.exit_depth.float().mean()),
-                            full.seconds / p.seconds, _flops_speedup(flops, p.exit_depth)))
+                            mid, _flops_speedup(flops, p.exit_depth), low, high, repeats))
     return out
 
 
 def lm_tradeoffs(ckpt, prompts: list[str], max_new_tokens: int = 48, thresholds=(0.5, 0.8), drafts: tuple[int, ...] | None = None,
-                 speculate: int = 4, flops: list[float] | None = None) -> list[TradeOff]:
-    """Exit and self-speculative decoding of a language model, timed for real against full decoding;
-    quality is the share of tokens equal to full greedy decoding's."""
+                 speculate: int = 4, flops: list[float] | None = None, repeats: int = 3) -> list[TradeOff]:
+    """Exit and self-speculative decoding of a language model, timed for real against full decoding in
+    ``repeats`` rounds (median speed-up and its range); quality is the share of tokens equal to full
+    greedy decoding's."""
     tok = read_tokenizer(ckpt.info) or BYTES
     N = ckpt.model.num_blocks
 
-    def run(**kw) -> tuple[list[list[int]], float, list[int]]:
-        gens = [measure(ckpt.model, tok, p, max_new_tokens=max_new_tokens, **kw) for p in prompts]
-        return [g.tokens for g in gens], sum(g.seconds for g in gens), [d for g in gens for d in g.depths]
-
-    full_tokens, full_s, _ = run()
+    def decode(**kw):
+        def go():
+            gens = [measure(ckpt.model, tok, p, max_new_tokens=max_new_tokens, **kw) for p in prompts]
+            return ([g.tokens for g in gens], [d for g in gens for d in g.depths]), sum(g.seconds for g in gens)
+        return go
+    drafts = drafts or sorted({1, max(1, N // 2)})
+    settings = {"full": decode()} | {("exit", t): decode(strategy="exit", threshold=t) for t in thresholds}
+    settings |= {("draft", k): decode(strategy="self-speculative", draft_depth=k, speculate=speculate) for k in drafts}
+    first, times = _rounds(settings, repeats)
+    full_tokens = first["full"][0]
 
     def agreement(tokens: list[list[int]]) -> float:
         same = sum(a == b for x, y in zip(tokens, full_tokens) for a, b in zip(x, y))
@@ -58,12 +96,14 @@ def lm_tradeoffs(ckpt, prompts: list[str], max_new_tokens: int = 48, thresholds=
 
     out = []
     for t in thresholds:
-        tokens, s, depths = run(strategy="exit", threshold=t)
+        tokens, depths = first[("exit", t)]
         d = torch.tensor(depths or [N])
-        out.append(TradeOff("exit", f"{t:g}", agreement(tokens), 1.0, float(d.float().mean()), full_s / s, _flops_speedup(flops, d)))
-    for k in drafts or sorted({1, max(1, N // 2)}):
-        tokens, s, _ = run(strategy="self-speculative", draft_depth=k, speculate=speculate)
-        out.append(TradeOff("self-speculative", f"draft {k}, speculate {speculate}", agreement(tokens), 1.0, None, full_s / s, None))
+        mid, low, high = _speedups(times["full"], times[("exit", t)])
+        out.append(TradeOff("exit", f"{t:g}", agreement(tokens), 1.0, float(d.float().mean()), mid, _flops_speedup(flops, d), low, high, repeats))
+    for k in drafts:
+        mid, low, high = _speedups(times["full"], times[("draft", k)])
+        out.append(TradeOff("self-speculative", f"draft {k}, speculate {speculate}", agreement(first[("draft", k)][0]), 1.0, None, mid, None,
+                            low, high, repeats))
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 from lpa_core.atomic import same_file
@@ -11,6 +12,8 @@ from lpa_cli.formats.checkpoint import save_checkpoint
 from lpa_cli.models.open import load_checkpoint
 from lpa_cli.config import RunConfig
 from lpa_cli.formats.tokenizer import read_tokenizer
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("lpa", "hf")
 
@@ -39,6 +42,10 @@ def export_prefix(checkpoint: str | Path, depth: int, output: str | Path, force:
     parent = {"path": str(checkpoint), "sha256": ckpt.sha256, "depth": depth, "depths_of_parent": n}
     result = {"output": str(output), "format": format, "depth": depth, "parent": parent, "metrics": metrics,
               "parameters": sum(p.numel() for p in small.parameters()), "parameters_of_parent": sum(p.numel() for p in ckpt.model.parameters())}
+    if depth in (ckpt.training.get("chance_depths") or []):  # shipped anyway (the user asked), but never in silence
+        result["warning"] = (f"depth {depth} never left chance when it was trained: no better than {ckpt.training.get('chance_baseline')} "
+                             "on the test split; the exported model answers at chance (export a deeper depth, or see docs/hf.md)")
+        log.warning("%s", result["warning"])
     if format == "hf":
         from lpa_cli.models.hf.save import export_hf
         from lpa_cli.serving.exits import lm_prompts, recommend_early_exit

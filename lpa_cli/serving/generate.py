@@ -58,6 +58,17 @@ class Generation:
     depths: list[int] = field(default_factory=list)
     repeats: int = 1  # timed runs after a warm-up; seconds and tokens_per_s are their median
     tokens_per_s_range: tuple[float, float] | None = None  # the slowest and fastest of them
+    full: Generation | None = None  # with a baseline: full decoding of the same prompt, timed the same way
+
+    @property
+    def speedup(self) -> float | None:
+        """Tokens/s over full decoding's (medians), with a baseline."""
+        return self.tokens_per_s / self.full.tokens_per_s if self.full is not None and self.full.tokens_per_s else None
+
+    @property
+    def same_as_full(self) -> bool | None:
+        """Whether the tokens are full decoding's (always, greedy self-speculation; a measure of exit's cost)."""
+        return None if self.full is None else self.tokens == self.full.tokens
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -263,14 +274,19 @@ def _speculate(model, dec: _Decoder, token: int, device, k: int, n: int, tempera
 
 
 def generate_checkpoint(checkpoint, prompt: str, *, verify: bool = True, device: str = "cpu", factory: str = "",
-                        trust_factory: bool = False, repeats: int = 1, **kwargs) -> Generation:
+                        trust_factory: bool = False, repeats: int = 1, baseline: bool = False, **kwargs) -> Generation:
     """`generate` on an lpa checkpoint of a language model, with the tokenizer stored in it
-    (``factory``/``trust_factory``: as `load_checkpoint`)."""
+    (``factory``/``trust_factory``: as `load_checkpoint`). ``baseline``: also time full decoding of the
+    same prompt, the same way (``Generation.full``, ``speedup``, ``same_as_full``)."""
     ckpt = load_checkpoint(checkpoint, verify=verify, device=resolve_device(device), factory=factory, trust_factory=trust_factory)
     if ckpt.kind != "lm":
         raise UsageError(f"{checkpoint}: a {ckpt.kind} model is not a language model; lpa predict runs classifiers and regressors")
     tokenizer = read_tokenizer(ckpt.info) or BYTES  # byte models written before tokenizers were stored
-    return measure(ckpt.model, tokenizer, prompt, repeats=repeats, warmup=1 if repeats > 1 else 0, **kwargs)
+    g = measure(ckpt.model, tokenizer, prompt, repeats=repeats, warmup=1 if repeats > 1 else 0, **kwargs)
+    if baseline and g.strategy != "full":
+        same = {k: v for k, v in kwargs.items() if k in ("max_new_tokens", "temperature", "top_k", "seed")}
+        g.full = measure(ckpt.model, tokenizer, prompt, repeats=repeats, warmup=1 if repeats > 1 else 0, **same)
+    return g
 
 
 def measure(model: ResidualModel, tokenizer, prompt: str, *, repeats: int = 3, warmup: int = 1,

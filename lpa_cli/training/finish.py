@@ -17,7 +17,7 @@ from lpa_cli.formats.checkpoint import save_checkpoint
 from lpa_cli.models import ResidualModel, count_parameters
 from lpa_cli.models.open import init_metadata
 from lpa_cli.training.distributed import full_model_state
-from lpa_cli.training.loop import Loop, evaluate_run
+from lpa_cli.training.loop import Loop, chance_depths, evaluate_run
 from lpa_cli.training.setup import Run, learning_rate
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,9 @@ def finish_run(run: Run, loop: Loop) -> TrainResult:
         "lpa_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
     } | ({"warnings": warnings} if warnings else {})
+    chance, baseline = chance_depths(metrics, run.task)
+    if chance:  # what `lpa export` warns about before shipping one of these depths
+        training["chance_depths"], training["chance_baseline"] = chance, baseline
     info = run.task.info()
     sha = ""
     if world.main:

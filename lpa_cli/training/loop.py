@@ -81,21 +81,24 @@ class LossWatch:
         return out
 
 
-def never_learned(metrics: dict[str, list[float]], task) -> list[str]:
-    """A warning naming the depths that never left chance on the test split: for classification an
-    accuracy no better than always answering the majority class, for regression an R^2 of at most 0.01
-    (`lpa monotonicity` tests the same against the constant predictor's leave-one-out error)."""
+def chance_depths(metrics: dict[str, list[float]], task) -> tuple[list[int], str]:
+    """(the depths that never left chance on the test split, the baseline in words): for classification
+    an accuracy no better than always answering the majority class, for regression an R^2 of at most
+    0.01 (`lpa monotonicity` tests the same against the constant predictor's leave-one-out error)."""
     depths = list(range(len(metrics.get("r2") or metrics.get("acc") or [])))  # evaluated at every depth 0..N
     if task.kind == "regression" and metrics.get("r2"):
-        never = [d for d, r in zip(depths, metrics["r2"]) if r is not None and r <= 0.01]
-        baseline = "predicting the mean (R^2 <= 0.01)"
-    elif task.kind == "classification" and metrics.get("acc") and isinstance(getattr(task.test, "y", None), torch.Tensor):
+        return [d for d, r in zip(depths, metrics["r2"]) if r is not None and r <= 0.01], "predicting the mean (R^2 <= 0.01)"
+    if task.kind == "classification" and metrics.get("acc") and isinstance(getattr(task.test, "y", None), torch.Tensor):
         y = task.test.y
         majority = float(torch.bincount(y.flatten().clamp_min(0)).max()) / max(1, y.numel())
-        never = [d for d, a in zip(depths, metrics["acc"]) if a is not None and a <= majority + 1e-9]
-        baseline = f"always answering the majority class ({majority:.3g})"
-    else:
-        return []
+        return ([d for d, a in zip(depths, metrics["acc"]) if a is not None and a <= majority + 1e-9],
+                f"always answering the majority class ({majority:.3g})")
+    return [], ""
+
+
+def never_learned(metrics: dict[str, list[float]], task) -> list[str]:
+    """A warning naming the depths that never left chance (`chance_depths`)."""
+    never, baseline = chance_depths(metrics, task)
     return [f"{spans(never)} never left chance: no better than {baseline} on the test split"] if never else []
 
 
