@@ -57,7 +57,7 @@ def _model(name: str):
     else:
         hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                                                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32))
-    model = lpa_model(hf, context=16).model  # through the adapter, as `lpa train --init` reads it
+    model = lpa_model(hf, context=16, tokenizer="bytes").model  # through the adapter, as `lpa train --init` reads it
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 300, (5, 13), generator=g)
     return model, Batch(x[:, :-1], x[:, 1:]), "lm"

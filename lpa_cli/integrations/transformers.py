@@ -20,6 +20,7 @@ accumulation, mixed precision, DDP, callbacks, W&B/TensorBoard/MLflow reporting)
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,13 @@ except ImportError as err:  # the module is the integration: without transformer
     raise ImportError("lpa_cli.integrations.transformers needs transformers: pip install 'lpa[hf]'") from err
 
 from lpa_core.atomic import write_bytes
-from lpa_core.errors import DataError, UsageError
+from lpa_core.errors import CheckpointError, DataError, UsageError
 from lpa_core.files import readable
 from lpa_cli import __version__
-from lpa_cli.config import ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
+from lpa_cli.config import SCHEDULES, ModelConfig, ObjectiveConfig, RunConfig, TaskConfig, TrainConfig
 from lpa_cli.data.batch import IGNORE_INDEX, Batch
-from lpa_cli.formats.checkpoint import save_checkpoint
+from lpa_cli.formats.checkpoint import read_info, save_checkpoint
+from lpa_cli.formats.tokenizer import BYTES
 from lpa_cli.models.factory import build_from_config
 from lpa_cli.models.hf import load as hf_load
 from lpa_cli.models.hf.directory import EXPORT_FILES
@@ -47,9 +49,12 @@ from lpa_cli.models.hf.families import translate
 from lpa_cli.models.open import init_metadata, reinitialise
 from lpa_cli.models.protocol import ResidualModel
 from lpa_cli.runtime import seed_everything
+from lpa_cli.serving.export import export_prefix
 from lpa_cli.training.objectives import LossOutput, build_objective
 
 CHECKPOINT = "lpa.safetensors"  # the lpa checkpoint `LPATrainer` writes into every save directory
+
+log = logging.getLogger(__name__)
 
 
 class LPAModel(nn.Module):
@@ -68,6 +73,28 @@ class LPAModel(nn.Module):
         self.generator = torch.Generator().manual_seed(cfg.train.seed + 7919)  # `lpa train`'s depth sampler
         self.step = 0  # set by LPATrainer before each forward (depth schedules follow it)
         self.last: LossOutput | None = None
+        self.hf_names: dict[str, str] | None = None  # lpa's parameter name -> transformers' (the adapter's renaming), where plain
+
+    @staticmethod
+    def right_padding(attention_mask: Tensor | None) -> Tensor | None:
+        """For left-padded rows (a tokenizer with ``padding_side="left"``): the (B, T) index that rolls each
+        row so its tokens come first (``row.gather(1, index)``), so positions count from each text's first
+        token, as for the same rows unpadded. None when no row starts with padding."""
+        if attention_mask is None or bool(attention_mask[:, 0].all()):
+            return None
+        T = attention_mask.shape[1]
+        lead = (attention_mask.long().cumsum(1) == 0).sum(1, keepdim=True)  # (B, 1) leading pads
+        return (torch.arange(T, device=attention_mask.device)[None, :] + lead) % T
+
+    def to_transformers(self, depth: int | None = None):
+        """transformers' own model of this model's first ``depth`` blocks (default: all) and the shared head,
+        in this process: exactly its depth-``depth`` predictions, made by the code of `lpa export --format hf`."""
+        with tempfile.TemporaryDirectory(prefix="lpa-to-hf-") as tmp:
+            checkpoint = save_lpa_checkpoint(self, Path(tmp) / "lpa")
+            hf = Path(tmp) / "hf"
+            export_prefix(checkpoint, depth or self.model.num_blocks, hf, format="hf", assistant_exit=False)
+            auto = transformers.AutoModelForCausalLM if self.kind == "lm" else transformers.AutoModelForSequenceClassification
+            return auto.from_pretrained(hf)
 
     def batch(self, input_ids: Tensor, attention_mask: Tensor | None, labels: Tensor | None) -> Batch:
         if self.kind == "lm":  # predict token t+1 from tokens <= t: the last position predicts nothing
@@ -84,19 +111,27 @@ class LPAModel(nn.Module):
                 token_type_ids: Tensor | None = None) -> dict[str, Tensor]:
         if token_type_ids is not None and bool((token_type_ids != 0).any()):
             raise ValueError("lpa's encoder reads every token as type 0; sentence pairs (token_type_ids 1) are not implemented")
+        index = self.right_padding(attention_mask)
+        if index is not None:
+            attention_mask, input_ids = attention_mask.gather(1, index), input_ids.gather(1, index)
+            labels = labels.gather(1, index) if labels is not None and self.kind == "lm" else labels
         batch = self.batch(input_ids, attention_mask, labels)
         out: dict[str, Tensor] = {}
         if labels is not None or self.kind == "lm":
             self.last = self.objective(self.model, batch, self.step, self.generator)
             out["loss"] = self.last.loss
-        if not self.training:
-            out["logits"] = self.model(batch.x, batch.mask)  # the final depth's prediction, for evaluation
+        if not self.training:  # the final depth's prediction, for evaluation and predict()
+            if self.kind == "lm":  # one per input position, as a causal LM's (position t predicts label t + 1): labels align
+                logits = self.model(input_ids, attention_mask)
+                out["logits"] = logits if index is None else torch.empty_like(logits).scatter_(1, index[..., None].expand_as(logits), logits)
+            else:
+                out["logits"] = self.model(batch.x, batch.mask)
         return out
 
 
 def lpa_model(source: str | Path | Any, *, kind: str | None = None, objective: ObjectiveConfig | dict[str, Any] | None = None,
               num_labels: int | None = None, context: int | None = None, options: dict[str, Any] | None = None, reinit: str = "",
-              seed: int = 0, data: str = "") -> LPAModel:
+              seed: int = 0, data: str = "", tokenizer: Any = None) -> LPAModel:
     """lpa's model of ``source`` (a Hugging Face directory with local safetensors, or a loaded
     ``PreTrainedModel``, which is written to a temporary directory and read back through the adapter).
 
@@ -108,18 +143,22 @@ def lpa_model(source: str | Path | Any, *, kind: str | None = None, objective: O
     ``reinit``: modules that start fresh (``head.pooler``). ``seed``: depth sampling's seed. ``data``: a
     task spec (``text:train.txt``, ``classify:texts.csv``) the checkpoints name, so ``lpa trace CKPT``
     needs no ``--data`` (default: none; give ``--data`` to the commands).
+    ``tokenizer``: the one the checkpoints store, so lpa's commands read text as the model does: a
+    transformers tokenizer (`LPATrainer` passes its ``processing_class``), ``"bytes"`` (UTF-8 bytes as
+    ids, asked for explicitly), or None: the model folder's tokenizer files, else, for a model loaded
+    from the hub (``name_or_path`` an id), the files in the local hub cache; a model with none of these
+    is refused in one line, never read as bytes.
     """
     if not isinstance(source, (str, Path)):
         with tempfile.TemporaryDirectory(prefix="lpa-hf-") as tmp:
             source.save_pretrained(tmp, safe_serialization=True)
-            if getattr(source, "name_or_path", "") and Path(source.name_or_path).is_dir():
-                origin = Path(source.name_or_path)
-                for name in EXPORT_FILES:  # the tokenizer, so checkpoints can read and write text: the reading rule's files only
-                    src = readable(origin / name, "tokenizer", inside=origin, error=DataError)
-                    if src.is_file():
-                        write_bytes(Path(tmp) / name, src.read_bytes(), force=True)  # over save_pretrained's own
-            return lpa_model(tmp, kind=kind, objective=objective, num_labels=num_labels, context=context, options=options,
-                             reinit=reinit, seed=seed, data=data)
+            for name, src in tokenizer_files(getattr(source, "name_or_path", "") or "").items():  # the reading rule's files only
+                write_bytes(Path(tmp) / name, src.read_bytes(), force=True)  # over save_pretrained's own
+            made = lpa_model(tmp, kind=kind, objective=objective, num_labels=num_labels, context=context, options=options,
+                             reinit=reinit, seed=seed, data=data, tokenizer=tokenizer)
+            origin = str(getattr(source, "name_or_path", "") or "a PreTrainedModel in memory")
+            made.cfg = dataclasses.replace(made.cfg, model=dataclasses.replace(made.cfg.model, init=origin))  # not the temporary folder
+            return made
     directory = Path(source)
     family, config, t = translate(directory)
     kind = kind or _kind(config, t.arch)
@@ -144,8 +183,44 @@ def lpa_model(source: str | Path | Any, *, kind: str | None = None, objective: O
     meta = {"context": window, "classes": [labels.get(str(i), str(i)) for i in range(out_dim)]} if kind == "classification" else {"context": window}
     info = {"name": cfg.task.name, "kind": kind, "input_kind": "tokens", "in_shape": [window], "out_dim": out_dim, "n_train": 0, "n_test": 0,
             "description": f"trained with lpa's LPATrainer (transformers {transformers.__version__})", "meta": meta}
-    tokenizer = hf_load.directory_tokenizer(directory, config, int(t.options["vocab"]))
-    return LPAModel(model, cfg, kind, tokenizer, init_metadata(cfg), info)
+    made = LPAModel(model, cfg, kind, _tokenizer(tokenizer, directory, config, int(t.options["vocab"])), init_metadata(cfg), info)
+    made.hf_names = family.names(t.depth, t.options, kind) if family.names is not None else None
+    return made
+
+
+def tokenizer_files(name_or_path: str) -> dict[str, Path]:
+    """The tokenizer and generation files of a model: from its folder, or, for a hub id, from the local
+    hub cache (huggingface_hub's own lookup; nothing is downloaded), each through the reading rule."""
+    if not name_or_path:
+        return {}
+    folder = Path(name_or_path)
+    if folder.is_dir():
+        found = {name: folder / name for name in EXPORT_FILES}
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return {}
+        cached = {name: try_to_load_from_cache(name_or_path, name) for name in EXPORT_FILES}
+        found = {name: Path(p) for name, p in cached.items() if isinstance(p, str)}
+    return {name: p for name, p in found.items() if readable(p, "tokenizer", inside=p.parent, error=DataError).is_file()}
+
+
+def _tokenizer(given: Any, directory: Path, config: dict, vocab: int):
+    """The tokenizer a checkpoint stores (see `lpa_model`'s ``tokenizer``)."""
+    if isinstance(given, str) and given == "bytes":
+        return BYTES
+    if given is not None:
+        if not callable(getattr(given, "save_pretrained", None)):
+            raise UsageError(f"tokenizer= takes a transformers tokenizer or \"bytes\", got {type(given).__name__}")
+        with tempfile.TemporaryDirectory(prefix="lpa-tok-") as tmp:
+            given.save_pretrained(tmp)
+            return hf_load.directory_tokenizer(Path(tmp), config, vocab)
+    if not any((directory / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")) and vocab > 256:
+        raise UsageError(f"the model has no tokenizer files in its folder or the local hub cache, and a vocabulary of {vocab:,} "
+                         "is not bytes: give the tokenizer, LPATrainer(processing_class=tok) or lpa_model(model, tokenizer=tok) "
+                         "(tokenizer=\"bytes\" if its ids really are bytes)")
+    return hf_load.directory_tokenizer(directory, config, vocab)
 
 
 def _kind(config: dict, arch: str) -> str:
@@ -169,12 +244,13 @@ class LPATrainer(transformers.Trainer):
 
     def __init__(self, model: LPAModel | str | Path | Any = None, args: transformers.TrainingArguments | None = None, *,
                  objective: ObjectiveConfig | dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if not isinstance(model, LPAModel):
-            model = lpa_model(model, objective=objective, seed=args.seed if args is not None else 0)
+        if not isinstance(model, LPAModel):  # the tokenizer the user trains with is the one its checkpoints store
+            model = lpa_model(model, objective=objective, seed=args.seed if args is not None else 0, tokenizer=kwargs.get("processing_class"))
         elif objective is not None:
             raise UsageError("objective= is for a model LPATrainer converts; an LPAModel already has one (lpa_model(..., objective=))")
         super().__init__(model=model, args=args, **kwargs)
         self._depth_sum: Tensor | None = None
+        self._eval_sum: Tensor | None = None  # evaluation: per-depth loss sums, counts and (classification) right answers
         self._depth_steps = 0
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
@@ -183,7 +259,48 @@ class LPATrainer(transformers.Trainer):
         outputs = model(**{k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels", "token_type_ids")})
         if lpa.training and lpa.last is not None:
             self._add_depths(lpa.last, lpa.model.num_depths)
+        elif lpa.last is not None and "loss" in outputs:
+            self._add_eval(lpa, inputs, lpa.last)
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """transformers' own rule (no decay for biases and norms, told apart by name and type), applied to
+        the names the parameters have in the transformers model: lpa's names (``norm1``) would slip past
+        its patterns and decay the norms. Families the adapter converts by more than a renaming: the
+        same rule on lpa's names, every module whose class is a norm counted as one."""
+        lpa = self.accelerator.unwrap_model(model)
+        names = getattr(lpa, "hf_names", None)
+        ours = dict(lpa.model.named_parameters())
+        if names is None or not set(ours) <= set(names):
+            norms = {id(p) for m in lpa.modules() if "norm" in type(m).__name__.lower() for p in m.parameters(recurse=False)}
+            return [n for n, p in lpa.named_parameters() if id(p) not in norms and "bias" not in n]
+        proxy = nn.Module()  # a module tree under transformers' names holding the same parameters
+        for mine, p in ours.items():
+            *path, leaf = names[mine].split(".")
+            node = proxy
+            for part in path:
+                if not hasattr(node, part):
+                    node.add_module(part, nn.Module())
+                node = getattr(node, part)
+            node.register_parameter(leaf, p)
+        back = {names[mine]: f"model.{mine}" for mine in ours}
+        return [back[n] for n in super().get_decay_parameter_names(proxy)]
+
+    def _add_eval(self, lpa: LPAModel, inputs: dict[str, Any], out: LossOutput) -> None:
+        """An evaluation batch's per-depth losses (weighted by its rows) and, for classification, each
+        depth's right answers: what `log` turns into ``eval_loss_depth_K`` / ``eval_accuracy_depth_K``."""
+        D = lpa.model.num_depths
+        if self._eval_sum is None:
+            self._eval_sum = torch.zeros(3, D, device=out.losses.device)
+        rows = float(inputs["input_ids"].shape[0])
+        index = torch.tensor(out.depths, device=out.losses.device)
+        self._eval_sum[0].index_add_(0, index, out.losses.detach().float() * rows)
+        self._eval_sum[1].index_add_(0, index, torch.full_like(out.losses, rows, dtype=torch.float))
+        if lpa.kind == "classification":
+            batch = lpa.batch(inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"])
+            with torch.no_grad():
+                preds = lpa.model.predictions(batch.x, list(range(D)), attention_mask=batch.mask)
+            self._eval_sum[2] += torch.stack([(p.argmax(-1) == batch.y).sum() for p in preds]).float()
 
     def _add_depths(self, out: LossOutput, depths: int) -> None:
         """Sum each depth's loss on the device (no host read per step); NaN marks a depth a step skipped."""
@@ -200,43 +317,88 @@ class LPATrainer(transformers.Trainer):
                 if n:
                     logs[f"loss_depth_{k}"] = total / n
             self._depth_sum = None
+        prefix = next((key[: -len("_loss")] for key in logs if key.endswith("_loss") and key != "train_loss"), None)
+        if prefix is not None and self._eval_sum is not None:  # evaluate() / predict(): the whole trajectory, not the last depth alone
+            sums, counts, right = self._eval_sum.tolist()
+            for k, (total, n) in enumerate(zip(sums, counts)):
+                if n:
+                    logs[f"{prefix}_loss_depth_{k}"] = total / n
+                    if self.accelerator.unwrap_model(self.model).kind == "classification":
+                        logs[f"{prefix}_accuracy_depth_{k}"] = right[k] / n
+            self._eval_sum = None
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """``lpa.safetensors`` (what lpa reads) and ``model.safetensors`` (this module's state, tied weights
-        once: what ``train(resume_from_checkpoint=...)`` reads), instead of the Trainer's state-dict dump."""
+        """Every checkpoint folder and `save_model`: a Hugging Face model folder (config.json, the weights under
+        transformers' names, the tokenizer, the generation config: `from_pretrained` loads it, its logits
+        are the final depth's) with ``lpa.safetensors`` beside it (what lpa's commands and a resume read)."""
         if not self.args.should_save:
             return
         directory = Path(output_dir or self.args.output_dir)
         directory.mkdir(parents=True, exist_ok=True)
         lpa = self.accelerator.unwrap_model(self.model)
-        safetensors.torch.save_model(lpa, str(directory / "model.safetensors"), metadata={"format": "pt"})
-        save_lpa_checkpoint(lpa, directory, self.args, self.state.global_step)
-        if self.processing_class is not None:
+        hf_folder(save_lpa_checkpoint(lpa, directory, self.args, self.state.global_step), directory, lpa.model.num_blocks)
+        if self.processing_class is not None:  # the user's own tokenizer files, over the exported ones
             self.processing_class.save_pretrained(str(directory))
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Resume from the folder's ``lpa.safetensors``: the exact tensors lpa saved (tied weights once)."""
+        path = Path(resume_from_checkpoint) / CHECKPOINT
+        if not path.is_file():
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_weights_into(self.accelerator.unwrap_model(model or self.model).model, path)
 
-    def _issue_warnings_after_load(self, load_result: Any) -> None:
-        """Resuming: a tied weight is stored once, so its other name is "missing" though loaded."""
-        seen: dict[int, int] = {}
-        named = list(self.accelerator.unwrap_model(self.model).named_parameters(remove_duplicate=False))
-        for _, p in named:
-            seen[id(p)] = seen.get(id(p), 0) + 1
-        tied = {name for name, p in named if seen[id(p)] > 1}
-        super()._issue_warnings_after_load(load_result._replace(missing_keys=[k for k in load_result.missing_keys if k not in tied]))
+    def _load_best_model(self) -> None:
+        best = self.state.best_model_checkpoint
+        if best and (Path(best) / CHECKPOINT).is_file():
+            self._load_from_checkpoint(best)
+        else:
+            super()._load_best_model()
+
+
+def load_weights_into(model: ResidualModel, path: Path) -> None:
+    """``path``'s tensors into ``model`` as they are (a resume is bit-exact), through lpa's checkpoint reader."""
+    path = readable(path, error=CheckpointError)
+    info = read_info(path)
+    tensors = safetensors.torch.load_file(str(path))
+    for alias, target in info.aliases.items():
+        tensors[alias] = tensors[target]
+    model.load_state_dict(tensors, strict=True)
+
+
+def hf_folder(checkpoint: Path, directory: Path, depth: int) -> bool:
+    """The Hugging Face files of ``checkpoint`` at full ``depth`` into ``directory``, through `lpa export
+    --format hf`'s own code; False (with a warning) for a model transformers has no class for (a
+    mean-pooled BERT classifier): the folder then holds ``lpa.safetensors`` for lpa's commands."""
+    try:
+        export_prefix(checkpoint, depth, directory, force=True, verify=False, format="hf", assistant_exit=False)
+        return True
+    except UsageError as err:
+        log.warning("%s: no Hugging Face model written (%s); lpa.safetensors is there for lpa's commands", directory, err)
+        return False
 
 
 def save_lpa_checkpoint(lpa: LPAModel, directory: Path, args: transformers.TrainingArguments | None = None, step: int = 0) -> Path:
     """Write ``directory/lpa.safetensors``: the protocol model, its config (the Trainer's settings as
     far as lpa has them) and the Hugging Face metadata `lpa export --format hf` needs."""
     train = TrainConfig(seed=lpa.cfg.train.seed)
-    if args is not None:
+    trainer_settings: dict[str, Any] = {}
+    if args is not None:  # what the Trainer ran: its schedule, warm-up, precision, accumulation
+        schedule = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
+        max_steps = max(step, int(args.max_steps or 0))
+        warmup = int(args.warmup_steps or 0) or int(float(getattr(args, "warmup_ratio", 0) or 0) * max_steps)
+        precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
         train = dataclasses.replace(train, steps=max(step, 0), lr=float(args.learning_rate), batch_size=int(args.per_device_train_batch_size),
-                                    optimizer="adamw", weight_decay=float(args.weight_decay), warmup=int(args.warmup_steps or 0),
+                                    optimizer="adamw", weight_decay=float(args.weight_decay), warmup=warmup, precision=precision,
+                                    schedule=schedule if schedule in SCHEDULES else train.schedule,
                                     grad_accum=int(args.gradient_accumulation_steps), seed=int(args.seed), grad_clip=float(args.max_grad_norm or 0))
+        trainer_settings = {"lr_scheduler_type": schedule, "optim": str(getattr(args.optim, "value", args.optim)), "warmup_steps": warmup,
+                            "precision": precision, "gradient_accumulation_steps": int(args.gradient_accumulation_steps),
+                            "per_device_train_batch_size": int(args.per_device_train_batch_size), "world_size": int(args.world_size)}
     cfg = dataclasses.replace(lpa.cfg, train=train)
     training = {"steps": step, "trained_by": "lpa_cli.integrations.transformers.LPATrainer", "lpa_version": __version__,
-                "transformers_version": transformers.__version__, "torch_version": torch.__version__.split("+")[0]}
+                "transformers_version": transformers.__version__, "torch_version": torch.__version__.split("+")[0],
+                "trainer_settings": trainer_settings}
     path = directory / CHECKPOINT
     directory.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, lpa.model, cfg, lpa.info, {}, training, force=True, tokenizer=lpa.tokenizer, extra=lpa.metadata)

@@ -141,8 +141,8 @@ class Attention(nn.Module):
         if window:
             allowed &= k_pos > q_pos - self.window
         allowed = allowed[None, None]
-        if padding is not None:
-            allowed = allowed & padding[:, None, None, :Tk].bool()
+        if padding is not None:  # a padded query still sees itself: a row with nothing allowed is NaN, and NaN*0 poisons gradients
+            allowed = (allowed & padding[:, None, None, :Tk].bool()) | (k_pos == q_pos)[None, None]
         return allowed
 
 

@@ -122,8 +122,8 @@ class LMHead(nn.Module):
         self.norm = norm
         self.proj = nn.Linear(width, vocab, bias=False)
 
-    def forward(self, h: Tensor) -> Tensor:  # (..., C) -> (..., vocab)
-        return self.proj(self.norm(h))
+    def forward(self, h: Tensor, attention_mask: Tensor | None = None) -> Tensor:  # (..., C) -> (..., vocab)
+        return self.proj(self.norm(h))  # token by token: a padded position's prediction is ignored by its -100 label
 
     def features(self, h: Tensor) -> Tensor:
         """What the vocabulary projection ``proj`` reads (a sampled head loss reads a few of its rows)."""

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 # What a fine-tune of a pretrained transformer starts from when the user sets nothing: Hugging Face
 # Trainer's defaults (AdamW at 5e-5, batch 8, linear decay to 0, no warmup or weight decay, 3 epochs).
 # The toy tasks' defaults (Adam at 2e-3, batch 512, 2000 steps) would wreck pretrained weights.
+# transformers' Trainer's defaults (TrainingArguments), its gradient clipping at 1.0 included
 FINETUNE_DEFAULTS = {"optimizer": "adamw", "lr": 5e-5, "batch_size": 8, "schedule": "linear", "warmup": 0, "weight_decay": 0.0,
-                     "epochs": 3.0}
+                     "epochs": 3.0, "grad_clip": 1.0}
 
 
 # On top of those, LPA fine-tuning of a pretrained encoder (a BERT classifier) reads each depth's mean
@@ -68,8 +69,8 @@ def describe_defaults(cfg: RunConfig, defaults: dict[str, dict[str, object]]) ->
     if not kept and not (pool and cfg.model.options.get("pool") == pool):
         return ""
     names = {"optimizer": "optimizer {}", "lr": "lr {:g}", "batch_size": "batch {}", "schedule": "{} decay", "warmup": "warmup {}",
-             "weight_decay": "weight decay {:g}", "epochs": "{:g} epochs", "head_lr_scale": "head lr x{:g}"}
-    flags = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--steps", "head_lr_scale": "--head-lr-scale"}
+             "weight_decay": "weight decay {:g}", "epochs": "{:g} epochs", "head_lr_scale": "head lr x{:g}", "grad_clip": "clip {:g}"}
+    flags = {"lr": "--lr", "batch_size": "--batch-size", "epochs": "--steps", "head_lr_scale": "--head-lr-scale", "grad_clip": "--clip-grad"}
     said = [names[k].format(v) for k, v in kept.items()]
     if pool and cfg.model.options.get("pool") == pool:
         said.append(f"{pool} pooling (--set model.options.pool=cls for BERT's own)")
