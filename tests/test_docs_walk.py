@@ -53,3 +53,27 @@ def test_step_six_at_its_own_budget_ends_on_a_classifier_that_works(tmp_path, mo
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "models/licences-hf")
     ids = tok(["Permission is granted to copy, distribute and/or modify this document"], return_tensors="pt")
     assert model.config.id2label[int(model(**ids).logits.argmax())] == "GFDL-1.3"
+
+
+TRAINER_PAGE = PAGE.with_name("trainer.md")
+
+
+def test_the_trainer_recipe_runs_in_order(tmp_path, monkeypatch):
+    """docs/trainer.md, every block in order (budgets cut as the README walk cuts them): a transformers
+    model and tokenizer -> LPATrainer with transformers' collator in bf16 -> per-depth evaluation -> a
+    saved folder transformers loads and decodes from, self-speculatively too -> lpa's commands on it."""
+    import transformers
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "160")
+    found = blocks(TRAINER_PAGE.read_text())
+    assert len(found) == 4
+    log = walk(found, tmp_path)
+    assert sum(entry.startswith("ran") for entry in log) >= 2, "\n".join(log)
+    folder = tmp_path / "models/my-llama-lpa"
+    assert (folder / "lpa.safetensors").is_file() and (folder / "config.json").is_file()
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    ids = tok("This License", return_tensors="pt").input_ids
+    plain = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert plain.tolist() == model.generate(ids, max_new_tokens=8, do_sample=False, assistant_early_exit=2).tolist()

@@ -176,3 +176,27 @@ def test_save_model_writes_a_transformers_model_and_resume_is_exact(llama, tmp_p
     resumed.train(resume_from_checkpoint=str(folder))
     for (name, a), b in zip(whole.model.model.state_dict().items(), resumed.model.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.slow  # two processes start torch and transformers: 25 s on 2 cores
+def test_under_torchrun_ddp_the_per_depth_losses_are_one_processs(llama, tmp_path):
+    """Two CPU processes (gloo) with half the batch each against one process with the whole: the Trainer
+    drives DDP, lpa's loss runs inside the wrapped module's forward, and the logged per-depth losses
+    (summed over the processes) are the single process's."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = str(Path(__file__).with_name("trainer_ddp_run.py"))
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, script, str(llama), str(tmp_path / "one.json"), "4"], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", script, str(llama), str(tmp_path / "two.json"), "2"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    single, ddp = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
+    assert len(single) == len(ddp) == 3
+    for a, b in zip(single, ddp):
+        assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 * max(1, abs(a[k])) for k in a), (a, b)

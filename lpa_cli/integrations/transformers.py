@@ -311,15 +311,15 @@ class LPATrainer(transformers.Trainer):
         self._depth_sum[1].index_add_(0, index, torch.ones_like(out.losses, dtype=torch.float))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._depth_sum is not None:
-            sums, counts = self._depth_sum.tolist()
+        if "loss" in logs and self._depth_sum is not None:  # summed over processes (DDP, FSDP): log() runs on every rank
+            sums, counts = self.accelerator.reduce(self._depth_sum, reduction="sum").tolist()
             for k, (total, n) in enumerate(zip(sums, counts)):
                 if n:
                     logs[f"loss_depth_{k}"] = total / n
             self._depth_sum = None
         prefix = next((key[: -len("_loss")] for key in logs if key.endswith("_loss") and key != "train_loss"), None)
         if prefix is not None and self._eval_sum is not None:  # evaluate() / predict(): the whole trajectory, not the last depth alone
-            sums, counts, right = self._eval_sum.tolist()
+            sums, counts, right = self.accelerator.reduce(self._eval_sum, reduction="sum").tolist()
             for k, (total, n) in enumerate(zip(sums, counts)):
                 if n:
                     logs[f"{prefix}_loss_depth_{k}"] = total / n
