@@ -37,7 +37,7 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("lpa_cli/data/splits.py", "__getitem__", "memmap"): "a token or array file the task loader already checked (regular_file)",
     ("lpa_cli/data/text.py", "builtin_corpus", "read_bytes"): "lpa's own package data (importlib.resources), not a user's file",
     ("lpa_cli/formats/checkpoint.py", "save_file", "open"): "its callers pass the temporary name of atomic_path",
-    ("lpa_cli/integrations/transformers.py", "lpa_model", "read_bytes"): "tokenizer_files() returns only files readable(inside=) "
+    ("lpa_cli/integrations/hf_model.py", "lpa_model", "read_bytes"): "tokenizer_files() returns only files readable(inside=) "
                                                                           "accepted (their folder, or a hub cache snapshot)",
     ("lpa_cli/models/hf/directory.py", "read_weights", "safe_open"): "weights_files() returns the model files through readable(inside=)",
     ("lpa_cli/models/hf/directory.py", "weights_sha256", "open"): "each globbed file through _inside(), i.e. readable(inside=)",

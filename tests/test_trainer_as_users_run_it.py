@@ -200,3 +200,7 @@ def test_under_torchrun_ddp_the_per_depth_losses_are_one_processs(llama, tmp_pat
     assert len(single) == len(ddp) == 3
     for a, b in zip(single, ddp):
         assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 * max(1, abs(a[k])) for k in a), (a, b)
+    from safetensors.torch import load_file
+
+    x, y = (load_file(str(tmp_path / f"{n}.model" / "lpa.safetensors")) for n in ("one", "two"))
+    assert x.keys() == y.keys() and all(torch.allclose(x[k], y[k], atol=1e-6) for k in x)  # the same model saved

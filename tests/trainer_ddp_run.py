@@ -1,5 +1,7 @@
-"""Run by tests/test_trainer_as_users_run_it.py, alone or under `torchrun --nproc_per_node=2`: LPATrainer on a
-tiny Llama whose rows all have the same length, the per-depth losses it logs written as JSON."""
+"""Run by tests/test_trainer_as_users_run_it.py, alone or under `torchrun --nproc_per_node=2` (DDP over gloo):
+LPATrainer on a tiny Llama whose rows all have the same length; the per-depth losses it logs written as
+JSON, the model saved beside it. (FSDP through the Trainer needs an accelerator: with ``use_cpu`` the
+Trainer runs DDP whatever ``fsdp`` says, measured with transformers 5.25.)"""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ def main(model_dir: str, out: str, per_device: int) -> None:
                                           ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None)
     trainer = LPATrainer(model=lpa_model(model_dir, context=16, tokenizer=tok), args=args, train_dataset=rows)
     trainer.train()
+    trainer.save_model(str(Path(out).with_suffix(".model")))
     if trainer.is_world_process_zero():
         logged = [{k: v for k, v in e.items() if k.startswith("loss_depth_")} for e in trainer.state.log_history if "loss_depth_0" in e]
         Path(out).write_text(json.dumps(logged))

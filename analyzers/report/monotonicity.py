@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import math
 from pathlib import PurePath
 
@@ -10,7 +9,7 @@ import plotly.graph_objects as go
 
 from analyzers.metrics import format_p, format_t
 from analyzers.monotonicity import MonotonicityResult
-from analyzers.report.page import Page, depth_axis, log_axis
+from analyzers.report.page import Page, colour, depth_axis, label, log_axis, rgba
 
 
 def fmt(v: float | None) -> str:
@@ -19,9 +18,6 @@ def fmt(v: float | None) -> str:
     if v == 0 or 1e-3 <= abs(v) < 1e4:
         return f"{v:.4f}"
     return f"{v:.3e}"
-
-
-COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
 def legend_names(sources: list[str]) -> list[str]:
@@ -33,20 +29,15 @@ def legend_names(sources: list[str]) -> list[str]:
 
 def curve_figure(results: list[MonotonicityResult]) -> go.Figure:
     fig = go.Figure()
-    for i, (r, label) in enumerate(zip(results, legend_names([r.source for r in results]))):
-        name, colour = html.escape(label), COLOURS[i % len(COLOURS)]  # plotly renders HTML in legend entries; a file name is text
-        fig.add_trace(go.Scatter(x=r.depths + r.depths[::-1], y=r.ci_high + r.ci_low[::-1], fill="toself", fillcolor=_rgba(colour, 0.2),
-                                 line={"width": 0, "color": colour}, hoverinfo="skip", name=f"{name}: 95% bootstrap band"))
-        fig.add_trace(go.Scatter(x=r.depths, y=r.curve, mode="lines+markers", name=name, line={"color": colour}))
+    for i, (r, text) in enumerate(zip(results, legend_names([r.source for r in results]))):
+        name, hue = label(text), colour(i)  # plotly renders HTML in legend entries; a file name is text
+        fig.add_trace(go.Scatter(x=r.depths + r.depths[::-1], y=r.ci_high + r.ci_low[::-1], fill="toself", fillcolor=rgba(hue, 0.2),
+                                 line={"width": 0, "color": hue}, hoverinfo="skip", name=f"{name}: 95% bootstrap band"))
+        fig.add_trace(go.Scatter(x=r.depths, y=r.curve, mode="lines+markers", name=name, line={"color": hue}))
     log = log_axis([v for r in results for v in r.curve + r.ci_low])
     fig.update_layout(xaxis=depth_axis(), yaxis_title=results[0].metric + (" (log axis)" if log else ""), yaxis_type="log" if log else "linear",
                       title="per-depth error with bootstrap confidence band", height=420)
     return fig
-
-
-def _rgba(hex_colour: str, alpha: float) -> str:
-    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({r},{g},{b},{alpha})"
 
 
 def symlog(values: list[float], unit: float) -> list[float]:

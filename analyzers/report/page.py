@@ -31,6 +31,23 @@ th{background:#f5f5f5}td.l,th.l{text-align:left}.bad{color:#b00020;font-weight:6
 """
 
 
+COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"]  # one a group, in every report
+
+
+def colour(i: int) -> str:
+    return COLOURS[i % len(COLOURS)]
+
+
+def rgba(hex_colour: str, alpha: float) -> str:
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def label(text: str) -> str:
+    """Plotly renders some HTML in trace names and titles: escape user strings before they get there."""
+    return html.escape(str(text))
+
+
 def log_axis(values: list[float]) -> bool:
     """Whether values are drawn on a log axis: positive ones spanning more than a decade, where a linear
     axis would flatten the small end (the deep depths' errors) onto zero. Every report uses this rule."""

@@ -7,7 +7,6 @@ lines, annotations, a legend; hovering a point shows its values. An unknown trac
 
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -15,19 +14,9 @@ from typing import Any
 import numpy as np
 
 from analyzers.report.raster import heat_rgb, png_data_uri
+from analyzers.report.svg_marks import DASHES, PLOTLY, _colour, _e, _marker, _plain, legend
 
 WIDTH = 1000
-PLOTLY = ["#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A", "#19d3f3", "#FF6692", "#B6E880", "#FF97FF", "#FECB52"]
-DASHES = {"dash": "8 5", "dot": "2 4", "dashdot": "8 4 2 4", "longdash": "12 6"}
-
-
-def _e(text: Any) -> str:  # as the page's own escaping: U+2028/2029 too
-    return html.escape(str(text), quote=True).replace("\u2028", "&#x2028;").replace("\u2029", "&#x2029;")
-
-def _plain(text: Any) -> str:
-    """Plotly titles may hold HTML the figure code escaped for plotly; SVG text wants the plain string."""
-    return html.unescape(str(text.get("text", "") if isinstance(text, dict) else text or ""))
-
 
 def _num(v: Any) -> float | None:
     try:
@@ -107,13 +96,6 @@ def _axis_extent(figure: dict, traces: list[dict], key: str, log: bool) -> tuple
     lo, hi = (math.log10(min(vals)), math.log10(max(vals))) if log else (min(vals), max(vals))
     pad = (hi - lo) * 0.05 or (abs(hi) * 0.1 or 0.5)
     return lo - pad, hi + pad, None
-
-
-def _colour(trace: dict, index: int) -> str:
-    for value in ((trace.get("line") or {}).get("color"), (trace.get("marker") or {}).get("color"), trace.get("fillcolor")):
-        if isinstance(value, str):
-            return value
-    return PLOTLY[index % len(PLOTLY)]
 
 
 class _Canvas:
@@ -202,19 +184,6 @@ def _point_title(t: dict, x: Any, y: Any, i: int) -> str:
     text = _values(t, "text") or _values(t, "hovertext")
     extra = f"\n{text[i]}" if i < len(text) and text[i] not in (None, "") else ""
     return f"<title>{_e(_plain(t.get('name', '')))}\nx: {_e(x)}\ny: {_e(_short(y) if isinstance(y, float) else y)}{_e(extra)}</title>"
-
-
-def _marker(px: float, py: float, colour: str, marker: dict, opacity: float, title: str) -> str:
-    r = float(marker.get("size") or 6) / 2
-    symbol = str(marker.get("symbol") or "circle")
-    if symbol.startswith("x"):
-        return (f'<g stroke="{colour}" stroke-width="2" opacity="{opacity}"><line x1="{px - r:.1f}" y1="{py - r:.1f}" x2="{px + r:.1f}" '
-                f'y2="{py + r:.1f}"/><line x1="{px - r:.1f}" y1="{py + r:.1f}" x2="{px + r:.1f}" y2="{py - r:.1f}"/>{title}</g>')
-    if symbol.startswith("diamond"):
-        fill = "none" if symbol.endswith("open") else colour
-        pts = f"{px:.1f},{py - r:.1f} {px + r:.1f},{py:.1f} {px:.1f},{py + r:.1f} {px - r:.1f},{py:.1f}"
-        return f'<polygon points="{pts}" fill="{fill}" stroke="{colour}" stroke-width="1.5" opacity="{opacity}">{title}</polygon>'
-    return f'<circle cx="{px:.1f}" cy="{py:.1f}" r="{r:.1f}" fill="{colour}" opacity="{opacity}">{title}</circle>'
 
 
 def _errors(c: _Canvas, t: dict, pts: list[tuple[float, float, float]], ay: Axis, colour: str) -> None:
@@ -337,45 +306,6 @@ def _annotations(c: _Canvas, axes: dict[tuple[str, str], tuple[Axis, Axis]]) -> 
         c.text(px, py, text, anchor, 11)
 
 
-LEGEND_CHARS = 34  # characters a legend line holds in the right margin; a longer name wraps onto a second line
-
-
-def _legend_lines(name: str) -> list[str]:
-    """A legend name in at most two lines, cut at a space (a name longer than two lines ends in "…")."""
-    if len(name) <= LEGEND_CHARS:
-        return [name]
-    cut = name.rfind(" ", 0, LEGEND_CHARS + 1)
-    cut = cut if cut > 0 else LEGEND_CHARS
-    rest = name[cut:].strip()
-    return [name[:cut], rest if len(rest) <= LEGEND_CHARS else rest[: LEGEND_CHARS - 1] + "…"]
-
-
-def _legend(c: _Canvas) -> None:
-    y, bottom = c.top + 4, c.height - 4
-    for index, t in c.legend:
-        colour, name = _colour(t, index), _plain(t.get("name", ""))
-        lines = _legend_lines(name)
-        if y + 14 * (len(lines) - 1) > bottom:
-            break
-        x = c.right + 16
-        mode = t.get("mode") or "lines"
-        if t.get("fill") == "toself":
-            swatch = f'<rect x="{x:.1f}" y="{y - 9:.1f}" width="22" height="10" fill="{t.get("fillcolor") or colour}" stroke="{colour}"/>'
-        elif t.get("type") == "bar":
-            swatch = f'<rect x="{x + 5:.1f}" y="{y - 10:.1f}" width="12" height="12" fill="{colour if isinstance(colour, str) else PLOTLY[0]}"/>'
-        elif "lines" in mode:  # the line as drawn: its dash, and its marker where it has one, so rules of one colour differ
-            line = t.get("line") or {}
-            dash = f' stroke-dasharray="{DASHES[line["dash"]]}"' if line.get("dash") in DASHES else ""
-            swatch = f'<line x1="{x:.1f}" x2="{x + 22:.1f}" y1="{y - 4:.1f}" y2="{y - 4:.1f}" stroke="{colour}" stroke-width="2"{dash}/>'
-            if "markers" in mode:
-                swatch += _marker(x + 11, y - 4, colour, t.get("marker") or {}, 1.0, "")
-        else:
-            swatch = _marker(x + 11, y - 4, colour, t.get("marker") or {}, 1.0, "")
-        text = "".join(f'<tspan x="{x + 28:.1f}" dy="{0 if i == 0 else 13}">{_e(line)}</tspan>' for i, line in enumerate(lines))
-        c.out.append(f"<g>{swatch}<text x=\"{x + 28:.1f}\" y=\"{y:.1f}\" font-size=\"11\">{text}<title>{_e(name)}</title></text></g>")
-        y += 18 + 13 * (len(lines) - 1)
-
-
 def figure_svg(figure: Any) -> str:
     """``figure`` (a plotly Figure or its dict) as one inline ``<svg>`` element."""
     if hasattr(figure, "data") and hasattr(figure, "layout"):  # plotly's objects keep numpy arrays; to_dict() would encode them
@@ -412,7 +342,7 @@ def figure_svg(figure: Any) -> str:
     _shapes(c, axes)
     _annotations(c, axes)
     if c.legend:
-        _legend(c)
+        legend(c)
     title = _plain(c.layout.get("title", ""))
     head = f'<text x="{WIDTH / 2:.0f}" y="24" text-anchor="middle" font-size="15">{_e(title)}</text>' if title else ""
     return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {c.height}" width="100%" role="img" '
