@@ -79,7 +79,7 @@ class LPAModel(nn.Module):
             hf = Path(tmp) / "hf"
             export_prefix(checkpoint, depth or self.model.num_blocks, hf, format="hf", assistant_exit=False)
             auto = transformers.AutoModelForCausalLM if self.kind == "lm" else transformers.AutoModelForSequenceClassification
-            return auto.from_pretrained(hf)
+            return auto.from_pretrained(hf, local_files_only=True)  # the folder just written: never the hub
 
     def batch(self, input_ids: Tensor, attention_mask: Tensor | None, labels: Tensor | None) -> Batch:
         if self.kind == "lm":  # predict token t+1 from tokens <= t: the last position predicts nothing
