@@ -58,6 +58,7 @@ def test_step_six_at_its_own_budget_ends_on_a_classifier_that_works(tmp_path, mo
 TRAINER_PAGE = PAGE.with_name("trainer.md")
 
 
+@pytest.mark.slow  # 17-40 s of bf16 on a CPU; each step it walks is a default-suite test of tests/test_trainer_as_users_run_it.py
 def test_the_trainer_recipe_runs_in_order(tmp_path, monkeypatch):
     """docs/trainer.md, every block in order (budgets cut as the README walk cuts them): a transformers
     model and tokenizer -> LPATrainer with transformers' collator in bf16 -> per-depth evaluation -> a

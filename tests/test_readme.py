@@ -29,6 +29,7 @@ for _module, _extra in (("transformers", "hf"), ("peft", "hf"), ("tensorboard", 
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 STEPS = 3
+BATCH = 16  # a multiple of every --grad-accum the README uses
 EVAL_SAMPLES = 64
 TRACE_SAMPLES = 256
 SKIP = {  # first matching fragment -> why the line does not run here
@@ -69,7 +70,7 @@ def commands(body: str) -> list[tuple[str, str | None]]:
 
 def shortened(args: list[str]) -> list[str]:
     """Cut budgets: at most STEPS steps, evaluation on EVAL_SAMPLES test samples, traces of at most
-    TRACE_SAMPLES samples, no worker processes (tests/test_data_sources.py checks that workers give
+    TRACE_SAMPLES samples, batches of at most BATCH, one timed `generate` run, no worker processes (tests/test_data_sources.py checks that workers give
     the same batches)."""
     args = list(args)
     if "--workers" in args:
@@ -84,6 +85,11 @@ def shortened(args: list[str]) -> list[str]:
         args += ["--eval-samples", str(EVAL_SAMPLES)]
     if args[:1] == ["trace"] and "--limit" not in args:
         args += ["--limit", str(TRACE_SAMPLES)]
+    if "--batch-size" in args:  # a budget too: at most BATCH samples a step
+        k = args.index("--batch-size") + 1
+        args[k] = str(min(int(args[k]), BATCH))
+    if args[:1] == ["generate"] and "--repeats" not in args:  # one timed run each (and of the full-decoding baseline)
+        args += ["--repeats", "1"]
     return args
 
 

@@ -33,8 +33,8 @@ def measured_section(page: Page, r: CompareResult) -> None:
         return
     page.heading("Early exit, measured")
     page.paragraph("Each setting was run for real on the first run of each group (lpa predict --exit, lpa generate --strategy) and "
-                   "timed against the same model through all depths, in several rounds (5 for classifiers, 3 for language models, "
-                   "after a warm-up), each round timing the full model and then every setting back to back: the table gives the "
+                   "timed against the same model through all depths, in 3 rounds "
+                   "after a warm-up, each round timing the full model and then every setting back to back: the table gives the "
                    "median speed-up and the range of the rounds. Beside it, the speed-up a simulation from FLOPs per depth "
                    "claims: the gap is the cost of reading the head at every depth and of smaller batches. For language models, "
                    "quality is the share of tokens equal to full greedy decoding's (self-speculation: 1 by construction).", "note")

@@ -46,7 +46,7 @@ def _speedups(full: list[float], mine: list[float]) -> tuple[float, float, float
     return statistics.median(ratios), ratios[0], ratios[-1]
 
 
-def classifier_tradeoffs(ckpt, thresholds=(0.5, 0.7, 0.8, 0.9, 0.95, 0.99), flops: list[float] | None = None, repeats: int = 5,
+def classifier_tradeoffs(ckpt, thresholds=(0.5, 0.7, 0.8, 0.9, 0.95, 0.99), flops: list[float] | None = None, repeats: int = 3,
                          limit: int = 0) -> list[TradeOff]:
     """Confidence-exit sweeps of a classifier checkpoint on its own test split, timed for real: ``repeats``
     rounds, the median speed-up and its range."""
