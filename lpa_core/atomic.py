@@ -19,7 +19,8 @@ from lpa_core.files import open_new
 TMP_MARK = ".tmp-"
 
 
-SYSTEM_DIRS = ("/dev", "/proc")  # devices and descriptors: an output named through them is never a file lpa owns
+SYSTEM_DIRS = ("/dev", "/proc")  # devices and descriptors: an output named through them is never a file lpa owns ...
+FILE_DIRS = ("/dev/shm",)  # ... except shared memory, an ordinary (tmpfs) folder under /dev
 
 
 def _link_chain(path: Path) -> list[Path]:
@@ -48,8 +49,11 @@ def check_writable(target: str | Path, force: bool = False, inputs: Iterable[str
     (``-o /dev/stdout`` would replace the system's link with a file), is one of the command's own
     ``inputs`` (the same file by device and inode, however it is named), or its folder is unusable."""
     target = Path(target)
+    def under(hop: Path, dirs: tuple[str, ...]) -> bool:
+        return any(hop == Path(d) or Path(d) in hop.parents for d in dirs)
+
     for hop in _link_chain(target):
-        if any(hop == Path(d) or Path(d) in hop.parents for d in SYSTEM_DIRS):
+        if under(hop, SYSTEM_DIRS) and not (under(hop, FILE_DIRS) and hop != Path(FILE_DIRS[0])):
             raise OutputError(f"{target}: leads into {hop} (a device or descriptor); lpa writes only regular files it creates")
     if target.is_dir():
         raise OutputError(f"{target}: is a directory")

@@ -315,9 +315,11 @@ def test_row13_outputs_leading_into_devices_or_descriptors_are_refused(tmp_path)
     from lpa_core.atomic import check_writable
     from lpa_core.errors import OutputError
 
-    for target in ("/dev/stdout", "/proc/self/fd/1"):
+    for target in ("/dev/stdout", "/proc/self/fd/1", "/dev/null", "/dev/shm"):
         with pytest.raises(OutputError, match="device or descriptor"):
             check_writable(target, force=True)
+    if Path("/dev/shm").is_dir():  # shared memory is an ordinary folder: outputs there are files
+        assert check_writable(f"/dev/shm/lpa-test-{os.getpid()}.h5") == Path(f"/dev/shm/lpa-test-{os.getpid()}.h5")
     real = tmp_path / "real.txt"
     real.write_text("KEEP")
     with real.open() as handle:  # a link to a descriptor that resolves to a regular file, as /dev/stdout does when redirected
