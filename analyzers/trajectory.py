@@ -7,7 +7,12 @@ the prediction-depth literature report per layer, from arrays a trace holds (tor
   probability (15 bins, the common choice): sum over bins of (share of samples) x |accuracy - mean
   confidence|;
 - `prediction_depth`: per sample, the first depth from which the arg-max equals the final depth's at
-  every later depth (its distribution says how deep inputs must go before the answer stops changing).
+  every later depth (its distribution says how deep inputs must go before the answer stops changing);
+- `depth_measures`: the numpy twin of what the tracer streams per depth (`lpa_cli.serving.trajectory`:
+  KL to the final depth, the alignment of each step with its residual target, the arg-max), used for
+  predictions read through a lens and as the tests' reference.
+
+`analyzers.trajectory_summary` turns a trace's measures into per-depth curves with bootstrap bands.
 """
 
 from __future__ import annotations
@@ -45,4 +50,48 @@ def prediction_depth(predicted: np.ndarray) -> np.ndarray:
     return settled.shape[1] - settled.sum(axis=1)
 
 
-__all__ = ["BINS", "calibration_error", "kl_to_final", "prediction_depth"]
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    return log_softmax(np.asarray(z, dtype=np.float64), axis=-1)
+
+
+def _cosine(dot: np.ndarray, a_sq: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
+    norm = np.sqrt(a_sq * b_sq)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.clip(np.where(norm > 0, dot / np.where(norm > 0, norm, 1.0), 0.0), -1.0, 1.0)
+
+
+def depth_measures(pred: np.ndarray, prev: np.ndarray | None, final_logits: np.ndarray | None, target: np.ndarray, kind: str) -> dict[str, np.ndarray]:
+    """One depth's measures per sample (LMs: per token too, and their means over real tokens), as the
+    tracer writes them: ``alignment`` the cosine between the step ``pred - prev`` (logits centred over
+    the classes) and the negative loss gradient at ``prev`` (``y - prev``; ``onehot(y) - softmax(prev)``),
+    0 where either has zero length and NaN without ``prev``; ``kl_to_final`` KL(p_final || p) in nats;
+    ``prediction`` the arg-max (LMs: ``prediction_token``, -1 at padding, whose target is negative)."""
+    n = len(pred)
+    if kind == "regression":
+        if prev is None:
+            return {"alignment": np.full(n, np.nan)}
+        step = (np.asarray(pred, np.float64) - prev).reshape(n, -1)
+        residual = (np.asarray(target, np.float64).reshape(n, -1) - np.asarray(prev, np.float64).reshape(n, -1))
+        return {"alignment": _cosine((step * residual).sum(1), (step**2).sum(1), (residual**2).sum(1))}
+    logp, final = _log_softmax(pred), _log_softmax(final_logits)
+    out = {"kl_to_final": np.maximum(np.sum(np.exp(final) * (final - logp), axis=-1), 0.0), "prediction": np.argmax(pred, axis=-1)}
+    valid = np.asarray(target) >= 0
+    if prev is None:
+        out["alignment"] = np.full(out["kl_to_final"].shape, np.nan)
+    else:
+        p = np.exp(_log_softmax(prev))
+        step = np.asarray(pred, np.float64) - prev
+        step = step - step.mean(-1, keepdims=True)
+        onehot = np.eye(pred.shape[-1])[np.where(valid, target, 0)]
+        residual = onehot - p
+        out["alignment"] = _cosine((step * residual).sum(-1), (step**2).sum(-1), (residual**2).sum(-1))
+    if kind != "lm":
+        return out
+    w = valid.astype(np.float64)
+    count = np.maximum(w.sum(1), 1)
+    align_token = np.where(valid, out["alignment"], 0.0) if prev is not None else out["alignment"]
+    return {"kl_to_final_token": out["kl_to_final"] * w, "alignment_token": align_token, "prediction_token": np.where(valid, out["prediction"], -1),
+            "kl_to_final": (out["kl_to_final"] * w).sum(1) / count, "alignment": (align_token * w).sum(1) / count}
+
+
+__all__ = ["BINS", "calibration_error", "depth_measures", "kl_to_final", "prediction_depth"]

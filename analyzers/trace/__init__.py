@@ -1,6 +1,6 @@
 """The HDF5 trace: the contract between the torch side (which writes it) and the analysis side.
 
-Layout (format ``lpa-trace``, version 1; full description in docs/trace-format.md)::
+Layout (format ``lpa-trace``, version 2; full description in docs/trace-format.md)::
 
     /predictions          (n, D, *pred_shape)   head output at each recorded depth (optional for LMs)
     /targets              (n, *target_shape)
@@ -8,6 +8,7 @@ Layout (format ``lpa-trace``, version 1; full description in docs/trace-format.m
     /errors/<name>_token  (n, D, T) float32     LMs only: per-token ce and correct
     /confidence/max_prob  (n, D[, T]) float32   classification and LMs: largest softmax probability
     /confidence/entropy   (n, D[, T]) float32   ... and the entropy of the softmax (nats)
+    /trajectory/<name>    (n, D[, T])           format 2: kl_to_final, alignment, prediction (analyzers.trajectory)
     /states               (n, D, *state_shape)  optional residual stream h_k at each recorded depth
     /head                 group                 the shared head as numpy ops (analyzers.heads)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from lpa_core.errors import TraceError, UsageError
 from lpa_core.files import readable
-from analyzers.trace.spec import FORMAT, FORMAT_VERSION, KINDS, partial_path
+from analyzers.trace.spec import FORMAT, FORMAT_VERSION, KINDS, TRAJECTORY, partial_path
 
 H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError)
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -121,6 +121,11 @@ class Trace:
         for key in ("predictions", "states", "confidence/max_prob", "confidence/entropy"):
             if key in self._file and self._file[key].shape[:2] != (self.n, D):
                 raise TraceError(f"{self.path}: dataset {key} has shape {self._file[key].shape}, expected ({self.n}, {D}, ...)")
+        self.version = version
+        for name in TRAJECTORY[self.kind] if version >= 2 else ():  # format 2 always holds them: absent means damaged
+            key = f"trajectory/{name}"
+            if key not in self._file or self._file[key].shape[:2] != (self.n, D):
+                raise TraceError(f"{self.path}: dataset {key} is missing or mis-shaped (format {version} traces hold it)")
 
     # context manager
     def __enter__(self) -> Trace:
@@ -187,6 +192,11 @@ class Trace:
             if name not in self._file:
                 raise TraceError(f"{self.path}: trace has no dataset {name!r}" + (" (trace with --states)" if name == "states" else ""))
             return self._file[name][rows if rows is not None else slice(None)]
+
+    @property
+    def has_trajectory(self) -> bool:
+        """Whether the trace holds the trajectory measures (format 2 on; older traces: trace again)."""
+        return self.version >= 2
 
     def errors(self, name: str) -> np.ndarray:
         """Per-sample errors ``(n, D)``."""

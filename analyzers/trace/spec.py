@@ -12,10 +12,18 @@ from typing import Any
 from lpa_core.errors import UsageError
 
 FORMAT = "lpa-trace"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the trajectory group (version 1 traces, without it, still read)
 COMPRESSIONS = ("none", "gzip", "lzf")
 CHUNK_BYTES = 1 << 20
 KINDS = ("regression", "classification", "lm")
+# trajectory/<name> datasets per task kind (format 2): name -> dtype; LMs hold them per token too
+# (`<name>_token`, (n, D, T)), and their arg-max only per token
+TRAJECTORY: dict[str, dict[str, str]] = {
+    "regression": {"alignment": "float32"},
+    "classification": {"kl_to_final": "float32", "alignment": "float32", "prediction": "int32"},
+    "lm": {"kl_to_final": "float32", "alignment": "float32", "kl_to_final_token": "float32", "alignment_token": "float32",
+           "prediction_token": "int32"},
+}
 
 
 def partial_path(output: str | Path) -> Path:
@@ -37,6 +45,7 @@ class TraceSpec:
     error_names: tuple[str, ...]
     token_len: int = 0  # LMs: sequence length T (per-token datasets)
     confidence: bool = False
+    trajectory: bool = False  # format 2's trajectory group (without it the file is a format-1 trace)
     dtype: str = "float32"
     compression: str = "none"
     attrs: dict[str, Any] = field(default_factory=dict)
@@ -59,6 +68,9 @@ class TraceSpec:
             tail = (self.token_len,) if self.token_len else ()
             out["confidence/max_prob"] = ((self.n, D, *tail), "float32")
             out["confidence/entropy"] = ((self.n, D, *tail), "float32")
+        if self.trajectory:
+            for name, dtype in TRAJECTORY[self.kind].items():
+                out[f"trajectory/{name}"] = ((self.n, D, self.token_len) if name.endswith("_token") else (self.n, D), dtype)
         if self.state_shape is not None:
             out["states"] = ((self.n, D, *self.state_shape), self.dtype)
         return out

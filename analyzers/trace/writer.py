@@ -115,7 +115,7 @@ class TraceWriter:
         s = self.spec
         f = self._file
         f.attrs["format"] = FORMAT
-        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["format_version"] = FORMAT_VERSION if s.trajectory else 1  # readers expect format 2's measures
         f.attrs["complete"] = False
         f.attrs["n_samples"] = s.n
         f.attrs["n_written"] = 0

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lpa_core.atomic import check_writable, output_lock
@@ -25,6 +26,7 @@ from lpa_core.depths import parse_depths
 from lpa_core.errors import UsageError
 from analyzers.metrics import summarize
 from analyzers.trace import TraceSpec, TraceWriter
+from analyzers.trace.spec import TRAJECTORY
 from lpa_cli import __version__
 from lpa_cli.data.batch import Batch
 from lpa_cli.config import TaskConfig
@@ -32,6 +34,7 @@ from lpa_cli.training.task_losses import ERROR_NAMES, per_sample_errors
 from lpa_cli.models.protocol import ResidualModel, export_head
 from lpa_cli.data.splits import Split, TensorSplit
 from lpa_cli.serving import trace_threads
+from lpa_cli.serving.trajectory import depth_measures
 from analyzers.trace import open_trace
 from lpa_cli.models.open import load_checkpoint
 from lpa_cli.runtime import resolve_device
@@ -68,41 +71,57 @@ VECTORISE_BYTES = 16 << 20  # per-depth errors in one call when all depths' pred
 def _batch_arrays(model: ResidualModel, batch: Batch, kind: str, depths: list[int], keep_preds: bool, keep_states: bool, dtype: np.dtype) -> dict[str, np.ndarray]:
     """Everything one batch contributes to the trace, keyed by dataset name.
 
-    Small heads get the errors of all depths in one vectorised call (D small calls cost more than the
-    arithmetic); big ones (LM vocabularies) one depth at a time, so the softmax's temporaries stay
-    one depth's size and, without --predictions, no depth's logits outlive its errors.
+    The blocks run once, up to the final depth (the KL's reference; regression stops at the deepest
+    traced depth), holding each traced depth's state. Small heads then get the errors and measures
+    of all depths in one vectorised call (D small calls cost more than the arithmetic); big ones (LM
+    vocabularies) one depth at a time, so at most three depths' logits (this one, the previous, the
+    final's log-probabilities) are alive and, without --predictions, none outlives its measures. The
+    states held are the residual stream's width, not the vocabulary's.
     """
     wanted = set(depths)
-    D = len(depths)
     x, y, mask = batch.x, batch.y, batch.mask
-    preds, states, columns = [], [], []
-    vectorise = None
-    for k, h in enumerate(model.states(x, upto=max(depths), attention_mask=mask)):
-        if k not in wanted:
-            continue
-        p = model.read(h, mask)
-        if vectorise is None:
-            vectorise = p.numel() * p.element_size() * D <= VECTORISE_BYTES
-        if keep_states:
-            states.append(h)
-        if keep_preds or vectorise:
-            preds.append(p)
-        if not vectorise:
-            columns.append(per_sample_errors(p, y, kind, extras=True))
-    stacked = torch.stack(preds, dim=1) if preds else None  # (B, D, *pred_shape)
-    if vectorise:
-        flat = per_sample_errors(stacked.flatten(0, 1), y.repeat_interleave(D, dim=0), kind, extras=True)
-        errors = {name: v.reshape(x.shape[0], D, *v.shape[1:]) for name, v in flat.items()}
+    upto = max(depths) if kind == "regression" else model.num_blocks
+    held = {k: h for k, h in enumerate(model.states(x, upto=upto, attention_mask=mask)) if k in wanted or k == upto}
+    final_logp = None if kind == "regression" else F.log_softmax(model.read(held[upto], mask).float(), dim=-1)
+    first = model.read(held[depths[0]], mask)
+    if first.numel() * first.element_size() * len(depths) <= VECTORISE_BYTES:
+        stacked = torch.stack([first, *(model.read(held[k], mask) for k in depths[1:])], dim=1)  # (B, D, *pred_shape)
+        columns = _vectorised(stacked, y, final_logp, kind)
     else:
-        errors = {name: torch.stack([c[name] for c in columns], dim=1) for name in columns[0]}
+        stacked, columns, prev = None, [], None
+        preds = [] if keep_preds else None
+        for k in depths:
+            p = first if k == depths[0] else model.read(held[k], mask)
+            columns.append(per_sample_errors(p, y, kind, extras=True) | depth_measures(p, prev, final_logp, y, kind))
+            if preds is not None:
+                preds.append(p)
+            prev = p
+        columns = {name: torch.stack([c[name] for c in columns], dim=1) for name in columns[0]}
+        stacked = torch.stack(preds, dim=1) if keep_preds else None
     out: dict[str, np.ndarray] = {"targets": y.cpu().numpy()}
     if keep_preds:
         out["predictions"] = stacked.float().cpu().numpy().astype(dtype, copy=False)
     if keep_states:
-        out["states"] = torch.stack(states, dim=1).float().cpu().numpy().astype(dtype, copy=False)
-    for name, values in errors.items():
-        group = "confidence" if name in ("max_prob", "entropy") else "errors"
-        out[f"{group}/{name}"] = values.cpu().numpy().astype(np.float32, copy=False)
+        out["states"] = torch.stack([held[k] for k in depths], dim=1).float().cpu().numpy().astype(dtype, copy=False)
+    for name, values in columns.items():
+        group = "confidence" if name in ("max_prob", "entropy") else "trajectory" if name in TRAJECTORY[kind] else "errors"
+        out[f"{group}/{name}"] = values.cpu().numpy()
+    return out
+
+
+def _vectorised(stacked: Tensor, y: Tensor, final_logp: Tensor | None, kind: str) -> dict[str, Tensor]:
+    """Errors and measures of every depth in one call on (B, D, ...) predictions."""
+    B, D = stacked.shape[:2]
+    rows = stacked.flatten(0, 1)
+    targets = y.repeat_interleave(D, dim=0)
+    errors = per_sample_errors(rows, targets, kind, extras=True)
+    prev = torch.cat([stacked[:, :1], stacked[:, :-1]], dim=1).flatten(0, 1)  # the first depth's step is masked below
+    final = None if final_logp is None else final_logp.repeat_interleave(D, dim=0)
+    measures = depth_measures(rows, prev, final, targets, kind)
+    out = {name: v.reshape(B, D, *v.shape[1:]) for name, v in (errors | measures).items()}
+    for name in ("alignment", "alignment_token"):
+        if name in out:
+            out[name][:, 0] = float("nan")  # no step into the first traced depth
     return out
 
 
@@ -208,7 +227,7 @@ def _spec(model: ResidualModel, split: Split, kind: str, n: int, chosen: list[in
         n=n, depths=chosen, kind=kind, target_shape=tuple(first.y.shape[1:]), target_dtype=str(first.y.numpy().dtype),
         pred_shape=pred_shape if predictions else None, state_shape=state_shape if states else None,
         error_names=ERROR_NAMES[kind], token_len=int(first.y.shape[1]) if kind == "lm" else 0, confidence=kind != "regression",
-        dtype=dtype, compression=compression, attrs=meta,
+        trajectory=True, dtype=dtype, compression=compression, attrs=meta,
     )
 
 
