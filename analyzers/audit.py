@@ -8,7 +8,12 @@ Rules (each optional):
 - ``min_accuracy = {DEPTH = LIMIT, ...}`` — classification / language models: accuracy at least LIMIT;
 - ``max_final_error_ratio = R`` with ``reference = "PATH"`` — the final error is at most R times the
   reference checkpoint's (or trace's) final error;
-- ``max_deploy_depth = K`` — the shallowest depth within ``within`` of the final error is at most K.
+- ``max_deploy_depth = K`` — the shallowest depth within ``within`` of the final error is at most K;
+- ``max_calibration_error``, ``max_kl_to_final`` (classification, LMs), ``min_alignment`` (every kind) =
+  ``{DEPTH = LIMIT, ...}`` — the trajectory's statistics (`analyzers.trajectory_summary`) at a depth.
+
+Depth tables take ``"deploy"`` for the deploy depth (``max_calibration_error = { deploy = 0.05 }``: can the
+confidence at the depth you would ship be trusted).
 
 Settings: ``metric``, ``alpha`` (0.05), ``tolerance`` (0.01), ``within`` (0.05), ``bootstrap``
 (1000), ``seed`` (0), ``reference``. ``[tool.lpa.audit.overrides."GLOB"]`` tables change rules and
@@ -32,7 +37,12 @@ from analyzers.metrics import error_ratio, format_p
 from analyzers.monotonicity import MonotonicityResult, check_settings
 from lpa_core.depths import spans
 
-RULES = ("monotone", "max_error", "min_accuracy", "max_final_error_ratio", "max_deploy_depth")
+# depth-table rules on the trajectory: rule -> (TrajectoryResult field, at most (True) or at least, what it is)
+TRAJECTORY_RULES = {"max_calibration_error": ("calibration_error", True, "calibration error"),
+                    "max_kl_to_final": ("kl_to_final", True, "KL to the final depth"),
+                    "min_alignment": ("alignment", False, "alignment")}
+DEPTH_TABLES = ("max_error", "min_accuracy", *TRAJECTORY_RULES)
+RULES = ("monotone", "max_error", "min_accuracy", "max_final_error_ratio", "max_deploy_depth", *TRAJECTORY_RULES)
 SETTINGS = ("metric", "alpha", "tolerance", "within", "bootstrap", "seed", "reference")
 
 
@@ -68,15 +78,15 @@ def _check_table(table: Any, where: str) -> dict[str, Any]:
     unknown = sorted(set(table) - set(RULES) - set(SETTINGS))
     if unknown:
         raise ConfigError(f"{where}: unknown audit rule or setting {', '.join(unknown)} (known: {', '.join(RULES + SETTINGS)})")
-    for key in ("max_error", "min_accuracy"):
+    for key in DEPTH_TABLES:
         if key in table:
             if not isinstance(table[key], dict) or not table[key]:
                 raise ConfigError(f"{where}.{key} must be a table of depth = limit, e.g. {{ \"3\" = 0.01 }}")
             for depth, limit in table[key].items():
                 try:
-                    int(depth)
+                    int(depth) if depth != "deploy" else None
                 except ValueError:
-                    raise ConfigError(f"{where}.{key}: {depth!r} is not a depth") from None
+                    raise ConfigError(f"{where}.{key}: {depth!r} is not a depth (an integer, or \"deploy\")") from None
                 if isinstance(limit, bool) or not isinstance(limit, (int, float)):
                     raise ConfigError(f"{where}.{key}.{depth}: limit must be a number")
     if "monotone" in table and not isinstance(table["monotone"], bool):
@@ -88,7 +98,7 @@ def _check_table(table: Any, where: str) -> dict[str, Any]:
     for key in ("max_deploy_depth", "bootstrap", "seed"):
         if key in table and (isinstance(table[key], bool) or not isinstance(table[key], int) or table[key] < 0):
             raise ConfigError(f"{where}.{key} must be an integer >= 0")
-    for key in ("max_error", "min_accuracy"):
+    for key in DEPTH_TABLES:
         for depth, limit in (table.get(key) or {}).items():
             if not math.isfinite(limit):
                 raise ConfigError(f"{where}.{key}.{depth}: limit must be finite")
@@ -135,8 +145,8 @@ def load_config(path: str | Path | None) -> AuditConfig:
     return AuditConfig(str(path), base, checked)
 
 
-def _at(values: list[float], depths: list[int], key: str, name: str) -> tuple[int, float]:
-    k = int(key)
+def _at(values: list[float], depths: list[int], key: str, name: str, deploy: int | None = None) -> tuple[int, float]:
+    k = deploy if key == "deploy" and deploy is not None else int(key)
     index = k if k < 0 else (depths.index(k) if k in depths else None)
     if index is None or not -len(values) <= index < len(values):
         raise ConfigError(f"{name}: depth {key} is not among the recorded depths {depths}")
@@ -155,15 +165,16 @@ def check(path: str, rules: dict[str, Any], result: MonotonicityResult, accuracy
         cases.append(Case(path, "monotone", ok, result.verdict, "monotone" if want else "any",
                           f"{result.verdict} at alpha {result.alpha:g}, tolerance {result.tolerance_rel:g} of the descent: {worst}{never}"))
     for key, limit in (rules.get("max_error") or {}).items():
-        depth, value = _at(result.curve, result.depths, key, "max_error")
+        depth, value = _at(result.curve, result.depths, key, "max_error", result.deploy_depth)
         if result.metric == "acc":
             raise ConfigError("max_error needs an error metric; this audit uses metric = \"acc\" (use min_accuracy)")
         cases.append(Case(path, f"max_error[{depth}]", value <= limit, value, limit, f"{result.metric} at depth {depth} is {value:.4g} (limit {limit:g})"))
     for key, limit in (rules.get("min_accuracy") or {}).items():
         if accuracy is None:
             raise ConfigError(f"min_accuracy does not apply to {path}: it is a {result.kind} run")
-        depth, value = _at(accuracy, result.depths, key, "min_accuracy")
+        depth, value = _at(accuracy, result.depths, key, "min_accuracy", result.deploy_depth)
         cases.append(Case(path, f"min_accuracy[{depth}]", value >= limit, value, limit, f"accuracy at depth {depth} is {value:.4g} (minimum {limit:g})"))
+    cases += _trajectory_cases(path, rules, result)
     if "max_final_error_ratio" in rules:
         if reference is None:
             raise ConfigError("max_final_error_ratio needs reference = \"PATH\" in the audit table")
@@ -179,6 +190,27 @@ def check(path: str, rules: dict[str, Any], result: MonotonicityResult, accuracy
         else:
             cases.append(Case(path, "max_deploy_depth", result.deploy_depth <= limit, result.deploy_depth, limit,
                               f"shallowest depth within {result.within:.0%} of the final error is {result.deploy_depth} (limit {limit})"))
+    return cases
+
+
+def _trajectory_cases(path: str, rules: dict[str, Any], result: MonotonicityResult) -> list[Case]:
+    """The trajectory rules; a statistic the input does not hold (a format-1 trace, the first depth's
+    alignment) fails its case: a gate never passes what it could not check."""
+    cases = []
+    t = result.trajectory
+    for rule, (name, at_most, what) in TRAJECTORY_RULES.items():
+        for key, limit in (rules.get(rule) or {}).items():
+            if name != "alignment" and result.kind == "regression":
+                raise ConfigError(f"{rule} does not apply to {path}: it is a regression run")
+            values = getattr(t, name) if t is not None else None
+            depth, value = _at(values or [None] * len(result.depths), result.depths, key, rule, result.deploy_depth)
+            label = f"{rule}[{depth}]"
+            if value is None:
+                why = (t.notes[0] if t is not None and t.notes else "no trajectory statistics") if not values else "no step leads into the first traced depth"
+                cases.append(Case(path, label, False, None, limit, f"{what} at depth {depth} cannot be checked: {why}"))
+                continue
+            ok = value <= limit if at_most else value >= limit
+            cases.append(Case(path, label, ok, value, limit, f"{what} at depth {depth} is {value:.4g} ({'limit' if at_most else 'minimum'} {limit:g})"))
     return cases
 
 

@@ -17,6 +17,7 @@ from analyzers.bootstrap import add_block_sums, n_blocks, replicate_weights
 from analyzers.metrics import error_ratio, format_p
 from lpa_core.depths import spans
 from analyzers.monotonicity import METRIC_BASE
+from analyzers.trajectory_summary import pool_seeds
 from analyzers.compare_types import CompareResult, Cost, Difference, ExitSweep, FinalComparison, Gap, GroupCurve, Heatmaps, Run, RunVerdict, Violation
 
 
@@ -259,7 +260,9 @@ def compare(groups: dict[str, list[Run]], metric: str, kind: str, alpha: float =
                 first_correct[g] = total.tolist()
     training = {r.path: r.log for r in runs if r.log}
     result = CompareResult(metric, kind, {g: [r.path for r in m] for g, m in groups.items()}, diff, shared, curves, gaps, finals,
-                           per_run, cost, exits, heatmaps, training, first_correct, never_learned=never)
+                           per_run, cost, exits, heatmaps, training, first_correct, never_learned=never,
+                           trajectory={g: pool_seeds([r.monotonicity.trajectory for r in m]) for g, m in groups.items()
+                                       if all(r.monotonicity.trajectory is not None for r in m)})
     result.notes.extend(f"{r.path}: {spans(r.monotonicity.never_learned)} never left chance (no better than a constant predictor)"
                         for r in runs if r.monotonicity.never_learned and not r.monotonicity.no_descent)
     return result

@@ -10,6 +10,7 @@ import numpy as np
 
 from analyzers.metrics import finite
 from analyzers.monotonicity import MonotonicityResult
+from analyzers.trajectory_summary import TrajectoryResult
 
 
 @dataclass
@@ -197,6 +198,7 @@ class CompareResult:
     measured: dict[str, list[TradeOff]] = field(default_factory=dict)  # group -> exit settings run for real (first seed)
     notes: list[str] = field(default_factory=list)
     never_learned: list[str] = field(default_factory=list)  # groups whose every run ends no better than a constant predictor
+    trajectory: dict[str, TrajectoryResult] = field(default_factory=dict)  # group -> alignment, KL to final, calibration (seeds pooled)
 
     def to_dict(self) -> dict[str, Any]:
         return finite(self)

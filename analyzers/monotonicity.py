@@ -35,6 +35,7 @@ from scipy import optimize, stats
 
 from analyzers.bootstrap import replicate_weights
 from analyzers.error_pass import ErrorSums, stream_errors
+from analyzers.trajectory_summary import TrajectoryResult, from_trace as trajectory_from_trace
 from lpa_core.depths import spans
 from lpa_core.errors import UsageError
 from analyzers.metrics import finite
@@ -143,6 +144,7 @@ class MonotonicityResult:
     baseline: float | None = None  # the constant predictor's error (tested error's units), when known
     no_descent: bool = False  # the final depth is no better than the constant predictor
     never_learned: list[int] = field(default_factory=list)  # depths no better than the constant predictor
+    trajectory: TrajectoryResult | None = None  # alignment, KL to final, calibration, prediction depth (traces)
 
     def __post_init__(self) -> None:
         D = len(self.depths)
@@ -393,4 +395,6 @@ def from_trace(trace, metric: str | None = None, depths: str | None = None, chun
             yield e, errs.get("correct") if classification else None
 
     baseline = constant_baseline(trace, base) if lens is None else None
-    return assess_monotonicity(chunks, trace.n, chosen, trace.kind, metric, source=str(trace.path), baseline=baseline, **kwargs)
+    result = assess_monotonicity(chunks, trace.n, chosen, trace.kind, metric, source=str(trace.path), baseline=baseline, **kwargs)
+    result.trajectory = trajectory_from_trace(trace, lens, bootstrap=result.bootstrap, alpha=result.alpha, seed=result.seed).select(positions)
+    return result

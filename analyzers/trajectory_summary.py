@@ -76,12 +76,38 @@ class TrajectoryResult:
 
         out = TrajectoryResult(**{k: v for k, v in self.__dict__.items()})
         for name in ("depths", "alignment", "alignment_band", "removal", "removal_band", "kl_to_final", "kl_band", "calibration_error",
-                     "calibration_band", "prediction_depth"):
+                     "calibration_band"):
             setattr(out, name, pick(getattr(self, name)))
+        if self.prediction_depth is not None:  # those settled since the previous chosen depth (all earlier ones at the first)
+            total = np.cumsum(self.prediction_depth)[positions]
+            out.prediction_depth = np.diff(total, prepend=0).tolist()
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return finite(dict(self.__dict__))
+
+
+def pool_seeds(results: list[TrajectoryResult]) -> TrajectoryResult:
+    """One group's trajectory from its seeds: each statistic's mean over the seeds, and as its band the
+    envelope of the seeds' own bands (lowest low, highest high: between-seed spread and within-seed
+    sampling both show); prediction-depth counts summed. A single seed is returned as it is."""
+    if len(results) == 1:
+        return results[0]
+    first = results[0]
+    out = TrajectoryResult(**dict(first.__dict__))
+    out.notes = [f"the mean of {len(results)} seeds; bands span the seeds' own 95% bands"] + sorted({n for r in results for n in r.notes})
+    for name, band in (("alignment", "alignment_band"), ("removal", "removal_band"), ("kl_to_final", "kl_band"),
+                       ("calibration_error", "calibration_band")):
+        if getattr(first, name) is None:
+            continue
+        columns = list(zip(*(getattr(r, name) for r in results)))
+        setattr(out, name, [None if None in c else float(np.mean(c)) for c in columns])
+        bands = list(zip(*(getattr(r, band) for r in results)))
+        setattr(out, band, [[None, None] if any(b[0] is None for b in bs) else [min(b[0] for b in bs), max(b[1] for b in bs)] for bs in bands])
+    if first.prediction_depth is not None:
+        out.prediction_depth = np.sum([r.prediction_depth for r in results], axis=0).tolist()
+        out.mean_prediction_depth = float(np.mean([r.mean_prediction_depth for r in results]))
+    return out
 
 
 def _bin_sums(conf: np.ndarray, right: np.ndarray, valid: np.ndarray, bins: int) -> np.ndarray:

@@ -16,6 +16,7 @@ from analyzers.compare_types import CompareResult
 from analyzers.report.measured import measured_section
 from analyzers.report.monotonicity import fmt
 from analyzers.report.page import Page, colour as _colour, depth_axis, label as _name, log_axis, rgba as _rgba
+from analyzers.report.trajectory import add_charts
 
 def curves_figure(r: CompareResult) -> go.Figure:
     fig = go.Figure()
@@ -328,9 +329,14 @@ def shared_section(page: Page, r: CompareResult) -> None:
         page.paragraph(note, "note")
 
 
+def trajectory_section(page: Page, r: CompareResult) -> None:
+    """Alignment, KL to final and calibration per depth, the groups side by side (the paper's alignment claim)."""
+    add_charts(page, list(r.trajectory.items()))
+
+
 SECTIONS: list[Callable[[Page, CompareResult], None]] = [
     summary_section, diff_section, final_section, curves_section, gap_section, monotonicity_section, cost_section,
-    first_correct_section, early_exit_section, measured_section, heatmap_section, training_section, shared_section,
+    trajectory_section, first_correct_section, early_exit_section, measured_section, heatmap_section, training_section, shared_section,
 ]
 
 

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from analyzers.metrics import format_p, format_t
 from analyzers.monotonicity import MonotonicityResult
 from analyzers.report.page import Page, colour, depth_axis, label, log_axis, rgba
+from analyzers.report.trajectory import add_charts
 
 
 def fmt(v: float | None) -> str:
@@ -128,5 +129,6 @@ def monotonicity_page(results: list[MonotonicityResult]) -> Page:
     page.figure(curve_figure(results))
     for r in results:
         add_result(page, r)
+    add_charts(page, list(zip(legend_names([r.source for r in results]), [r.trajectory for r in results])))
     page.raw_json("lpa-results", [r.to_dict() for r in results])
     return page

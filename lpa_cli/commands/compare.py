@@ -12,6 +12,25 @@ from lpa_cli.commands.options import PLOTLYJS_DEFAULT, Factory, Force, Json, Out
 from lpa_cli.commands.render import consoles, esc, fmt, print_json
 
 
+def trajectory_table(result) -> list:
+    """Alignment, KL to final and calibration per depth, the groups side by side, and what they mean."""
+    groups = result.trajectory
+    if not groups:
+        return []
+    measures = [(m, title) for m, title in (("alignment", "alignment"), ("kl_to_final", "KL to final"), ("calibration_error", "calibration"))
+                if any(getattr(t, m) is not None and any(v is not None for v in getattr(t, m)) for t in groups.values())]
+    table = Table(title="the trajectory per depth", title_justify="left")
+    table.add_column("depth", justify="right")
+    for _, title in measures:
+        for g in groups:
+            table.add_column(f"{title}: {esc(g)}", justify="right")
+    for k in sorted({k for t in groups.values() for k in t.depths}):
+        table.add_row(str(k), *[fmt(t.at(k, m)) for m, _ in measures for t in groups.values()])
+    return [table, "[dim]Alignment: the cosine between each step and its residual target (the paper claims LPA's steps are aligned "
+                   "and E2E's are not). For an exit depth: KL to final is how far its answers are from the full model's, calibration "
+                   "whether its confidence can be trusted as an exit threshold.[/dim]"]
+
+
 def compare_command(
     run: Annotated[list[str], typer.Option("--run", help="NAME=PATH (checkpoint or trace); repeat a NAME for more seeds; globs allowed.")],
     output: Output = None,
@@ -57,6 +76,8 @@ def compare_command(
     for k in depths:
         table.add_row(str(k), *[fmt(c.mean[c.depths.index(k)], result.metric) if k in c.depths else "-" for c in result.curves.values()])
     out.print(table)
+    for item in trajectory_table(result):
+        out.print(item)
     for g in result.never_learned:
         out.print(f"[bold red]{esc(g)} never learned[/bold red]: its final depth is no better than a constant predictor (no descent)")
     for f in result.final:

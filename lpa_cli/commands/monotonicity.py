@@ -41,7 +41,42 @@ def _detail(r) -> list:
     ]
     if r.overthinking_share is not None:
         lines.append(f"destructive overthinking {r.overthinking_share:.1%}, wasteful depth {r.wasteful_share:.1%}")
-    return [table, *lines, *[esc(n) for n in r.notes]]
+    return [table, *lines, *[esc(n) for n in r.notes], *_trajectory(r)]
+
+
+def _band(value, band) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f} [{band[0]:.3f}, {band[1]:.3f}]" if band[0] is not None else f"{value:.3f}"
+
+
+def _trajectory(r) -> list:
+    """The trajectory table (issue 42) and what each column means for choosing an exit depth."""
+    t = r.trajectory
+    if t is None:
+        return []
+    unit = "tokens" if t.unit == "token" else "samples"
+    table = Table(title=f"{esc(r.source)}: the trajectory per depth", title_justify="left")
+    cols = ["depth", "alignment (95% CI)", "error removed"] + (["KL to final", "calibration error", f"{unit} settled"]
+                                                               if t.kl_to_final is not None or t.calibration_error is not None else [])
+    for col in cols:
+        table.add_column(col, justify="right")
+    for j, k in enumerate(t.depths):
+        row = [str(k), _band(t.alignment[j], t.alignment_band[j]), "-" if t.removal[j] is None else f"{t.removal[j]:.1%}"]
+        if len(cols) > 3:
+            row += [fmt(t.kl_to_final[j]) if t.kl_to_final else "-", fmt(t.calibration_error[j]) if t.calibration_error else "-",
+                    f"{t.prediction_depth[j]:,}" if t.prediction_depth else "-"]
+        table.add_row(*row)
+    lines = ["[dim]Alignment: the cosine between the step into a depth and its residual target (the negative loss gradient "
+             "before it); the paper's claim is that LPA's steps are aligned (near 1) and E2E's are not. Error removed: the share "
+             "of the previous depth's mean error the step took away."]
+    if len(cols) > 3:
+        lines[0] += (f" For an exit at depth k: KL to final is how far its answers are from the full model's (0 at the last), "
+                     f"the calibration error ({t.bins} equal-width bins) whether its top probability can serve as an exit "
+                     f"threshold, and {unit} settled how many reach the final answer there and keep it"
+                     + (f" (mean prediction depth {t.mean_prediction_depth:.2f})." if t.mean_prediction_depth is not None else "."))
+    lines[0] += "[/dim]"
+    return [table, *lines, *[esc(n) for n in t.notes]]
 
 
 def _summary(results: list) -> Table:

@@ -14,7 +14,7 @@ from lpa_cli.commands.render import consoles, print_json
 
 
 def reproduce_command(
-    experiment: Annotated[str, typer.Argument(help="surface, digits, lm, llm, minilm, lm-cost, ablation, counterexample or all.")],
+    experiment: Annotated[str, typer.Argument(help="surface, digits, lm, llm, minilm, lm-cost, ablation, counterexample, trajectory or all.")],
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds per group.")] = 3,
     quick: Annotated[bool, typer.Option("--quick", help="Small budgets (all experiments in minutes, targets not expected).")] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for checkpoints, reports and summaries.")] = Path("results"),

@@ -140,8 +140,28 @@ def markdown(outcome: dict[str, Any]) -> str:
         lines.append(f"- {f.statement} ({f.test}).")
     for text, ok, value in outcome["targets"]:
         lines.append(f"- target: {text} — {'**met**' if ok else '**not met**'} ({value})")
+    lines += trajectory_markdown(result)
     lines.append(f"- report: `{outcome['report']}`")
     return "\n".join(lines) + "\n"
+
+
+def trajectory_markdown(result) -> list[str]:
+    """The groups' alignment, KL to the final depth and calibration error per depth (issue 42), seeds pooled."""
+    groups = result.trajectory
+    measures = [(m, title) for m, title in (("alignment", "alignment"), ("kl_to_final", "KL to final"), ("calibration_error", "ECE"))
+                if any(getattr(t, m) is not None and any(v is not None for v in getattr(t, m)) for t in groups.values())]
+    if not measures:
+        return []
+    head = [f"{title} {g}" for _, title in measures for g in groups]
+    lines = ["", "Trajectory (mean over seeds; alignment: cosine of each step with its residual target):", "",
+             "| depth | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for k in sorted({k for t in groups.values() for k in t.depths}):
+        cells = [t.at(k, m) for m, _ in measures for t in groups.values()]
+        lines.append(f"| {k} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
+    pd = [f"{g} {t.mean_prediction_depth:.2f}" for g, t in groups.items() if t.mean_prediction_depth is not None]
+    if pd:
+        lines.append(f"\nMean prediction depth: {', '.join(pd)}.")
+    return lines + [""]
 
 
 def environment() -> str:

