@@ -206,8 +206,9 @@ def _trajectory_cases(path: str, rules: dict[str, Any], result: MonotonicityResu
             depth, value = _at(values or [None] * len(result.depths), result.depths, key, rule, result.deploy_depth)
             label = f"{rule}[{depth}]"
             if value is None:
-                why = (t.notes[0] if t is not None and t.notes else "no trajectory statistics") if not values else "no step leads into the first traced depth"
-                cases.append(Case(path, label, False, None, limit, f"{what} at depth {depth} cannot be checked: {why}"))
+                measured = values is not None and any(v is not None for v in values)
+                why = "no step leads into the first traced depth" if measured else (t.notes[0] if t is not None and t.notes else "not in the trace")
+                cases.append(Case(path, label, False, "not measured", limit, f"{what} at depth {depth} cannot be checked: {why}"))
                 continue
             ok = value <= limit if at_most else value >= limit
             cases.append(Case(path, label, ok, value, limit, f"{what} at depth {depth} is {value:.4g} ({'limit' if at_most else 'minimum'} {limit:g})"))

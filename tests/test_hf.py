@@ -101,8 +101,18 @@ def test_logit_lens_trace_equals_transformers(tmp_path, case):
         ref = model(x, output_hidden_states=True)
         norm = model.transformer.ln_f if family == "gpt2" else model.model.norm
         np.testing.assert_allclose(preds[:, -1], ref.logits.numpy(), rtol=1e-5, atol=1e-5)
+        lens = [model.lm_head(norm(ref.hidden_states[k])).numpy() for k in range(3)] + [ref.logits.numpy()]
         for k in range(3):  # hidden_states[k] for k < N is the raw residual stream after layer k
-            np.testing.assert_allclose(preds[:, k], model.lm_head(norm(ref.hidden_states[k])).numpy(), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(preds[:, k], lens[k], rtol=1e-5, atol=1e-5)
+    # the trajectory measures of the logit lens (issue 42), from transformers' own logits by the numpy twin
+    from analyzers.trajectory import depth_measures
+
+    with open_trace(out) as t:
+        targets = t.read("targets")
+        for k in range(4):
+            want = depth_measures(lens[k], lens[k - 1] if k else None, lens[-1], targets, "lm")
+            for name in ("kl_to_final_token", "alignment_token", "prediction_token"):
+                np.testing.assert_allclose(t.read(f"trajectory/{name}")[:, k], want[name], rtol=1e-3, atol=1e-4, err_msg=f"{name} depth {k}")
 
 
 def test_sliding_window_matters(tmp_path):

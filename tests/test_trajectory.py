@@ -269,3 +269,111 @@ def test_the_logit_lens_gives_the_stored_measures(tmp_path):
     for name in ("alignment", "removal", "kl_to_final", "calibration_error"):
         np.testing.assert_allclose(np.array(getattr(lensed, name), float), np.array(getattr(stored, name), float), rtol=1e-4, atol=1e-6, err_msg=name)
     assert lensed.prediction_depth == stored.prediction_depth
+
+
+# -- where the statistics reach users: monotonicity and compare (text, JSON, reports), audit, reproduce ----
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
+
+
+def test_monotonicity_json_and_report_carry_the_trajectory(tmp_path):
+    from tests.cli_helpers import run, run_json
+
+    path = _trace(tmp_path, "resnet-digits-lpa", "--limit", "120")
+    data = run_json("monotonicity", path, "--bootstrap", "100")
+    direct = _summary(path, bootstrap=100)
+    t = data["trajectory"]
+    assert t["alignment"][0] is None and t["alignment"][1:] == pytest.approx(direct.alignment[1:])
+    assert t["calibration_error"] == pytest.approx(direct.calibration_error) and t["unit"] == "sample"
+    np.testing.assert_allclose(t["kl_band"], direct.kl_band, rtol=1e-9)  # the same seed, the same bootstrap
+    text = run("monotonicity", path, "--bootstrap", "100").stdout
+    assert "alignment (95% CI)" in text and "For an exit at depth k" in text
+    sub = run_json("monotonicity", path, "--depths", "0,3,6", "--bootstrap", "0")["trajectory"]
+    assert sub["depths"] == [0, 3, 6] and sum(sub["prediction_depth"]) == 120  # settled counts folded into the chosen depths
+    html = tmp_path / "m.html"
+    run("monotonicity", path, "--report-path", html, "--exit-zero")
+    page = html.read_text()
+    assert "alignment of each step with its residual target" in page and "expected calibration error per depth" in page
+
+
+def test_compare_pools_seeds_and_shows_both_groups(tmp_path):
+    """Two seeds of a group: each statistic the mean of the seeds', its band the envelope of theirs."""
+    from analyzers.trajectory_summary import pool_seeds
+    from tests.cli_helpers import run, run_json
+
+    lpa = [_trace(tmp_path, "resnet-digits-lpa", "--limit", n) for n in ("100", "100")]
+    e2e = _trace(tmp_path, "resnet-digits-e2e", "--limit", "100")
+    out = tmp_path / "c.html"
+    data = run_json("compare", "--run", f"LPA={lpa[0]}", "--run", f"LPA={lpa[1]}", "--run", f"E2E={e2e}", "-o", out, "--no-measure")
+    each = [_summary(p) for p in lpa]
+    pooled = pool_seeds(each)
+    assert data["trajectory"]["LPA"]["alignment"][1:] == pytest.approx(pooled.alignment[1:])
+    assert data["trajectory"]["E2E"]["kl_to_final"] == pytest.approx(_summary(e2e).kl_to_final)
+    for j in range(1, len(pooled.depths)):
+        assert pooled.alignment_band[j][0] == min(r.alignment_band[j][0] for r in each)
+    assert "the mean of 2 seeds" in pooled.notes[0]
+    assert "alignment: LPA" in run("compare", "--run", f"LPA={lpa[0]}", "--run", f"E2E={e2e}", "-o", out, "--force", "--no-measure").stdout
+    assert "alignment of each step with its residual target" in out.read_text()
+
+
+@pytest.mark.parametrize("body,passes", [
+    ('max_calibration_error = { deploy = 0.2, "-1" = 0.1 }\n', True),
+    ('max_calibration_error = { "1" = 0.1 }\n', False),
+    ('max_kl_to_final = { "3" = 0.05 }\n', True),
+    ('max_kl_to_final = { "1" = 0.05 }\n', False),
+    ('min_alignment = { "2" = 0.5 }\n', True),
+    ('min_alignment = { "6" = 0.5 }\n', False),
+    ('min_alignment = { "0" = -1 }\n', False),  # no step leads into depth 0: the gate cannot pass it
+])
+def test_trajectory_rules_pass_and_fail_on_purpose(tmp_path, body, passes):
+    """On the digits LPA sample: calibration 0.45 at depth 1 and 0.06 at its last, KL 0.02 at depth 3, alignment
+    0.64 at depth 2 and 0.32 at its last."""
+    import json
+
+    from tests.cli_helpers import run
+
+    cfg = tmp_path / "a.toml"
+    cfg.write_text("[tool.lpa.audit]\n" + body)
+    result = run("audit", SAMPLES / "resnet-digits-lpa.safetensors", "--config", cfg, "--json")
+    assert json.loads(result.stdout)["passed"] is passes and result.exit_code == (0 if passes else 1)
+
+
+def test_trajectory_rules_refuse_what_does_not_apply(tmp_path):
+    import json
+
+    import h5py
+
+    from tests.cli_helpers import assert_clean_error, run
+
+    cfg = tmp_path / "a.toml"
+    cfg.write_text('[tool.lpa.audit]\nmax_kl_to_final = { "-1" = 0.1 }\n')
+    assert_clean_error(run("audit", SAMPLES / "mlp-stripe-lpa.safetensors", "--config", cfg), "regression run")
+    cfg.write_text('[tool.lpa.audit]\nmin_alignment = { "later" = 0.1 }\n')
+    assert_clean_error(run("audit", SAMPLES / "mlp-stripe-lpa.safetensors", "--config", cfg), "not a depth")
+    old = _trace(tmp_path, "resnet-digits-lpa", "--limit", "50")
+    with h5py.File(old, "r+") as f:
+        del f["trajectory"]
+        f.attrs["format_version"] = 1
+    cfg.write_text('[tool.lpa.audit]\nmin_alignment = { "2" = 0.1 }\n')
+    result = run("audit", old, "--config", cfg, "--json")
+    case = json.loads(result.stdout)["cases"][0]
+    assert result.exit_code == 1 and case["value"] == "not measured" and "trace format 1" in case["message"]
+    assert "not measured" in run("audit", old, "--config", cfg).stdout
+
+
+def test_reproduce_summaries_carry_the_trajectory_table():
+    from types import SimpleNamespace
+
+    from lpa_cli.workflows.reproduce import trajectory_markdown
+
+    r = _summary(_trace_once(), bootstrap=0)
+    lines = trajectory_markdown(SimpleNamespace(trajectory={"LPA": r, "E2E": r}))
+    assert lines[3] == "| depth | alignment LPA | alignment E2E | KL to final LPA | KL to final E2E | ECE LPA | ECE E2E |"
+    assert lines[5].startswith("| 0 | - | - | ") and f"{r.alignment[1]:.3f}" in lines[6]
+
+
+def _trace_once() -> Path:
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp())
+    return _trace(folder, "vit-digits-lpa", "--limit", "40")
