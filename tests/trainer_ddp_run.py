@@ -1,7 +1,8 @@
 """Run by tests/test_trainer_as_users_run_it.py, alone or under `torchrun --nproc_per_node=2` (DDP over gloo):
 LPATrainer on a tiny Llama whose rows all have the same length; the per-depth losses it logs written as
 JSON, the model saved beside it. (FSDP through the Trainer needs an accelerator: with ``use_cpu`` the
-Trainer runs DDP whatever ``fsdp`` says, measured with transformers 5.25.)"""
+Trainer runs DDP whatever ``fsdp`` says, measured with transformers 5.25; `fsdp_run.py` shards the model
+as Accelerate's FSDP 2 would.)"""
 
 from __future__ import annotations
 

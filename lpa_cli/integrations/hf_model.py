@@ -60,6 +60,12 @@ class LPAModel(nn.Module):
         self.last: LossOutput | None = None
         self.hf_names: dict[str, str] | None = None  # lpa's parameter name -> transformers' (the adapter's renaming), where plain
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The block classes, for Accelerate's FSDP auto-wrap (transformers models name theirs the same way):
+        each residual block is sharded as one unit, as transformers' own decoder layers are."""
+        return sorted({type(b).__name__ for b in self.model.blocks})
+
     @staticmethod
     def right_padding(attention_mask: Tensor | None) -> Tensor | None:
         """For left-padded rows (a tokenizer with ``padding_side="left"``): the (B, T) index that rolls each
