@@ -50,9 +50,9 @@ class TrajectoryResult:
     removal: list[float | None]
     removal_band: list[list[float | None]]
     kl_to_final: list[float] | None = None
-    kl_band: list[list[float]] | None = None
+    kl_to_final_band: list[list[float]] | None = None
     calibration_error: list[float] | None = None
-    calibration_band: list[list[float]] | None = None
+    calibration_error_band: list[list[float]] | None = None
     prediction_depth: list[int] | None = None  # samples (LM tokens) settled from each depth on
     mean_prediction_depth: float | None = None
     unit: str = "sample"  # what calibration and prediction depth count: sample or token
@@ -75,8 +75,8 @@ class TrajectoryResult:
             return None if values is None else [values[p] for p in positions]
 
         out = TrajectoryResult(**{k: v for k, v in self.__dict__.items()})
-        for name in ("depths", "alignment", "alignment_band", "removal", "removal_band", "kl_to_final", "kl_band", "calibration_error",
-                     "calibration_band"):
+        for name in ("depths", "alignment", "alignment_band", "removal", "removal_band", "kl_to_final", "kl_to_final_band", "calibration_error",
+                     "calibration_error_band"):
             setattr(out, name, pick(getattr(self, name)))
         if self.prediction_depth is not None:  # those settled since the previous chosen depth (all earlier ones at the first)
             total = np.cumsum(self.prediction_depth)[positions]
@@ -96,8 +96,8 @@ def pool_seeds(results: list[TrajectoryResult]) -> TrajectoryResult:
     first = results[0]
     out = TrajectoryResult(**dict(first.__dict__))
     out.notes = [f"the mean of {len(results)} seeds; bands span the seeds' own 95% bands"] + sorted({n for r in results for n in r.notes})
-    for name, band in (("alignment", "alignment_band"), ("removal", "removal_band"), ("kl_to_final", "kl_band"),
-                       ("calibration_error", "calibration_band")):
+    for name in ("alignment", "removal", "kl_to_final", "calibration_error"):
+        band = f"{name}_band"
         if getattr(first, name) is None:
             continue
         columns = list(zip(*(getattr(r, name) for r in results)))
@@ -217,8 +217,8 @@ def _result(sums, counts, settled, has, depths, kind, n, bootstrap, alpha, seed,
     total = int(settled.sum())
     return TrajectoryResult(
         kind=kind, n=n, depths=list(depths), alignment=get("alignment") or [None] * D, alignment_band=bands.get("alignment") or [[None, None]] * D,
-        removal=get("removal"), removal_band=bands["removal"], kl_to_final=get("kl_to_final"), kl_band=bands.get("kl_to_final"),
-        calibration_error=get("calibration_error"), calibration_band=bands.get("calibration_error"),
+        removal=get("removal"), removal_band=bands["removal"], kl_to_final=get("kl_to_final"), kl_to_final_band=bands.get("kl_to_final"),
+        calibration_error=get("calibration_error"), calibration_error_band=bands.get("calibration_error"),
         prediction_depth=settled.tolist() if has["prediction"] else None,
         mean_prediction_depth=float(np.dot(settled, depths) / total) if has["prediction"] and total else None,
         unit="token" if kind == "lm" else "sample", bins=bins, bootstrap=bootstrap, alpha=alpha, seed=seed, notes=notes,

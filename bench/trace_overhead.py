@@ -2,13 +2,16 @@
 
 (a) a bare forward pass computing per-depth predictions and discarding them,
 (b) `trace_model` with predictions (what `lpa trace` does),
+(b0) b without the trajectory measures (format 1's content: what issue 42's measures cost),
 (c) the same with --states,
 (c') c with every fsync skipped (bench only: the cost apart from the disk's),
 (d) torchlens capturing every operation in memory (when installed), else forward hooks keeping
     block outputs in memory,
 (e) writing as many bytes as the states hold to a plain file, with fsync (the I/O floor).
-Prints b/a, c/a, c'/a, (a + e)/a and d/c for a residual MLP (stripe-sized, 100k samples) and a digits-size
-CNN (20k samples). Targets: b/a <= 1.2, c/a <= 2.0, d/c >= 5 (against torchlens).
+Prints b/a, b/b0, c/a, c'/a, (a + e)/a and d/c for a residual MLP (stripe-sized, 100k samples) and a
+digits-size CNN (20k samples); for an 8-block decoder at vocabulary 8,192 (2,048 sequences of 32 tokens,
+traced without predictions, as big vocabularies are) a, b0 and b. Targets: b/a <= 1.2, c/a <= 2.0,
+d/c >= 5 (against torchlens).
 
     python bench/trace_overhead.py [--quick]
     python bench/trace_overhead.py --rss N   # peak RSS of tracing N samples with states (one process)
@@ -42,7 +45,28 @@ def models(quick: bool):
     cnn = build_model(ModelConfig(arch="resnet", depth=6, width=32, zero_init=False), (1, 8, 8), 10, "image")
     x_cnn = torch.rand(20_000 // scale, 1, 8, 8)
     y_cnn = torch.randint(0, 10, (x_cnn.shape[0],))
-    return [("mlp", mlp.eval(), x_mlp, y_mlp, "regression"), ("cnn", cnn.eval(), x_cnn, y_cnn, "classification")]
+    lm = build_model(ModelConfig(arch="gpt", depth=8, width=64, zero_init=False), (32,), 8192, "tokens", "lm")
+    x_lm = torch.randint(0, 8192, (2048 // scale, 32))
+    return [("mlp", mlp.eval(), x_mlp, y_mlp, "regression"), ("cnn", cnn.eval(), x_cnn, y_cnn, "classification"),
+            ("lm", lm.eval(), x_lm, torch.roll(x_lm, -1, 1), "lm")]
+
+
+def without_trajectory(fn) -> None:
+    """Run fn with the trajectory measures switched off (bench only): the tracer as it was before them."""
+    import lpa_cli.serving.trace as tracer
+
+    spec, measures = tracer._spec, tracer.depth_measures
+
+    def old_spec(*args, **kwargs):
+        out = spec(*args, **kwargs)
+        out.trajectory = False
+        return out
+
+    tracer._spec, tracer.depth_measures = old_spec, lambda *a, **k: {}
+    try:
+        fn()
+    finally:
+        tracer._spec, tracer.depth_measures = spec, measures
 
 
 def bare(model, x, batch):
@@ -94,13 +118,21 @@ def run(quick: bool) -> None:
         batch = DEFAULT_BATCH[kind]
         with torch.no_grad():
             state_bytes = x.shape[0] * model.num_depths * model.embed(x[:1]).numel() * 4
+        keep = kind != "lm"  # an LM's per-depth logits are not stored (as users trace big vocabularies)
         variants = {
             "a bare": lambda: bare(model, x, batch),
-            "b trace": lambda: trace_model(model, x, y, kind, fresh("b")),
+            "b0 no trajectory": lambda: without_trajectory(lambda: trace_model(model, x, y, kind, fresh("b0"), predictions=keep)),
+            "b trace": lambda: trace_model(model, x, y, kind, fresh("b"), predictions=keep),
             "c trace --states": lambda: trace_model(model, x, y, kind, fresh("c"), states=True),
             "c' no fsync": lambda: without_fsync(lambda: trace_model(model, x, y, kind, fresh("n"), states=True)),
             "e plain write": lambda: plain_write(fresh("e"), state_bytes),
         }
+        if kind == "lm":
+            t = interleaved(variants, repeats=3 if quick else 5, before=clear)
+            print(f"{name}: n={x.shape[0]} a={t['a bare']:.3f}s b0={t['b0 no trajectory']:.3f}s b={t['b trace']:.3f}s")
+            summary(f"trace_overhead.{name}.b/a", t["b trace"] / t["a bare"], "(measurement: errors, confidences and measures of 8,192 classes)")
+            summary(f"trace_overhead.{name}.b/b0", t["b trace"] / t["b0 no trajectory"], "(measurement: the trajectory measures' cost)")
+            continue
         t = interleaved(variants, repeats=3 if quick else 7, before=clear)
         ref = interleaved({"d": lambda: reference(model, x, batch)}, repeats=1)["d"]
         a, e = t["a bare"], t["e plain write"]
@@ -111,6 +143,7 @@ def run(quick: bool) -> None:
               f"e={e:.3f}s on this machine, so (a + e)/a = {(a + e) / a:.2f}")
         b_a, c_a, d_c = t["b trace"] / t["a bare"], t["c trace --states"] / t["a bare"], ref / t["c trace --states"]
         summary(f"trace_overhead.{name}.b/a", b_a, "target <= 1.2", b_a <= 1.2)
+        summary(f"trace_overhead.{name}.b/b0", t["b trace"] / t["b0 no trajectory"], "(measurement: the trajectory measures' cost)")
         summary(f"trace_overhead.{name}.c/a", c_a, f"target <= 2.0; (a + e)/a = {(a + e) / a:.2f}", c_a <= 2.0)
         nosync = t["c' no fsync"] / t["a bare"]
         summary(f"trace_overhead.{name}.c'/a", nosync, "the same without fsync (what the prototype measured): target <= 2.0", nosync <= 2.0)

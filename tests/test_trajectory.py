@@ -197,7 +197,7 @@ def test_summary_equals_direct_computations_on_a_classification_trace(tmp_path):
     np.testing.assert_allclose(r.removal[1:], 1 - m[1:] / m[:-1], rtol=1e-9)
     np.testing.assert_allclose(r.calibration_error, calibration_error(conf, right), rtol=1e-6, atol=1e-9)
     assert r.prediction_depth == np.bincount(prediction_depth(logits.argmax(-1)), minlength=len(r.depths)).tolist()
-    for value, (lo, hi) in zip(r.alignment[1:] + r.kl_to_final + r.calibration_error, r.alignment_band[1:] + r.kl_band + r.calibration_band):
+    for value, (lo, hi) in zip(r.alignment[1:] + r.kl_to_final + r.calibration_error, r.alignment_band[1:] + r.kl_to_final_band + r.calibration_error_band):
         assert lo <= value + 1e-12 and value <= hi + 1e-12
 
 
@@ -213,7 +213,7 @@ def test_the_calibration_band_is_the_bootstrap_of_resampled_samples(tmp_path):
         conf, right = t.read("confidence/max_prob"), t.read("errors/correct")
     w = replicate_weights(np.random.default_rng(5), 300, len(conf)).astype(int)
     brute = np.array([calibration_error(np.repeat(conf, row, axis=0), np.repeat(right, row, axis=0)) for row in w])
-    np.testing.assert_allclose(r.calibration_band, np.quantile(brute, [0.025, 0.975], axis=0).T, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(r.calibration_error_band, np.quantile(brute, [0.025, 0.975], axis=0).T, rtol=1e-9, atol=1e-12)
 
 
 def test_lm_summary_counts_real_tokens(tmp_path):
@@ -285,7 +285,7 @@ def test_monotonicity_json_and_report_carry_the_trajectory(tmp_path):
     t = data["trajectory"]
     assert t["alignment"][0] is None and t["alignment"][1:] == pytest.approx(direct.alignment[1:])
     assert t["calibration_error"] == pytest.approx(direct.calibration_error) and t["unit"] == "sample"
-    np.testing.assert_allclose(t["kl_band"], direct.kl_band, rtol=1e-9)  # the same seed, the same bootstrap
+    np.testing.assert_allclose(t["kl_to_final_band"], direct.kl_to_final_band, rtol=1e-9)  # the same seed, the same bootstrap
     text = run("monotonicity", path, "--bootstrap", "100").stdout
     assert "alignment (95% CI)" in text and "For an exit at depth k" in text
     sub = run_json("monotonicity", path, "--depths", "0,3,6", "--bootstrap", "0")["trajectory"]

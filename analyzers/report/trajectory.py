@@ -14,10 +14,10 @@ CHARTS = {
                   "The cosine between the step into a depth (from the traced depth before it) and the negative loss gradient there, "
                   "the residual target. The paper claims LPA's steps are aligned (near 1) and E2E's are not; a step that keeps the "
                   "answer and refines it can sit near 0 even when its error falls."),
-    "kl_to_final": ("kl_band", "KL divergence from the final depth's distribution", "KL(p_final || p_k), nats",
+    "kl_to_final": ("kl_to_final_band", "KL divergence from the final depth's distribution", "KL(p_final || p_k), nats",
                     "How far an exit's answers are from the full model's: 0 at the last depth. An exit depth whose KL is small "
                     "serves nearly the full model's distribution."),
-    "calibration_error": ("calibration_band", "expected calibration error per depth", "ECE",
+    "calibration_error": ("calibration_error_band", "expected calibration error per depth", "ECE",
                           "Whether a depth's top probability means what it says (equal-width bins): a confidence threshold for "
                           "early exit is only as good as the calibration at the depths it exits."),
 }
