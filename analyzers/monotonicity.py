@@ -34,6 +34,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from analyzers.bootstrap import replicate_weights
+from analyzers.baseline import constant_baseline
 from analyzers.error_pass import ErrorSums, stream_errors
 from analyzers.trajectory_summary import TrajectoryResult, from_trace as trajectory_from_trace
 from lpa_core.depths import spans
@@ -254,7 +255,7 @@ def assess_monotonicity(
     if no_descent:
         notes.append(f"the final depth's error ({mean[-1]:.4g}) is no better than a constant predictor's ({baseline:.4g}): the model learned nothing")
     classification = kind == "classification"
-    return MonotonicityResult(
+    result = MonotonicityResult(
         source=source, metric=metric, kind=kind, n=n, depths=depths,
         curve=reported.tolist(), ci_low=np.asarray(r_lo).tolist(), ci_high=np.asarray(r_hi).tolist(), error_curve=mean.tolist(),
         steps=steps, tolerance=tolerance * descent, tolerance_rel=tolerance, descent=descent, alpha=alpha,
@@ -270,6 +271,8 @@ def assess_monotonicity(
         first_correct=s.first_correct[:D].tolist() if classification else None,
         bootstrap=bootstrap, seed=seed, notes=notes, baseline=baseline, no_descent=no_descent, never_learned=never,
     )
+    result.error_blocks = (s.block_sums, s.block_counts)  # not a field: the trajectory's error removed reuses them
+    return result
 
 
 def _bootstrap(s: ErrorSums, mean: np.ndarray, d_mean: np.ndarray, alpha: float, bootstrap: int, seed: int):
@@ -304,43 +307,6 @@ def _deploy_index(mean: np.ndarray, metric: str, within: float) -> int:
         target = (1 - final) * (1 - within)
         return next(k for k in range(len(mean)) if 1 - mean[k] >= target - 1e-12)
     return next(k for k in range(len(mean)) if mean[k] <= final * (1 + within) + 1e-12 * max(1.0, abs(final)))
-
-
-def constant_baseline(trace, base: str) -> float | None:
-    """The mean per-sample error (``se``, ``ce`` or ``err``) of the best constant predictor on the
-    trace's targets: the targets' mean (regression), the class prior (classification), the unigram
-    distribution of the target tokens (language models). None when it does not apply.
-
-    Estimated leave-one-out, each sample judged by the constant fitted to the others (add-one smoothed
-    over the classes or the vocabulary for ``ce``), because the in-sample figure flatters the constant:
-    on 1,152 test tokens of an 8,192-token vocabulary the test set's own unigram distribution has a
-    cross-entropy far below what any predictor fitted elsewhere could reach, and a model that learned
-    would be called "no descent". With many samples per class both are the same."""
-    if not trace.has("targets") or (trace.kind == "regression") != (base == "se"):
-        return None
-    total, sq, counts, n = 0.0, 0.0, np.zeros(0, dtype=np.int64), 0
-    for block in trace.iter_rows("targets", rows=1 << 16):  # streamed: an LM trace holds n x T targets
-        if trace.kind == "regression":
-            y = np.asarray(block, dtype=np.float64).reshape(len(block), -1)
-            total, sq, n = total + y.sum(axis=0), sq + (y * y).sum(axis=0), n + len(y)
-            continue
-        labels = np.asarray(block).reshape(-1).astype(np.int64)
-        labels = labels[labels >= 0]  # LM targets mark padding with a negative index
-        c = np.bincount(labels)
-        counts = np.pad(counts, (0, max(0, c.size - counts.size)))
-        counts[: c.size] += c
-    if trace.kind == "regression":  # the mean of the other n - 1: (n / (n - 1))^2 times the variance
-        return float(np.mean(sq / n - (total / n) ** 2)) * (n / (n - 1)) ** 2 if n > 1 else None
-    m = int(counts.sum())
-    if m < 2:
-        return None
-    if base == "err":
-        return float(1.0 - counts.max() / m)
-    if base == "ce":
-        classes = max(counts.size, int(trace.task.get("out_dim") or 0))
-        seen = counts[counts > 0]
-        return float(-(seen / m * np.log(seen / (m - 1 + classes))).sum())  # p_-i(c) = (n_c - 1 + 1) / (m - 1 + K)
-    return None
 
 
 def from_arrays(errors: np.ndarray, depths: Sequence[int] | None = None, kind: str = "regression", correct: np.ndarray | None = None, chunk_rows: int = 65536, **kwargs: Any) -> MonotonicityResult:
@@ -396,5 +362,7 @@ def from_trace(trace, metric: str | None = None, depths: str | None = None, chun
 
     baseline = constant_baseline(trace, base) if lens is None else None
     result = assess_monotonicity(chunks, trace.n, chosen, trace.kind, metric, source=str(trace.path), baseline=baseline, **kwargs)
-    result.trajectory = trajectory_from_trace(trace, lens, bootstrap=result.bootstrap, alpha=result.alpha, seed=result.seed).select(positions)
+    reuse = result.error_blocks if isinstance(cols, slice) and lens is None else None  # every traced depth: the same blocks
+    result.trajectory = trajectory_from_trace(trace, lens, error=base, errors=reuse, bootstrap=result.bootstrap, alpha=result.alpha,
+                                              seed=result.seed).select(positions)
     return result

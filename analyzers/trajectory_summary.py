@@ -11,7 +11,7 @@ Per depth:
 - ``alignment``: the mean cosine of the step into the depth (from the previous traced depth) with the
   residual target at that depth (the negative loss gradient);
 - ``removal``: the share of the previous traced depth's mean error the step removed, 1 - e_k / e_{k-1}
-  (the error the monotonicity test uses: squared error or cross-entropy);
+  (the error the monotonicity test uses; alone, squared error or cross-entropy);
 - ``kl_to_final``: the mean KL(p_final || p_k) in nats (classification, LMs);
 - ``calibration_error``: the expected calibration error (equal-width bins on the top probability);
 - ``prediction_depth``: how many samples (LM tokens) settle on the deepest traced depth's arg-max at each depth.
@@ -125,10 +125,12 @@ def _bin_sums(conf: np.ndarray, right: np.ndarray, valid: np.ndarray, bins: int)
 
 
 def summarize(chunks: Callable[[], Iterator[Chunk]], n: int, depths: list[int], kind: str, *, bootstrap: int = 1000, alpha: float = 0.05,
-              seed: int = 0, bins: int = BINS, source: str = "") -> TrajectoryResult:
-    """Per-depth trajectory statistics from row chunks, each a dict: ``error`` (rows, D); ``alignment``
+              seed: int = 0, bins: int = BINS, source: str = "", errors: tuple[np.ndarray, np.ndarray] | None = None) -> TrajectoryResult:
+    """Per-depth trajectory statistics from row chunks, each a dict: ``rows``; ``error`` (rows, D); ``alignment``
     (rows, D; NaN in the first column); and where they exist ``kl`` (rows, D), ``max_prob`` and ``correct``
-    (rows, D, T), ``valid`` (rows, T) and ``prediction`` (rows, D, T) (T = 1 for one answer a sample)."""
+    (rows, D, T), ``valid`` (rows, T) and ``prediction`` (rows, D, T) (T = 1 for one answer a sample).
+    ``errors``: the error's (blocks, D) block sums and (blocks,) counts from the monotonicity pass (the same
+    blocks, `analyzers.error_pass`), when the chunks leave the error out: it is read once."""
     D = len(depths)
     blocks = n_blocks(n)
     sums, counts = None, np.zeros(blocks, dtype=np.int64)
@@ -136,9 +138,9 @@ def summarize(chunks: Callable[[], Iterator[Chunk]], n: int, depths: list[int], 
     has: dict[str, bool] = {}
     seen = 0
     for c in chunks():
-        rows = len(c["error"])
+        rows = c["rows"]
         has = {name: c.get(name) is not None for name in ("alignment", "kl", "max_prob", "prediction")}
-        parts = [np.asarray(c["error"], np.float64)]
+        parts = [] if errors is not None else [np.asarray(c["error"], np.float64)]
         if has["alignment"]:
             a = np.asarray(c["alignment"], np.float64)
             if not np.isfinite(a[:, 1:]).all():
@@ -148,12 +150,13 @@ def summarize(chunks: Callable[[], Iterator[Chunk]], n: int, depths: list[int], 
             parts.append(np.asarray(c["kl"], np.float64))
         if has["max_prob"]:
             parts.append(_bin_sums(c["max_prob"], c["correct"], c["valid"], bins).reshape(rows, -1))
-        values = np.concatenate(parts, axis=1)
-        if not np.isfinite(values).all():
-            raise UsageError(f"{source}: trajectory values contain NaN or infinite values")
-        if sums is None:
-            sums = np.zeros((blocks, values.shape[1]))
-        add_block_sums(sums, counts, np.ascontiguousarray(values.T), seen, n, seed)
+        if parts:
+            values = np.concatenate(parts, axis=1)
+            if not np.isfinite(values).all():
+                raise UsageError(f"{source}: trajectory values contain NaN or infinite values")
+            if sums is None:
+                sums = np.zeros((blocks, values.shape[1]))
+            add_block_sums(sums, counts, np.ascontiguousarray(values.T), seen, n, seed)
         if has["prediction"]:
             p = np.moveaxis(np.asarray(c["prediction"]), 1, -1).reshape(-1, D)  # (rows * T, D)
             p = p[p[:, -1] >= 0]  # padding tokens hold -1
@@ -161,6 +164,8 @@ def summarize(chunks: Callable[[], Iterator[Chunk]], n: int, depths: list[int], 
         seen += rows
     if seen != n:
         raise UsageError(f"{source}: expected {n} samples, read {seen}")
+    if errors is not None:
+        sums, counts = (errors[0] if sums is None else np.hstack([errors[0], sums])), errors[1]
     return _result(sums, counts, settled, has, depths, kind, n, bootstrap, alpha, seed, bins)
 
 
@@ -225,14 +230,17 @@ def _result(sums, counts, settled, has, depths, kind, n, bootstrap, alpha, seed,
     )
 
 
-def trace_chunks(trace, lens=None, chunk_rows: int = 8192) -> Callable[[], Iterator[Chunk]]:
+def trace_chunks(trace, lens=None, chunk_rows: int = 8192, error: str | None = "") -> Callable[[], Iterator[Chunk]]:
     """Row chunks of a trace for `summarize`: its stored measures, or (``lens``, an `analyzers.probes.Lens`)
-    the same measures of the lens's predictions from the stored states."""
+    the same measures of the lens's predictions from the stored states. ``error``: the per-sample error
+    of the removal share (``se``, ``ce`` or ``err``; "": squared error or cross-entropy; None: left out)."""
     lm, regression = trace.kind == "lm", trace.kind == "regression"
-    base = "errors/se" if regression else "errors/ce"
+    error = ("se" if regression else "ce") if error == "" else error
 
     def stored(rows: slice) -> Chunk:
-        c: Chunk = {"error": trace.read(base, rows)}
+        c: Chunk = {"rows": rows.stop - rows.start}
+        if error is not None:
+            c["error"] = 1.0 - trace.read("errors/correct", rows) if error == "err" else trace.read(f"errors/{error}", rows)
         if trace.has_trajectory:
             c["alignment"] = trace.read("trajectory/alignment", rows)
             if not regression:
@@ -249,8 +257,8 @@ def trace_chunks(trace, lens=None, chunk_rows: int = 8192) -> Callable[[], Itera
         preds = [lens.predict(d, states[:, p]) for p, d in enumerate(trace.depths)]
         final = None if regression else preds[-1]
         cols = [depth_measures(pred, preds[p - 1] if p else None, final, targets, trace.kind) for p, pred in enumerate(preds)]
-        c: Chunk = {"error": np.stack([_error(pred, targets, trace.kind) for pred in preds], axis=1),
-                    "alignment": np.stack([m["alignment"] for m in cols], axis=1)}
+        c: Chunk = {"rows": rows.stop - rows.start, "alignment": np.stack([m["alignment"] for m in cols], axis=1),
+                    "error": np.stack([_error(pred, targets, trace.kind, error) for pred in preds], axis=1)}
         if not regression:
             c["kl"] = np.stack([m["kl_to_final"] for m in cols], axis=1)
             c["prediction"] = np.stack([m["prediction_token" if lm else "prediction"] for m in cols], axis=1)
@@ -274,17 +282,21 @@ def _calibration_inputs(max_prob: np.ndarray, right: np.ndarray, targets: np.nda
     return {"max_prob": max_prob[..., None], "correct": right[..., None], "valid": np.ones((len(max_prob), 1), dtype=bool)}
 
 
-def _error(pred: np.ndarray, targets: np.ndarray, kind: str) -> np.ndarray:
-    return per_sample_errors(pred, targets, kind)["se" if kind == "regression" else "ce"]
+def _error(pred: np.ndarray, targets: np.ndarray, kind: str, error: str | None) -> np.ndarray:
+    e = per_sample_errors(pred, targets, kind)
+    return 1.0 - e["correct"] if error == "err" else e["se" if kind == "regression" else "ce"]
 
 
-def from_trace(trace, lens=None, *, bootstrap: int = 1000, alpha: float = 0.05, seed: int = 0, bins: int = BINS,
-               chunk_rows: int = 8192) -> TrajectoryResult:
-    """The trajectory statistics of an open trace at every traced depth (through ``lens`` when given)."""
+def from_trace(trace, lens=None, *, error: str = "", errors: tuple[np.ndarray, np.ndarray] | None = None, bootstrap: int = 1000,
+               alpha: float = 0.05, seed: int = 0, bins: int = BINS, chunk_rows: int = 8192) -> TrajectoryResult:
+    """The trajectory statistics of an open trace at every traced depth (through ``lens`` when given).
+    ``error``: the error whose share each step removes (``se``, ``ce``, ``err``; default squared error or
+    cross-entropy); ``errors``: its block sums from `analyzers.monotonicity` (then not read again)."""
     if lens is not None and not trace.has("states"):
         raise UsageError(f"{trace.path}: reading depths through a lens needs block states; trace it with --states")
-    result = summarize(trace_chunks(trace, lens, chunk_rows), trace.n, trace.depths, trace.kind, bootstrap=bootstrap, alpha=alpha, seed=seed,
-                       bins=bins, source=str(trace.path))
+    reuse = errors if lens is None else None
+    result = summarize(trace_chunks(trace, lens, chunk_rows, None if reuse is not None else error), trace.n, trace.depths, trace.kind,
+                       bootstrap=bootstrap, alpha=alpha, seed=seed, bins=bins, source=str(trace.path), errors=reuse)
     if lens is not None:
         result.notes = [n for n in result.notes if not n.startswith("trace format 1")]  # the lens computes them
         result.notes.append(f"read through the {lens.kind} lens; KL is to the deepest traced depth's distribution through it")

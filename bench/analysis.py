@@ -1,8 +1,10 @@
 """Speed and memory of `lpa monotonicity` on a large synthetic trace.
 
-Builds a trace of N samples x 17 depths (default 1M), then times, side by side in one run, the full
-monotonicity analysis (bootstrap included) against a plain numpy computation of just the per-depth
-means from the same file. Target: ratio <= 3. Then checks that peak RSS at 1M samples is within 1.5x
+Builds a trace of N samples x 17 depths (default 1M) as `lpa trace` writes a regression trace (format 2:
+the errors and each step's alignment), then times, side by side in one run, the full monotonicity
+analysis (bootstrap included; the trajectory's statistics too) against a plain numpy computation of
+just the per-depth means of the same two datasets (the floor: reading what the curves summarise).
+Target: ratio <= 3. Then checks that peak RSS at 1M samples is within 1.5x
 of that at 100k (chunked reads).
 
     python bench/analysis.py [--quick]
@@ -27,20 +29,22 @@ DEPTHS = 17
 def build(path: Path, n: int) -> None:
     """A complete synthetic regression trace: errors fall with depth, plus noise."""
     spec = TraceSpec(n=n, depths=list(range(DEPTHS)), kind="regression", target_shape=(1,), target_dtype="float32",
-                     pred_shape=None, state_shape=None, error_names=("se",), attrs={"target_var": 1.0})
+                     pred_shape=None, state_shape=None, error_names=("se",), trajectory=True, attrs={"target_var": 1.0})
     writer = TraceWriter(path, spec, force=True)
     rng = np.random.default_rng(0)
     curve = np.geomspace(1.0, 1e-3, DEPTHS)
     for start in range(0, n, 65536):
         rows = min(65536, n - start)
         se = (curve * rng.exponential(1.0, size=(rows, DEPTHS))).astype(np.float32)
-        writer.append({"errors/se": se, "targets": np.zeros((rows, 1), np.float32)})
+        align = rng.uniform(-1, 1, size=(rows, DEPTHS)).astype(np.float32)
+        align[:, 0] = np.nan  # no step into depth 0
+        writer.append({"errors/se": se, "trajectory/alignment": align, "targets": np.zeros((rows, 1), np.float32)})
     writer.finish()
 
 
-def plain_means(path: Path) -> np.ndarray:
+def plain_means(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with open_trace(path) as t:
-        return t.errors("se").mean(axis=0)
+        return t.errors("se").mean(axis=0), t.read("trajectory/alignment")[:, 1:].mean(axis=0)
 
 
 def monotonicity(path: Path):

@@ -377,3 +377,20 @@ def _trace_once() -> Path:
 
     folder = Path(tempfile.mkdtemp())
     return _trace(folder, "vit-digits-lpa", "--limit", "40")
+
+
+@pytest.mark.parametrize("metric", ["ce", "err"])
+def test_monotonicity_reuses_its_error_sums_for_the_removal_share(tmp_path, metric):
+    """Through `lpa monotonicity` the error removed is the tested error's, from the block sums its own pass
+    made (read once): equal, bands included, to the trajectory pass reading that error itself."""
+    from analyzers.monotonicity import from_trace as monotonicity
+    from analyzers.trace import open_trace
+    from analyzers.trajectory_summary import from_trace
+
+    path = _trace(tmp_path, "resnet-digits-e2e", "--limit", "150")
+    with open_trace(path) as t:
+        via = monotonicity(t, metric=metric, bootstrap=200, seed=3).trajectory
+        alone = from_trace(t, error=metric, bootstrap=200, seed=3)
+    assert via.removal[0] is None and np.allclose(via.removal[1:], alone.removal[1:], rtol=1e-12)
+    assert np.allclose(np.array(via.removal_band[1:], float), np.array(alone.removal_band[1:], float), rtol=1e-12, equal_nan=True)
+    assert via.alignment_band == alone.alignment_band and via.calibration_error == alone.calibration_error
