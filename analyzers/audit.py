@@ -196,7 +196,9 @@ def check(path: str, rules: dict[str, Any], result: MonotonicityResult, accuracy
 def _trajectory_cases(path: str, rules: dict[str, Any], result: MonotonicityResult) -> list[Case]:
     """The trajectory rules; a statistic the input does not hold (a format-1 trace, the first depth's
     alignment) fails its case: a gate never passes what it could not check."""
-    cases = []
+    cases: list[Case] = []
+    if not any(rule in rules for rule in TRAJECTORY_RULES):
+        return cases
     t = result.trajectory
     for rule, (name, at_most, what) in TRAJECTORY_RULES.items():
         for key, limit in (rules.get(rule) or {}).items():

@@ -41,7 +41,7 @@ def test_compare_and_monotonicity_reports_are_small_and_offline(tmp_path):
     assert all(isinstance(v, str) for v in embedded["training"].values()) and "groups" not in embedded["heatmaps"]  # in --json only
     mono = tmp_path / "m.html"
     run_json("monotonicity", SAMPLES / "mlp-stripe-lpa.safetensors", "--report-path", mono)
-    assert mono.stat().st_size <= MAX_REPORT and mono.read_text().count("<svg") == 2
+    assert mono.stat().st_size <= MAX_REPORT and mono.read_text().count("<svg") == 3  # curve, steps, alignment (a regressor: no KL, no ECE)
     embed = tmp_path / "e.html"
     run_json("monotonicity", SAMPLES / "mlp-stripe-lpa.safetensors", "--report-path", embed, "--plotlyjs", "embed")
     assert "Plotly.newPlot" in embed.read_text() and embed.stat().st_size > 4_000_000  # the interactive page is still there
