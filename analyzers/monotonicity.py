@@ -238,7 +238,7 @@ def assess_monotonicity(
     if descent <= 0:
         descent = float(mean.max() - mean.min())
         notes.append("the curve never falls below its first depth; the tolerance is relative to its range")
-    lo, hi, s_lo, s_hi = _bootstrap(s, mean, d_mean, alpha, bootstrap, seed)
+    lo, hi, s_lo, s_hi, weights = _bootstrap(s, mean, d_mean, alpha, bootstrap, seed)
     reported = transform(mean)
     r_lo, r_hi = transform(lo), transform(hi)
     if metric == "acc":
@@ -271,22 +271,22 @@ def assess_monotonicity(
         first_correct=s.first_correct[:D].tolist() if classification else None,
         bootstrap=bootstrap, seed=seed, notes=notes, baseline=baseline, no_descent=no_descent, never_learned=never,
     )
-    result.error_blocks = (s.block_sums, s.block_counts)  # not a field: the trajectory's error removed reuses them
+    result.error_blocks = (s.block_sums, s.block_counts, weights)  # not a field: the trajectory reuses them (paired bands)
     return result
 
 
 def _bootstrap(s: ErrorSums, mean: np.ndarray, d_mean: np.ndarray, alpha: float, bootstrap: int, seed: int):
     """Paired bootstrap over blocks (the same resampled blocks for every depth): the curve's and the
-    steps' intervals."""
+    steps' intervals, and the replicates' block weights (the trajectory's bands reuse them)."""
     if not bootstrap:
-        return mean, mean, d_mean, d_mean
+        return mean, mean, d_mean, d_mean, None
     rng = np.random.default_rng(seed)
     weights = replicate_weights(rng, bootstrap, len(s.block_counts))  # weights[b, j]: how often replicate b drew block j
     counts = s.block_counts.astype(np.float64)
     boot = (weights @ s.block_sums) / np.maximum(weights @ counts, 1.0)[:, None]  # (B, D) resampled means
     lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=0)
     s_lo, s_hi = np.quantile(np.diff(boot, axis=1), [alpha / 2, 1 - alpha / 2], axis=0)
-    return lo, hi, s_lo, s_hi
+    return lo, hi, s_lo, s_hi, weights
 
 
 def _steps(depths: list[int], d_mean, d_var, s_lo, s_hi, n: int, tol_abs: float, alpha: float) -> list[Step]:

@@ -125,12 +125,13 @@ def _bin_sums(conf: np.ndarray, right: np.ndarray, valid: np.ndarray, bins: int)
 
 
 def summarize(chunks: Callable[[], Iterator[Chunk]], n: int, depths: list[int], kind: str, *, bootstrap: int = 1000, alpha: float = 0.05,
-              seed: int = 0, bins: int = BINS, source: str = "", errors: tuple[np.ndarray, np.ndarray] | None = None) -> TrajectoryResult:
+              seed: int = 0, bins: int = BINS, source: str = "", errors: tuple[np.ndarray, ...] | None = None) -> TrajectoryResult:
     """Per-depth trajectory statistics from row chunks, each a dict: ``rows``; ``error`` (rows, D); ``alignment``
     (rows, D; NaN in the first column); and where they exist ``kl`` (rows, D), ``max_prob`` and ``correct``
     (rows, D, T), ``valid`` (rows, T) and ``prediction`` (rows, D, T) (T = 1 for one answer a sample).
-    ``errors``: the error's (blocks, D) block sums and (blocks,) counts from the monotonicity pass (the same
-    blocks, `analyzers.error_pass`), when the chunks leave the error out: it is read once."""
+    ``errors``: the error's (blocks, D) block sums, (blocks,) counts and, optionally, the bootstrap's
+    (replicates, blocks) weights from the monotonicity pass (the same blocks, `analyzers.error_pass`), when
+    the chunks leave the error out: it is read once."""
     D = len(depths)
     blocks = n_blocks(n)
     sums, counts = None, np.zeros(blocks, dtype=np.int64)
@@ -140,23 +141,20 @@ def summarize(chunks: Callable[[], Iterator[Chunk]], n: int, depths: list[int], 
     for c in chunks():
         rows = c["rows"]
         has = {name: c.get(name) is not None for name in ("alignment", "kl", "max_prob", "prediction")}
-        parts = [] if errors is not None else [np.asarray(c["error"], np.float64)]
+        parts = [] if errors is not None else [np.asarray(c["error"])]
         if has["alignment"]:
-            a = np.asarray(c["alignment"], np.float64)
-            if not np.isfinite(a[:, 1:]).all():
-                raise UsageError(f"{source}: alignment values contain NaN or infinite values")
-            parts.append(np.nan_to_num(a, nan=0.0))
+            parts.append(np.asarray(c["alignment"])[:, 1:])  # no step leads into the first depth: its NaN stays out
         if has["kl"]:
-            parts.append(np.asarray(c["kl"], np.float64))
+            parts.append(np.asarray(c["kl"]))
         if has["max_prob"]:
             parts.append(_bin_sums(c["max_prob"], c["correct"], c["valid"], bins).reshape(rows, -1))
-        if parts:
-            values = np.concatenate(parts, axis=1)
+        if parts:  # depth-major (V, rows) in one copy, float32 where the trace is (bincount sums in float64)
+            values = np.concatenate([p.T for p in parts], axis=0)
             if not np.isfinite(values).all():
                 raise UsageError(f"{source}: trajectory values contain NaN or infinite values")
             if sums is None:
-                sums = np.zeros((blocks, values.shape[1]))
-            add_block_sums(sums, counts, np.ascontiguousarray(values.T), seen, n, seed)
+                sums = np.zeros((blocks, values.shape[0]))
+            add_block_sums(sums, counts, values, seen, n, seed)
         if has["prediction"]:
             p = np.moveaxis(np.asarray(c["prediction"]), 1, -1).reshape(-1, D)  # (rows * T, D)
             p = p[p[:, -1] >= 0]  # padding tokens hold -1
@@ -164,9 +162,11 @@ def summarize(chunks: Callable[[], Iterator[Chunk]], n: int, depths: list[int], 
         seen += rows
     if seen != n:
         raise UsageError(f"{source}: expected {n} samples, read {seen}")
+    weights = None
     if errors is not None:
         sums, counts = (errors[0] if sums is None else np.hstack([errors[0], sums])), errors[1]
-    return _result(sums, counts, settled, has, depths, kind, n, bootstrap, alpha, seed, bins)
+        weights = errors[2] if len(errors) > 2 else None
+    return _result(sums, counts, settled, has, depths, kind, n, bootstrap, alpha, seed, bins, weights)
 
 
 def _stats(totals: np.ndarray, count: np.ndarray, D: int, has: dict[str, bool], bins: int) -> dict[str, np.ndarray]:
@@ -176,9 +176,8 @@ def _stats(totals: np.ndarray, count: np.ndarray, D: int, has: dict[str, bool], 
     with np.errstate(invalid="ignore", divide="ignore"):
         out["removal"] = np.concatenate([np.full((len(totals), 1), np.nan), 1 - mean_e[:, 1:] / mean_e[:, :-1]], axis=1)
     if has["alignment"]:
-        out["alignment"] = totals[:, at : at + D] / count[:, None]
-        out["alignment"][:, 0] = np.nan
-        at += D
+        out["alignment"] = np.concatenate([np.full((len(totals), 1), np.nan), totals[:, at : at + D - 1] / count[:, None]], axis=1)
+        at += D - 1
     if has["kl"]:
         out["kl_to_final"] = totals[:, at : at + D] / count[:, None]
         at += D
@@ -202,11 +201,14 @@ def _band(values: np.ndarray, alpha: float) -> list[list[float]]:
     return np.stack([lo, hi], axis=1).tolist()
 
 
-def _result(sums, counts, settled, has, depths, kind, n, bootstrap, alpha, seed, bins) -> TrajectoryResult:
+def _result(sums, counts, settled, has, depths, kind, n, bootstrap, alpha, seed, bins, weights=None) -> TrajectoryResult:
+    """The statistics and their bands; ``weights``: the error curve's own bootstrap replicates (the same
+    draws, so the bands are paired with its bands too), else drawn here with the same seed."""
     D = len(depths)
     point = _stats(sums.sum(0, keepdims=True), np.array([float(n)]), D, has, bins)
     if bootstrap:
-        w = replicate_weights(np.random.default_rng(seed), bootstrap, len(counts))
+        w = weights if weights is not None and weights.shape == (bootstrap, len(counts)) else \
+            replicate_weights(np.random.default_rng(seed), bootstrap, len(counts))
         boot = _stats(w @ sums, np.maximum(w @ counts.astype(np.float64), 1.0), D, has, bins)
         bands = {name: _band(values, alpha) for name, values in boot.items()}
     else:
@@ -230,12 +232,22 @@ def _result(sums, counts, settled, has, depths, kind, n, bootstrap, alpha, seed,
     )
 
 
-def trace_chunks(trace, lens=None, chunk_rows: int = 8192, error: str | None = "") -> Callable[[], Iterator[Chunk]]:
+CHUNK_BYTES = 64 << 20  # the calibration bins' float64 sums of one chunk (LMs: per token) stay below this
+
+
+def chunk_rows_for(trace) -> int:
+    """Rows per chunk: many for per-sample data (fewer calls), fewer for an LM's per-token calibration bins."""
+    per_row = len(trace.depths) * max(1, trace.token_len) * (3 * BINS * 8 + 32)
+    return int(min(65536, max(64, CHUNK_BYTES // per_row)))
+
+
+def trace_chunks(trace, lens=None, chunk_rows: int = 0, error: str | None = "") -> Callable[[], Iterator[Chunk]]:
     """Row chunks of a trace for `summarize`: its stored measures, or (``lens``, an `analyzers.probes.Lens`)
     the same measures of the lens's predictions from the stored states. ``error``: the per-sample error
     of the removal share (``se``, ``ce`` or ``err``; "": squared error or cross-entropy; None: left out)."""
     lm, regression = trace.kind == "lm", trace.kind == "regression"
     error = ("se" if regression else "ce") if error == "" else error
+    chunk_rows = chunk_rows or chunk_rows_for(trace)
 
     def stored(rows: slice) -> Chunk:
         c: Chunk = {"rows": rows.stop - rows.start}
@@ -287,8 +299,8 @@ def _error(pred: np.ndarray, targets: np.ndarray, kind: str, error: str | None) 
     return 1.0 - e["correct"] if error == "err" else e["se" if kind == "regression" else "ce"]
 
 
-def from_trace(trace, lens=None, *, error: str = "", errors: tuple[np.ndarray, np.ndarray] | None = None, bootstrap: int = 1000,
-               alpha: float = 0.05, seed: int = 0, bins: int = BINS, chunk_rows: int = 8192) -> TrajectoryResult:
+def from_trace(trace, lens=None, *, error: str = "", errors: tuple[np.ndarray, ...] | None = None, bootstrap: int = 1000,
+               alpha: float = 0.05, seed: int = 0, bins: int = BINS, chunk_rows: int = 0) -> TrajectoryResult:
     """The trajectory statistics of an open trace at every traced depth (through ``lens`` when given).
     ``error``: the error whose share each step removes (``se``, ``ce``, ``err``; default squared error or
     cross-entropy); ``errors``: its block sums from `analyzers.monotonicity` (then not read again)."""
