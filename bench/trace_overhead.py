@@ -52,21 +52,26 @@ def models(quick: bool):
 
 
 def without_trajectory(fn) -> None:
-    """Run fn with the trajectory measures switched off (bench only): the tracer as it was before them."""
+    """Run fn with the trajectory measures switched off (bench only): the tracer's errors and confidences
+    alone, as before issue 42 (format 1's content)."""
     import lpa_cli.serving.trace as tracer
+    from lpa_cli.training.task_losses import per_sample_errors
 
-    spec, measures = tracer._spec, tracer.depth_measures
+    def errors_only(final, target, kind):
+        return lambda logits, prev_logits=None: per_sample_errors(logits, target, kind, extras=True)
+
+    spec, reader, regression = tracer._spec, tracer.DepthReader, tracer._regression_measures
 
     def old_spec(*args, **kwargs):
         out = spec(*args, **kwargs)
         out.trajectory = False
         return out
 
-    tracer._spec, tracer.depth_measures = old_spec, lambda *a, **k: {}
+    tracer._spec, tracer.DepthReader, tracer._regression_measures = old_spec, errors_only, lambda *a: {}
     try:
         fn()
     finally:
-        tracer._spec, tracer.depth_measures = spec, measures
+        tracer._spec, tracer.DepthReader, tracer._regression_measures = spec, reader, regression
 
 
 def bare(model, x, batch):

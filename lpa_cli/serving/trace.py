@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lpa_core.atomic import check_writable, output_lock
@@ -34,7 +33,7 @@ from lpa_cli.training.task_losses import ERROR_NAMES, per_sample_errors
 from lpa_cli.models.protocol import ResidualModel, export_head
 from lpa_cli.data.splits import Split, TensorSplit
 from lpa_cli.serving import trace_threads
-from lpa_cli.serving.trajectory import depth_measures
+from lpa_cli.serving.trajectory import DepthReader, regression_alignment
 from analyzers.trace import open_trace
 from lpa_cli.models.open import load_checkpoint
 from lpa_cli.runtime import resolve_device
@@ -74,30 +73,22 @@ def _batch_arrays(model: ResidualModel, batch: Batch, kind: str, depths: list[in
     The blocks run once, up to the final depth (the KL's reference; regression stops at the deepest
     traced depth), holding each traced depth's state. Small heads then get the errors and measures
     of all depths in one vectorised call (D small calls cost more than the arithmetic); big ones (LM
-    vocabularies) one depth at a time, so at most three depths' logits (this one, the previous, the
-    final's log-probabilities) are alive and, without --predictions, none outlives its measures. The
-    states held are the residual stream's width, not the vocabulary's.
+    vocabularies) depth by depth in slices of rows (`SLICE_BYTES` per vocabulary-sized tensor), so the
+    head's outputs alive at a time stay a few slices' worth whatever the batch size, and without
+    --predictions none outlives its measures. The states held are the residual stream's width.
     """
     wanted = set(depths)
     x, y, mask = batch.x, batch.y, batch.mask
     upto = max(depths) if kind == "regression" else model.num_blocks
     held = {k: h for k, h in enumerate(model.states(x, upto=upto, attention_mask=mask)) if k in wanted or k == upto}
-    final_logp = None if kind == "regression" else F.log_softmax(model.read(held[upto], mask).float(), dim=-1)
     first = model.read(held[depths[0]], mask)
     if first.numel() * first.element_size() * len(depths) <= VECTORISE_BYTES:
         stacked = torch.stack([first, *(model.read(held[k], mask) for k in depths[1:])], dim=1)  # (B, D, *pred_shape)
-        columns = _vectorised(stacked, y, final_logp, kind)
+        final = None if kind == "regression" else model.read(held[upto], mask) if upto not in wanted else stacked[:, depths.index(upto)]
+        columns = _vectorised(stacked, y, final, kind)
     else:
-        stacked, columns, prev = None, [], None
-        preds = [] if keep_preds else None
-        for k in depths:
-            p = first if k == depths[0] else model.read(held[k], mask)
-            columns.append(per_sample_errors(p, y, kind, extras=True) | depth_measures(p, prev, final_logp, y, kind))
-            if preds is not None:
-                preds.append(p)
-            prev = p
-        columns = {name: torch.stack([c[name] for c in columns], dim=1) for name in columns[0]}
-        stacked = torch.stack(preds, dim=1) if keep_preds else None
+        del first
+        stacked, columns = _sliced(model, held, mask, y, kind, depths, upto, keep_preds)
     out: dict[str, np.ndarray] = {"targets": y.cpu().numpy()}
     if keep_preds:
         out["predictions"] = stacked.float().cpu().numpy().astype(dtype, copy=False)
@@ -109,16 +100,56 @@ def _batch_arrays(model: ResidualModel, batch: Batch, kind: str, depths: list[in
     return out
 
 
-def _vectorised(stacked: Tensor, y: Tensor, final_logp: Tensor | None, kind: str) -> dict[str, Tensor]:
-    """Errors and measures of every depth in one call on (B, D, ...) predictions."""
+# Rows per slice: one vocabulary-sized float32 tensor of at most this (a few are alive at a time). On a CPU
+# small slices stay in cache and reuse freed memory (at 64 MB the same work took 1.3-2x as long, measured
+# at vocabulary 8,192); on a GPU each op on 16 MB is a few microseconds, the size of a kernel launch, so
+# slices there are larger.
+SLICE_BYTES = {"cpu": 16 << 20, "other": 256 << 20}
+
+
+def _sliced(model: ResidualModel, held: dict[int, Tensor], mask: Tensor | None, y: Tensor, kind: str, depths: list[int], upto: int,
+            keep_preds: bool) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """Errors and measures depth by depth for slices of the batch's rows (classification, LMs)."""
+    h = held[depths[0]]
+    per_row = max(1, math.prod(h.shape[1:-1])) * model.read(h[:1], None if mask is None else mask[:1]).shape[-1] * 4
+    step = max(1, SLICE_BYTES["cpu" if h.device.type == "cpu" else "other"] // per_row)
+    parts: list[dict[str, Tensor]] = []
+    preds: list[Tensor] = []
+    for r in range(0, y.shape[0], step):
+        rows = slice(r, r + step)
+        m = None if mask is None else mask[rows]
+        reader = DepthReader(model.read(held[upto][rows], m), y[rows], kind) if kind != "regression" else None
+        cols, kept = [], []
+        for k in depths:
+            p = model.read(held[k][rows], m)
+            if reader is not None:
+                cols.append(reader(p))
+            else:
+                cols.append(per_sample_errors(p, y[rows], kind, extras=True) | _regression_measures(p, kept[-1] if kept else None, y[rows]))
+            if keep_preds or reader is None:
+                kept.append(p)
+        parts.append({name: torch.stack([c[name] for c in cols], dim=1) for name in cols[0]})
+        if keep_preds:
+            preds.append(torch.stack(kept, dim=1))
+    columns = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+    return (torch.cat(preds) if keep_preds else None), columns
+
+
+def _regression_measures(pred: Tensor, prev: Tensor | None, target: Tensor) -> dict[str, Tensor]:
+    return {"alignment": regression_alignment(pred, prev, target)}
+
+
+def _vectorised(stacked: Tensor, y: Tensor, final: Tensor | None, kind: str) -> dict[str, Tensor]:
+    """Errors and measures of every depth in one call on (B, D, ...) predictions (``final``: the last depth's)."""
     B, D = stacked.shape[:2]
     rows = stacked.flatten(0, 1)
     targets = y.repeat_interleave(D, dim=0)
-    errors = per_sample_errors(rows, targets, kind, extras=True)
     prev = torch.cat([stacked[:, :1], stacked[:, :-1]], dim=1).flatten(0, 1)  # the first depth's step is masked below
-    final = None if final_logp is None else final_logp.repeat_interleave(D, dim=0)
-    measures = depth_measures(rows, prev, final, targets, kind)
-    out = {name: v.reshape(B, D, *v.shape[1:]) for name, v in (errors | measures).items()}
+    if kind == "regression":
+        values = per_sample_errors(rows, targets, kind, extras=True) | _regression_measures(rows, prev, targets)
+    else:
+        values = DepthReader(final.repeat_interleave(D, dim=0), targets, kind)(rows, prev_logits=prev)
+    out = {name: v.reshape(B, D, *v.shape[1:]) for name, v in values.items()}
     for name in ("alignment", "alignment_token"):
         if name in out:
             out[name][:, 0] = float("nan")  # no step into the first traced depth
