@@ -394,3 +394,24 @@ def test_monotonicity_reuses_its_error_sums_for_the_removal_share(tmp_path, metr
     assert via.removal[0] is None and np.allclose(via.removal[1:], alone.removal[1:], rtol=1e-12)
     assert np.allclose(np.array(via.removal_band[1:], float), np.array(alone.removal_band[1:], float), rtol=1e-12, equal_nan=True)
     assert via.alignment_band == alone.alignment_band and via.calibration_error == alone.calibration_error
+
+
+def test_a_bf16_model_traces_measures_in_float32(tmp_path):
+    """A model held in bf16 (as GPUs serve them): its logits are read into float32 before any measure, so the
+    measures are the fp32 model's up to bf16's rounding of the weights and activations."""
+    import torch
+
+    from analyzers.trace import open_trace
+    from lpa_cli.models.open import load_checkpoint
+    from lpa_cli.serving.trace import trace_model
+
+    ckpt = load_checkpoint(SAMPLES / "gpt-text-lpa.safetensors")
+    x = torch.randint(0, 256, (6, 64))
+    y = torch.roll(x, -1, 1)
+    full = trace_model(ckpt.model, x, y, "lm", tmp_path / "fp32.h5", predictions=False).path
+    half = trace_model(ckpt.model.to(torch.bfloat16), x, y, "lm", tmp_path / "bf16.h5", predictions=False).path
+    with open_trace(full) as a, open_trace(half) as b:
+        for name in ("trajectory/kl_to_final", "trajectory/alignment"):
+            got, want = b.read(name), a.read(name)
+            assert got.dtype == np.float32 and np.isfinite(got[:, 1:]).all()
+            np.testing.assert_allclose(got[:, 1:], want[:, 1:], atol=0.05 + 0.1 * np.abs(want[:, 1:]).max())
