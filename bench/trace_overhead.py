@@ -60,18 +60,18 @@ def without_trajectory(fn) -> None:
     def errors_only(final, target, kind):
         return lambda logits, prev_logits=None: per_sample_errors(logits, target, kind, extras=True)
 
-    spec, reader, regression = tracer._spec, tracer.DepthReader, tracer._regression_measures
+    spec, reader, regression, stacked = tracer._spec, tracer.DepthReader, tracer._regression_measures, tracer._regression_measures_stacked
 
     def old_spec(*args, **kwargs):
         out = spec(*args, **kwargs)
         out.trajectory = False
         return out
 
-    tracer._spec, tracer.DepthReader, tracer._regression_measures = old_spec, errors_only, lambda *a: {}
+    tracer._spec, tracer.DepthReader, tracer._regression_measures, tracer._regression_measures_stacked = old_spec, errors_only, (lambda *a: {}), (lambda *a: {})
     try:
         fn()
     finally:
-        tracer._spec, tracer.DepthReader, tracer._regression_measures = spec, reader, regression
+        tracer._spec, tracer.DepthReader, tracer._regression_measures, tracer._regression_measures_stacked = spec, reader, regression, stacked
 
 
 def bare(model, x, batch):

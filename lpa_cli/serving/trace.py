@@ -33,7 +33,7 @@ from lpa_cli.training.task_losses import ERROR_NAMES, per_sample_errors
 from lpa_cli.models.protocol import ResidualModel, export_head
 from lpa_cli.data.splits import Split, TensorSplit
 from lpa_cli.serving import trace_threads
-from lpa_cli.serving.trajectory import DepthReader, regression_alignment
+from lpa_cli.serving.trajectory import DepthReader, regression_alignment, regression_alignments
 from analyzers.trace import open_trace
 from lpa_cli.models.open import load_checkpoint
 from lpa_cli.runtime import resolve_device
@@ -139,16 +139,20 @@ def _regression_measures(pred: Tensor, prev: Tensor | None, target: Tensor) -> d
     return {"alignment": regression_alignment(pred, prev, target)}
 
 
+def _regression_measures_stacked(stacked: Tensor, target: Tensor) -> dict[str, Tensor]:
+    return {"alignment": regression_alignments(stacked, target)}
+
+
 def _vectorised(stacked: Tensor, y: Tensor, final: Tensor | None, kind: str) -> dict[str, Tensor]:
     """Errors and measures of every depth in one call on (B, D, ...) predictions (``final``: the last depth's)."""
     B, D = stacked.shape[:2]
     rows = stacked.flatten(0, 1)
     targets = y.repeat_interleave(D, dim=0)
-    prev = torch.cat([stacked[:, :1], stacked[:, :-1]], dim=1).flatten(0, 1)  # the first depth's step is masked below
     if kind == "regression":
-        values = per_sample_errors(rows, targets, kind, extras=True) | _regression_measures(rows, prev, targets)
-    else:
-        values = DepthReader(final.repeat_interleave(D, dim=0), targets, kind)(rows, prev_logits=prev)
+        out = {name: v.reshape(B, D) for name, v in per_sample_errors(rows, targets, kind, extras=True).items()}
+        return out | _regression_measures_stacked(stacked, y)
+    prev = torch.cat([stacked[:, :1], stacked[:, :-1]], dim=1).flatten(0, 1)  # the first depth's step is masked below
+    values = DepthReader(final.repeat_interleave(D, dim=0), targets, kind)(rows, prev_logits=prev)
     out = {name: v.reshape(B, D, *v.shape[1:]) for name, v in values.items()}
     for name in ("alignment", "alignment_token"):
         if name in out:

@@ -32,8 +32,9 @@ from lpa_cli.data.batch import IGNORE_INDEX
 
 
 def _cosine(dot: Tensor, a_sq: Tensor, b_sq: Tensor) -> Tensor:
-    norm = (a_sq * b_sq).sqrt()
-    return torch.where(norm > 0, dot / norm.clamp_min(1e-30), torch.zeros_like(dot)).clamp(-1.0, 1.0)
+    """dot / (|a| |b|), 0 where either has zero length (0 x inf is NaN, set to 0), in few ops (small heads
+    are bound by op count)."""
+    return torch.nan_to_num(dot * torch.rsqrt(a_sq * b_sq), nan=0.0, posinf=0.0, neginf=0.0).clamp_(-1.0, 1.0)
 
 
 def _dot(a: Tensor, b: Tensor, scratch: Tensor) -> Tensor:
@@ -130,6 +131,20 @@ def regression_alignment(pred: Tensor, prev: Tensor | None, target: Tensor) -> T
 
 
 @torch.no_grad()
+def regression_alignments(stacked: Tensor, target: Tensor) -> Tensor:
+    """(B, D): every traced depth's alignment from (B, D, *out) predictions at once (NaN at the first)."""
+    B, D = stacked.shape[:2]
+    s = stacked.float().reshape(B, D, -1)
+    step, residual = s[:, 1:] - s[:, :-1], target.float().reshape(B, 1, -1) - s[:, :-1]
+
+    def total(t: Tensor) -> Tensor:  # torch's CPU sum over a trailing axis of 1 can take milliseconds: index it
+        return t[..., 0] if t.shape[-1] == 1 else t.sum(-1)
+
+    cos = _cosine(total(step * residual), total(step.square()), total(residual.square()))
+    return torch.cat([torch.full((B, 1), float("nan"), device=cos.device), cos], dim=1)
+
+
+@torch.no_grad()
 def depth_measures(pred: Tensor, prev: Tensor | None, final_logp: Tensor | None, target: Tensor, kind: str) -> dict[str, Tensor]:
     """One depth's measures alone (the names of `analyzers.trace.spec.TRAJECTORY`): ``pred`` this depth's
     head output, ``prev`` the previous traced depth's (None at the first), ``final_logp`` the final
@@ -140,4 +155,4 @@ def depth_measures(pred: Tensor, prev: Tensor | None, final_logp: Tensor | None,
     return {name: out[name] for name in MEASURES[kind]}
 
 
-__all__ = ["DepthReader", "MEASURES", "depth_measures", "regression_alignment"]
+__all__ = ["DepthReader", "MEASURES", "depth_measures", "regression_alignment", "regression_alignments"]
