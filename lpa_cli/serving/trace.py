@@ -71,23 +71,36 @@ def _batch_arrays(model: ResidualModel, batch: Batch, kind: str, depths: list[in
     """Everything one batch contributes to the trace, keyed by dataset name.
 
     The blocks run once, up to the final depth (the KL's reference; regression stops at the deepest
-    traced depth), holding each traced depth's state. Small heads then get the errors and measures
-    of all depths in one vectorised call (D small calls cost more than the arithmetic); big ones (LM
+    traced depth). Small heads are read as the states go by (a state kept longer is memory the
+    allocator cannot reuse: 16% of a small MLP's trace) and get the errors and measures of all depths
+    in one vectorised call (D small calls cost more than the arithmetic); big ones (LM
     vocabularies) depth by depth in slices of rows (`SLICE_BYTES` per vocabulary-sized tensor), so the
     head's outputs alive at a time stay a few slices' worth whatever the batch size, and without
-    --predictions none outlives its measures. The states held are the residual stream's width.
+    --predictions none outlives its measures; their states are kept for that (the residual stream's width).
     """
     wanted = set(depths)
     x, y, mask = batch.x, batch.y, batch.mask
     upto = max(depths) if kind == "regression" else model.num_blocks
-    held = {k: h for k, h in enumerate(model.states(x, upto=upto, attention_mask=mask)) if k in wanted or k == upto}
-    first = model.read(held[depths[0]], mask)
-    if first.numel() * first.element_size() * len(depths) <= VECTORISE_BYTES:
-        stacked = torch.stack([first, *(model.read(held[k], mask) for k in depths[1:])], dim=1)  # (B, D, *pred_shape)
-        final = None if kind == "regression" else model.read(held[upto], mask) if upto not in wanted else stacked[:, depths.index(upto)]
-        columns = _vectorised(stacked, y, final, kind)
+    held: dict[int, Tensor] = {}  # states kept: for --states, and for the sliced path (big heads)
+    preds: dict[int, Tensor] = {}  # head outputs, on the vectorised path (states are let go as it goes)
+    vectorise = None
+    for k, h in enumerate(model.states(x, upto=upto, attention_mask=mask)):
+        if k not in wanted and k != upto:
+            continue
+        if vectorise is None:
+            p = model.read(h, mask)
+            vectorise = p.numel() * p.element_size() * len(depths) <= VECTORISE_BYTES
+            if vectorise:
+                preds[k] = p
+            del p
+        elif vectorise:
+            preds[k] = model.read(h, mask)
+        if not vectorise or (keep_states and k in wanted):
+            held[k] = h
+    if vectorise:
+        stacked = torch.stack([preds[k] for k in depths], dim=1)  # (B, D, *pred_shape)
+        columns = _vectorised(stacked, y, preds.get(upto) if kind != "regression" else None, kind)
     else:
-        del first
         stacked, columns = _sliced(model, held, mask, y, kind, depths, upto, keep_preds)
     out: dict[str, np.ndarray] = {"targets": y.cpu().numpy()}
     if keep_preds:
