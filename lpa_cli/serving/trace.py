@@ -124,17 +124,18 @@ def _sliced(model: ResidualModel, held: dict[int, Tensor], mask: Tensor | None, 
             keep_preds: bool) -> tuple[Tensor | None, dict[str, Tensor]]:
     """Errors and measures depth by depth for slices of the batch's rows (classification, LMs)."""
     h = held[depths[0]]
-    per_row = max(1, math.prod(h.shape[1:-1])) * model.read(h[:1], None if mask is None else mask[:1]).shape[-1] * 4
+    per_row = model.read(h[:1], None if mask is None else mask[:1]).numel() * 4  # one row's head output in float32
     step = max(1, SLICE_BYTES["cpu" if h.device.type == "cpu" else "other"] // per_row)
     parts: list[dict[str, Tensor]] = []
     preds: list[Tensor] = []
     for r in range(0, y.shape[0], step):
         rows = slice(r, r + step)
         m = None if mask is None else mask[rows]
-        reader = DepthReader(model.read(held[upto][rows], m), y[rows], kind) if kind != "regression" else None
+        final = model.read(held[upto][rows], m)
+        reader = DepthReader(final, y[rows], kind) if kind != "regression" else None
         cols, kept = [], []
         for k in depths:
-            p = model.read(held[k][rows], m)
+            p = final if k == upto else model.read(held[k][rows], m)
             if reader is not None:
                 cols.append(reader(p))
             else:
