@@ -122,12 +122,9 @@ MEASURES = {"regression": ("alignment",), "classification": ("kl_to_final", "ali
 @torch.no_grad()
 def regression_alignment(pred: Tensor, prev: Tensor | None, target: Tensor) -> Tensor:
     """(B,) the cosine of the step ``pred - prev`` with the residual ``target - prev`` (NaN without ``prev``)."""
-    B = pred.shape[0]
     if prev is None:
-        return torch.full((B,), float("nan"), device=pred.device)
-    step = (pred.float() - prev.float()).reshape(B, -1)
-    residual = target.float().reshape(B, -1) - prev.float().reshape(B, -1)
-    return _cosine((step * residual).sum(1), step.pow(2).sum(1), residual.pow(2).sum(1))
+        return torch.full((pred.shape[0],), float("nan"), device=pred.device)
+    return regression_alignments(torch.stack([prev, pred], dim=1), target)[:, 1]
 
 
 @torch.no_grad()
